@@ -1,0 +1,292 @@
+"""Typed, commented configuration: the model, the data and the training run.
+
+Each config is a dataclass. ``from_dict`` builds one from a plain mapping (a YAML section),
+rejecting unknown keys with a message that names the key and the closest valid one, and
+checking value types. ``load_run_config`` reads a YAML file with ``model:``, ``data:`` and
+``train:`` sections. Validation that needs several fields at once lives in ``__post_init__``
+and raises :class:`~reformer_seq.errors.ConfigError` (a ``ValueError``) that says the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, TypeVar
+
+from .errors import ConfigError
+
+ATTENTION_KINDS = ("lsh", "full", "local")
+
+
+def _fmt(n: int) -> str:
+    return f"{n:,}"
+
+
+def factor_axial(max_seq_len: int) -> tuple[int, int]:
+    """The most square factorisation ``(a, b)`` with ``a * b == max_seq_len`` and ``a <= b``."""
+    a = int(math.isqrt(max_seq_len))
+    while a > 1 and max_seq_len % a:
+        a -= 1
+    return a, max_seq_len // a
+
+
+@dataclass
+class ReformerConfig:
+    """Architecture of a :class:`~reformer_seq.model.ReformerLM` (Kitaev et al., ICLR 2020)."""
+
+    vocab_size: int = 16  # token ids are in [0, vocab_size)
+    dim: int = 64  # model width
+    depth: int = 2  # number of reversible blocks (attention + feed-forward each)
+    heads: int = 4  # attention heads; head width is dim // heads unless dim_head is set
+    dim_head: Optional[int] = None
+    bucket_size: int = 16  # LSH chunk length m (section 2, "chunking"); also the causal look-back
+    n_hashes: int = 4  # LSH rounds (section 2, "multi-round LSH attention")
+    # LSH buckets per round. None: chosen per sequence as the power of two nearest to
+    # real_length / bucket_size, so a bucket holds about one chunk on average (section 2).
+    n_buckets: Optional[int] = None
+    causal: bool = True  # next-token LM; False gives bidirectional attention (masked LM)
+    max_seq_len: int = 65536
+    # Axial positional encoding factors; their product must equal max_seq_len. None: the most
+    # square factorisation (65,536 -> (256, 256); 1,048,576 -> (1024, 1024)).
+    axial_shape: Optional[tuple[int, int]] = None
+    reversible: bool = True  # RevNet execution (section 3); same parameters either way
+    attention: str = "lsh"  # default kind of every layer: lsh | full | local
+    # Per-layer pattern, repeated to depth, e.g. ["local", "lsh"]. None: every layer is `attention`.
+    attn_layers: Optional[list[str]] = None
+    local_window: int = 64  # local attention: each query sees this many previous positions
+    ff_mult: int = 4  # feed-forward hidden width = ff_mult * dim
+    ff_chunk_size: int = 16384  # feed-forward runs over this many positions at a time (section 3)
+    # Short depthwise causal convolution over the embeddings (kernel width; 0 disables): gives
+    # every position its immediate left context (k-mer features) before any attention.
+    conv_kernel: int = 0
+    dropout: float = 0.0  # dropout on attention weights' output and feed-forward
+    hash_seed: int = 0  # seed of the hash rotations in eval mode (deterministic inference)
+
+    def __post_init__(self) -> None:
+        if self.axial_shape is not None:
+            self.axial_shape = tuple(int(x) for x in self.axial_shape)  # YAML gives a list
+        if self.attn_layers is not None:
+            self.attn_layers = list(self.attn_layers)
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        for name in ("vocab_size", "dim", "depth", "heads", "bucket_size", "n_hashes",
+                     "max_seq_len", "ff_mult", "ff_chunk_size", "local_window"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"model.{name} must be a positive integer, got {v!r}")
+        if self.dim_head is None and self.dim % self.heads:
+            raise ConfigError(
+                f"model.dim ({self.dim}) is not divisible by model.heads ({self.heads}); "
+                f"use heads in {[h for h in range(1, self.dim + 1) if self.dim % h == 0]} or set dim_head")
+        if self.n_buckets is not None and (self.n_buckets < 1 or self.n_buckets & (self.n_buckets - 1)):
+            raise ConfigError(f"model.n_buckets must be a power of two or null (auto), got {self.n_buckets}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.conv_kernel < 0:
+            raise ConfigError(f"model.conv_kernel must be >= 0, got {self.conv_kernel}")
+        for kind in self.layer_kinds():
+            if kind not in ATTENTION_KINDS:
+                raise ConfigError(f"attention kind {kind!r} is not one of {', '.join(ATTENTION_KINDS)}")
+        if self.axial_shape is not None:
+            a, b = self.axial_shape
+            if a * b != self.max_seq_len:
+                good = factor_axial(self.max_seq_len)
+                raise ConfigError(
+                    f"axial_shape ({a}, {b}) covers {_fmt(a * b)} positions but max_seq_len is "
+                    f"{_fmt(self.max_seq_len)}; use {good} (or any pair whose product is {_fmt(self.max_seq_len)})")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def head_dim(self) -> int:
+        return self.dim_head if self.dim_head is not None else self.dim // self.heads
+
+    @property
+    def axial(self) -> tuple[int, int]:
+        return self.axial_shape if self.axial_shape is not None else factor_axial(self.max_seq_len)
+
+    def layer_kinds(self) -> list[str]:
+        """The attention kind of each of the ``depth`` layers (the pattern repeated)."""
+        pattern = self.attn_layers or [self.attention]
+        if not pattern:
+            raise ConfigError("model.attn_layers is empty; give at least one of lsh, full, local")
+        return [pattern[i % len(pattern)] for i in range(self.depth)]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["axial_shape"] is not None:
+            d["axial_shape"] = list(d["axial_shape"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "model") -> "ReformerConfig":
+        return from_dict(cls, d, where)
+
+
+@dataclass
+class DataConfig:
+    """How genomes become training windows (see :mod:`reformer_seq.windows`)."""
+
+    alphabet: str = "nucleotide"  # nucleotide | byte
+    seq_len: int = 65536  # window length in tokens
+    stride: Optional[int] = None  # distance between window starts; None: seq_len (no overlap)
+    max_n_fraction: float = 0.5  # windows with a larger share of N are skipped
+    val_fraction: float = 0.1  # the last fraction of each record is held out for validation
+    rc_augment: bool = True  # reverse-complement augmentation during training
+    strict: bool = False  # characters outside IUPAC: error (strict) or N (lenient)
+    keep_softmask: bool = False  # keep lowercase (soft-masked) as a per-base mask
+    mask_prob: float = 0.15  # masked objective: share of positions chosen
+    mask_span: int = 1  # masked objective: mean span length (1 = single positions)
+    cache_dir: Optional[str] = None  # encoded-genome cache; None: ~/.cache/seqformer
+
+    def __post_init__(self) -> None:
+        if self.alphabet not in ("nucleotide", "byte"):
+            raise ConfigError(f"data.alphabet must be 'nucleotide' or 'byte', got {self.alphabet!r}")
+        if self.seq_len < 2:
+            raise ConfigError(f"data.seq_len must be >= 2, got {self.seq_len}")
+        if self.stride is not None and self.stride < 1:
+            raise ConfigError(f"data.stride must be >= 1 or null, got {self.stride}")
+        for name in ("max_n_fraction", "val_fraction", "mask_prob"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"data.{name} must be in [0, 1], got {v}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping of a pretraining run (see :mod:`reformer_seq.training`)."""
+
+    objective: str = "causal"  # causal (next base) | masked (masked LM; needs model.causal false)
+    batch_size: int = 1  # windows per optimiser step per process (before accumulation)
+    grad_accum: int = 1  # micro-batches per optimiser step
+    max_steps: int = 1000
+    max_time: Optional[float] = None  # seconds; stop (and checkpoint) when reached
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 on GPU only, with a gradient scaler)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    eval_every: int = 100  # steps between validations
+    eval_batches: int = 8  # validation windows per evaluation (0 = whole split)
+    save_every: int = 100  # steps between checkpoints
+    keep_last: int = 2  # checkpoints kept besides the best
+    log_every: int = 10
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        if self.objective not in ("causal", "masked"):
+            raise ConfigError(f"train.objective must be 'causal' or 'masked', got {self.objective!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class RunConfig:
+    """A whole YAML file: ``model``, ``data`` and ``train`` sections."""
+
+    model: ReformerConfig = field(default_factory=ReformerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "data": dataclasses.asdict(self.data),
+                "train": {**dataclasses.asdict(self.train), "betas": list(self.train.betas)}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> "RunConfig":
+        sections = {"model": ReformerConfig, "data": DataConfig, "train": TrainConfig}
+        _reject_unknown(d, sections, where or "config")
+        return cls(**{k: from_dict(c, d.get(k) or {}, k) for k, c in sections.items()})
+
+
+# ---------------------------------------------------------------------- dict -> dataclass
+T = TypeVar("T")
+
+
+def _reject_unknown(d: Mapping[str, Any], known: Mapping[str, Any] | typing.Iterable[str], where: str) -> None:
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {type(d).__name__}")
+    names = list(known)
+    for key in d:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key {key!r} in {where}{hint}")
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"{key} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        if args:
+            if origin is tuple and len(args) > 1 and len(args) != len(value):
+                raise ConfigError(f"{key} must have {len(args)} values, got {list(value)}")
+            value = [_check_type(v, args[min(i, len(args) - 1)], f"{key}[{i}]") for i, v in enumerate(value)]
+        return origin(value)
+    return value
+
+
+def from_dict(cls: type[T], d: Mapping[str, Any], where: str) -> T:
+    """Build dataclass ``cls`` from ``d``; unknown keys and wrong types raise ConfigError naming the key."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    _reject_unknown(d, fields, where)
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def load_run_config(path: str | Path, overrides: Optional[Mapping[str, Mapping[str, Any]]] = None) -> RunConfig:
+    """Read a YAML run config; ``overrides`` maps section -> {key: value} applied on top."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; see configs/ for examples")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected sections model:, data:, train:, got {type(raw).__name__}")
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {})
+        raw[section] = {**(raw[section] or {}), **{k: v for k, v in values.items() if v is not None}}
+    try:
+        return RunConfig.from_dict(raw, where=str(path))
+    except ConfigError as e:
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
