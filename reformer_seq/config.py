@@ -136,6 +136,8 @@ class DataConfig:
     seq_len: int = 65536  # window length in tokens
     stride: Optional[int] = None  # distance between window starts; None: seq_len (no overlap)
     max_n_fraction: float = 0.5  # windows with a larger share of N are skipped
+    # A region's last window, when shorter than seq_len: padded (True) or skipped (False).
+    pad_last: bool = True
     val_fraction: float = 0.1  # the last fraction of each record is held out for validation
     rc_augment: bool = True  # reverse-complement augmentation during training
     strict: bool = False  # characters outside IUPAC: error (strict) or N (lenient)
@@ -155,6 +157,8 @@ class DataConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"data.{name} must be in [0, 1], got {v}")
+        if self.mask_span < 1:
+            raise ConfigError(f"data.mask_span must be >= 1 (1 = single positions), got {self.mask_span}")
 
 
 @dataclass
