@@ -44,7 +44,7 @@ IUPAC_AMBIGUOUS = "RYSWKMBDHVN"
 GAP_SYMBOLS = "-."
 _INVALID = 255  # lookup-table marker for characters outside IUPAC
 
-SeqLike = Union[str, bytes, bytearray, memoryview, np.ndarray]
+SeqLike = Union[str, bytes, bytearray, memoryview, np.ndarray]  # or a Bio.Seq.Seq
 TokenIds = Union[np.ndarray, Iterable[int]]
 
 
@@ -66,6 +66,8 @@ def _as_bytes(seq: SeqLike) -> np.ndarray:
     if isinstance(seq, str):
         # One byte per character: ASCII is the common case; other characters become '?' (invalid).
         seq = seq.encode("ascii", errors="replace")
+    elif not isinstance(seq, (bytes, bytearray, memoryview)):
+        seq = bytes(seq)  # e.g. a Bio.Seq.Seq
     return np.frombuffer(seq, dtype=np.uint8)
 
 

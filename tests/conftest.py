@@ -1,0 +1,30 @@
+"""Shared fixtures: the shipped genomes in data/, and a per-session genome cache (never ~/.cache)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data"
+SHARED = REPO.parent / "shared" / "data" / "genomes"  # optional: the full set, when present
+ECOLI = DATA / "Ecoli_K12_MG1655.fasta.gz"
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("seqformer_cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(session_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the default genome cache at a temporary folder shared by the session."""
+    monkeypatch.setenv("SEQFORMER_CACHE_DIR", str(session_cache))
+
+
+@pytest.fixture(scope="session")
+def ecoli_records(session_cache: Path):
+    """E. coli K-12 encoded with the nucleotide tokenizer (cached once per session)."""
+    from reformer_seq.fasta import load_genome
+
+    return load_genome(ECOLI, cache_dir=session_cache)
