@@ -3,3 +3,4 @@ from .config import DataConfig, ReformerConfig, RunConfig, TrainConfig, load_run
 from .errors import CheckpointError, ConfigError, InputError, SeqformerError
 
 __version__ = "0.1.0"
+from .model import ReformerLM

@@ -1,0 +1,295 @@
+"""Chunked attention over a permuted sequence: the kernel behind LSH and local attention.
+
+Reformer (Kitaev et al., ICLR 2020), section 2: after hashing, each round's sequence is sorted
+by bucket, cut into chunks of ``C`` positions, and every chunk attends to its own chunk and the
+one before it ("no wrap-around": the first chunk of a round looks back at nothing). Rounds are
+combined with their log-sum-exp weights, which makes the result one softmax over all
+(round, key) entries; the paper's correction subtracts ``log N_ij`` from a pair that meets in
+``N_ij`` rounds, so the combined output is exactly softmax attention over the union of the
+rounds' key sets. With shared query/key projections a query would always prefer itself, so
+it attends to itself only when it has nothing else (section 2): self is masked in every round,
+and a query left with no key in any round takes its own value, exactly.
+
+Which pairs a window admits is decided by one integer per position and round, the *window
+key* ``u``: key ``j`` is visible to query ``i`` in round ``r`` iff ``lo <= u_r[i] - u_r[j] <= hi``.
+The callers encode their rule into ``u`` (see :mod:`.lsh_attention` and :mod:`.local_attention`).
+
+The autograd Function computes in float32 (float64 for float64 inputs) one (round, block of chunks) at a time, in forward
+and backward alike (the backward recomputes logits, as FlashAttention does), so temporaries
+are bounded by ``max_block_elems`` whatever the length: memory grows linearly with L.
+
+Letters: G = batch x heads (flattened), L = padded length (multiple of C), D = head width,
+R = rounds, C = chunk length, n = chunks in a block, K = keys per window = (back+1+fwd) * C.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+SELF_VALUE = -5e4  # additive self logit of dense shared-QK attention (full_attention)
+_FAR = -(2 ** 30)  # window key of out-of-range slots: fails every window test
+DEFAULT_BLOCK_ELEMS = 2 ** 22  # logits per block (G * n * C * K); ~16 MB of float32
+
+
+@dataclass
+class Layout:
+    """How a (G, L) sequence is permuted and windowed, per round.
+
+    perm: (R, G, L) int32, sorted index -> original position; None means identity (R = 1).
+    u:    (R, G, L) int32 window key of each *original* position in each round.
+    u_sorted: (R, G, L) int32 window key in each round's own sorted order (u[r] gathered by perm[r]).
+    lo, hi: the window test ``lo <= u_q - u_k <= hi``.
+    chunk: C. back, fwd: chunks looked at before / after a query's own chunk.
+    self_fallback: shared-QK rule (self only when nothing else); False: self is a key like any other.
+    """
+
+    perm: Optional[Tensor]
+    u: Tensor
+    u_sorted: Tensor
+    lo: int
+    hi: int
+    chunk: int
+    back: int = 1
+    fwd: int = 0
+    self_fallback: bool = True
+
+    @property
+    def rounds(self) -> int:
+        return self.u.shape[0]
+
+    @property
+    def window(self) -> int:
+        return (self.back + 1 + self.fwd) * self.chunk
+
+
+class _Block:
+    """Index bookkeeping of one (round, block of chunks): which rows are queries and keys."""
+
+    def __init__(self, lay: Layout, r: int, c0: int, c1: int, G: int, L: int, device: torch.device):
+        C = lay.chunk
+        self.n = c1 - c0
+        self.q0, self.q1 = c0 * C, c1 * C
+        # key slots cover sorted indices [k0, k1); those outside [0, L) are padding slots
+        self.k0, self.k1 = (c0 - lay.back) * C, (c1 + lay.fwd) * C
+        self.lo_pad = max(0, -self.k0)
+        self.hi_pad = max(0, self.k1 - L)
+        self.r = r
+        offs = torch.arange(G, device=device).mul_(L).unsqueeze(1)  # (G, 1)
+        ks, ke = self.k0 + self.lo_pad, self.k1 - self.hi_pad  # in-range key sorted indices
+        if lay.perm is None:
+            self.q_rows = (offs + torch.arange(self.q0, self.q1, device=device)).reshape(-1)
+            self.k_rows = (offs + torch.arange(ks, ke, device=device)).reshape(-1)
+            self.q_pos = None
+            self.k_pos = None
+        else:
+            self.q_pos = lay.perm[r, :, self.q0:self.q1].long()  # (G, nC) original positions
+            self.k_pos = lay.perm[r, :, ks:ke].long()
+            self.q_rows = (self.q_pos + offs).reshape(-1)
+            self.k_rows = (self.k_pos + offs).reshape(-1)
+
+    def _pad_keys(self, x: Tensor, value: float) -> Tensor:
+        """Pad the key axis (dim 1) of a (G, k, ...) tensor with slots outside [0, L)."""
+        if not (self.lo_pad or self.hi_pad):
+            return x
+        shape_lo = (x.shape[0], self.lo_pad) + tuple(x.shape[2:])
+        shape_hi = (x.shape[0], self.hi_pad) + tuple(x.shape[2:])
+        return torch.cat([x.new_full(shape_lo, value), x, x.new_full(shape_hi, value)], dim=1)
+
+    def windows(self, x: Tensor, lay: Layout, value: float) -> Tensor:
+        """(G, keys-in-range, ...) -> (G, n, K, ...): each chunk's look-back/own/look-ahead keys."""
+        x = self._pad_keys(x, value)
+        G, C = x.shape[0], lay.chunk
+        x = x.reshape(G, self.n + lay.back + lay.fwd, C, *x.shape[2:])  # (G, n+back+fwd, C, ...)
+        parts = [x[:, t:t + self.n] for t in range(lay.back + 1 + lay.fwd)]
+        return torch.cat(parts, dim=2)  # (G, n, K, ...)
+
+    def fold(self, xw: Tensor, lay: Layout) -> Tensor:
+        """Inverse of ``windows`` for gradients: (G, n, K, D) -> (G, keys-in-range, D), summed."""
+        G, n, K, D = xw.shape
+        C = lay.chunk
+        buf = xw.new_zeros(G, n + lay.back + lay.fwd, C, D)
+        for t in range(lay.back + 1 + lay.fwd):
+            buf[:, t:t + n] += xw[:, :, t * C:(t + 1) * C]
+        buf = buf.reshape(G, -1, D)  # (G, (n+back+fwd)*C, D)
+        return buf[:, self.lo_pad:buf.shape[1] - self.hi_pad]
+
+
+def _gather(x2d: Tensor, rows: Tensor, G: int) -> Tensor:
+    """Rows of a flattened (G*L, D) tensor -> (G, m, D)."""
+    return x2d.index_select(0, rows).view(G, -1, x2d.shape[-1])
+
+
+def _self_slots(lay: Layout, device: torch.device) -> Tensor:
+    """(C, K) bool: where each query meets itself in its window (own chunk's diagonal)."""
+    C = lay.chunk
+    m = torch.zeros(C, lay.window, dtype=torch.bool, device=device)
+    idx = torch.arange(C, device=device)
+    m[idx, lay.back * C + idx] = True
+    return m
+
+
+def _logits(q: Tensor, kw: Tensor, blk: _Block, lay: Layout, scale: float, self_slots: Tensor) -> Tensor:
+    """Masked, duplicate-corrected logits of one block: (G, n, C, D) x (G, n, K, D) -> (G, n, C, K)."""
+    G, n, C, _ = q.shape
+    dots = torch.matmul(q, kw.transpose(-1, -2)).mul_(scale)  # (G, n, C, K)
+
+    def in_window(r: int) -> Tensor:
+        if r == blk.r:
+            uq = lay.u_sorted[r, :, blk.q0:blk.q1]  # (G, nC)
+            uk = lay.u_sorted[r, :, blk.k0 + blk.lo_pad:blk.k1 - blk.hi_pad]
+        else:  # round r's window keys of this block's positions (ordered by round blk.r)
+            uq = lay.u[r].gather(1, blk.q_pos)
+            uk = lay.u[r].gather(1, blk.k_pos)
+        uq = uq.view(G, n, C, 1)
+        uk = blk.windows(uk.unsqueeze(-1), lay, _FAR).view(G, n, 1, lay.window)
+        diff = uq - uk  # (G, n, C, K)
+        return (diff >= lay.lo) & (diff <= lay.hi)
+
+    valid = in_window(blk.r)
+    if lay.rounds > 1:
+        count = valid.to(dots.dtype)
+        for r in range(lay.rounds):
+            if r != blk.r:
+                count += in_window(r)
+        dots.sub_(torch.log(count.clamp_(min=1.0)))  # section 2: the log N_ij correction
+    dots.masked_fill_(~valid, float("-inf"))
+    if lay.self_fallback:
+        dots.masked_fill_(self_slots, float("-inf"))
+    return dots
+
+
+def _safe(lse: Tensor) -> Tensor:
+    """lse with -inf (a row that sees nothing) replaced by 0, for use as a subtrahend."""
+    return lse.masked_fill(torch.isinf(lse), 0.0)
+
+
+def _blocks(lay: Layout, G: int, L: int, max_block_elems: int):
+    C = lay.chunk
+    n_chunks = L // C
+    per_chunk = G * C * lay.window
+    step = max(1, min(n_chunks, max_block_elems // per_chunk))
+    for c0 in range(0, n_chunks, step):
+        yield c0, min(n_chunks, c0 + step)
+
+
+def chunked_attention_forward(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float,
+                              max_block_elems: int = DEFAULT_BLOCK_ELEMS) -> tuple[Tensor, Tensor]:
+    """Attention of (G, L, D) float32 inputs under ``lay``; returns out (G, L, D) and lse (G, L)."""
+    G, L, D = q.shape
+    q2, k2, v2 = q.reshape(G * L, D), k.reshape(G * L, D), v.reshape(G * L, D)
+    out = torch.zeros(G * L, D, dtype=q.dtype, device=q.device)
+    lse = torch.full((G * L,), float("-inf"), dtype=q.dtype, device=q.device)
+    self_slots = _self_slots(lay, q.device)
+    for r in range(lay.rounds):
+        for c0, c1 in _blocks(lay, G, L, max_block_elems):
+            blk = _Block(lay, r, c0, c1, G, L, q.device)
+            n, C = blk.n, lay.chunk
+            qs = _gather(q2, blk.q_rows, G).view(G, n, C, D)
+            kw = blk.windows(_gather(k2, blk.k_rows, G), lay, 0.0)  # (G, n, K, D)
+            vw = blk.windows(_gather(v2, blk.k_rows, G), lay, 0.0)
+            logits = _logits(qs, kw, blk, lay, scale, self_slots)
+            blse = torch.logsumexp(logits, dim=-1)  # (G, n, C); -inf where nothing is visible
+            p = logits.sub_(_safe(blse).unsqueeze(-1)).exp_()
+            bout = torch.matmul(p, vw).view(-1, D)  # (G*n*C, D)
+            blse = blse.view(-1)
+            if r == 0:
+                out.index_copy_(0, blk.q_rows, bout)
+                lse.index_copy_(0, blk.q_rows, blse)
+            else:  # merge with earlier rounds by their log-sum-exp weights
+                prev_out, prev_lse = out.index_select(0, blk.q_rows), lse.index_select(0, blk.q_rows)
+                new_lse = torch.logaddexp(prev_lse, blse)
+                base = _safe(new_lse)
+                merged = prev_out * (prev_lse - base).exp_().unsqueeze(-1) \
+                    + bout * (blse - base).exp_().unsqueeze(-1)
+                out.index_copy_(0, blk.q_rows, merged)
+                lse.index_copy_(0, blk.q_rows, new_lse)
+    if lay.self_fallback:  # nothing visible in any round: the query takes its own value
+        alone = torch.isinf(lse)
+        out[alone] = v2[alone]
+    return out.view(G, L, D), lse.view(G, L)
+
+
+def chunked_attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
+                               lay: Layout, scale: float, max_block_elems: int = DEFAULT_BLOCK_ELEMS
+                               ) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv) of ``chunked_attention_forward``, recomputing logits block by block."""
+    G, L, D = q.shape
+    q2, k2, v2, do2 = (t.reshape(G * L, D) for t in (q, k, v, dout))
+    lse1 = lse.reshape(G * L)
+    delta = (dout * out).sum(-1).reshape(G * L)  # (G*L,) rowsum(dO * O)
+    dq = torch.zeros_like(q2)
+    dk = torch.zeros_like(k2)
+    dv = torch.zeros_like(v2)
+    self_slots = _self_slots(lay, q.device)
+    for r in range(lay.rounds):
+        for c0, c1 in _blocks(lay, G, L, max_block_elems):
+            blk = _Block(lay, r, c0, c1, G, L, q.device)
+            n, C = blk.n, lay.chunk
+            qs = _gather(q2, blk.q_rows, G).view(G, n, C, D)
+            kw = blk.windows(_gather(k2, blk.k_rows, G), lay, 0.0)
+            vw = blk.windows(_gather(v2, blk.k_rows, G), lay, 0.0)
+            dos = _gather(do2, blk.q_rows, G).view(G, n, C, D)
+            blse = _safe(lse1.index_select(0, blk.q_rows)).view(G, n, C, 1)
+            bdelta = delta.index_select(0, blk.q_rows).view(G, n, C, 1)
+            p = _logits(qs, kw, blk, lay, scale, self_slots).sub_(blse).exp_()  # (G, n, C, K)
+            dvw = torch.matmul(p.transpose(-1, -2), dos)  # (G, n, K, D)
+            ds = torch.matmul(dos, vw.transpose(-1, -2)).sub_(bdelta).mul_(p).mul_(scale)  # (G, n, C, K)
+            dq.index_add_(0, blk.q_rows, torch.matmul(ds, kw).view(-1, D))
+            dkw = torch.matmul(ds.transpose(-1, -2), qs)  # (G, n, K, D)
+            dk.index_add_(0, blk.k_rows, blk.fold(dkw, lay).reshape(-1, D))
+            dv.index_add_(0, blk.k_rows, blk.fold(dvw, lay).reshape(-1, D))
+    if lay.self_fallback:
+        alone = torch.isinf(lse1)
+        dv[alone] += do2[alone]
+    return dq.view(G, L, D), dk.view(G, L, D), dv.view(G, L, D)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half types (softmax statistics need it), float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class ChunkedAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper: saves only q, k, v, out and lse; the backward recomputes logits."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float,  # type: ignore[override]
+                max_block_elems: int) -> Tensor:
+        dtype = q.dtype
+        qf, kf, vf = (t.to(compute_dtype(dtype)) for t in (q, k, v))
+        with torch.autocast(q.device.type, enabled=False):
+            out, lse = chunked_attention_forward(qf, kf, vf, lay, scale, max_block_elems)
+        ctx.save_for_backward(qf, kf, vf, out, lse)
+        ctx.lay, ctx.scale, ctx.block, ctx.dtypes = lay, scale, max_block_elems, (q.dtype, k.dtype, v.dtype)
+        return out.to(dtype)
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):  # type: ignore[override]
+        qf, kf, vf, out, lse = ctx.saved_tensors
+        with torch.autocast(qf.device.type, enabled=False):
+            dq, dk, dv = chunked_attention_backward(qf, kf, vf, out, lse, dout.to(qf.dtype), ctx.lay, ctx.scale,
+                                                    ctx.block)
+        tq, tk, tv = ctx.dtypes
+        return dq.to(tq), dk.to(tk), dv.to(tv), None, None, None
+
+
+def chunked_attention(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: Optional[float] = None,
+                      max_block_elems: int = DEFAULT_BLOCK_ELEMS) -> Tensor:
+    """Windowed attention of (G, L, D) queries/keys/values under ``lay`` -> (G, L, D).
+
+    L must be a multiple of ``lay.chunk``. Differentiable in q, k and v.
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if q.shape[1] % lay.chunk:
+        raise ValueError(f"length {q.shape[1]} is not a multiple of the chunk length {lay.chunk}")
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return ChunkedAttentionFunction.apply(q, k, v, lay, scale, max_block_elems)
+    with torch.autocast(q.device.type, enabled=False):
+        cd = compute_dtype(q.dtype)
+        out, _ = chunked_attention_forward(q.to(cd), k.to(cd), v.to(cd), lay, scale, max_block_elems)
+    return out.to(q.dtype)

@@ -1,0 +1,93 @@
+"""ReformerLM: token embedding, axial positions, a reversible stack of attention and
+feed-forward blocks, and a language-model head (Kitaev, Kaiser, Levskaya, ICLR 2020).
+
+``reversible`` chooses how the stack executes (RevNet backward or plain autograd), not what it
+computes: the parameters and their names are the same, so a ``state_dict`` moves between the
+two unchanged.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import SelfAttention
+from .axial_positions import AxialPositionalEncoding
+from .config import ReformerConfig
+from .feedforward import FeedForward
+from .reversible import ReversibleBlock, run_blocks
+
+
+class CausalConv(nn.Module):
+    """Depthwise causal convolution with a residual: each position mixes in its left neighbours."""
+
+    def __init__(self, dim: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv1d(dim, dim, kernel, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, dim)
+        h = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))  # (B, dim, L + k - 1), left padding only
+        return x + self.conv(h).transpose(1, 2)
+
+
+class ReformerLM(nn.Module):
+    """Reformer language model: tokens (B, L) -> logits (B, L, vocab_size)."""
+
+    def __init__(self, config: ReformerConfig):
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        self.token_emb = nn.Embedding(c.vocab_size, c.dim)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
+        self.pos_emb = AxialPositionalEncoding(c.dim, c.axial, c.max_seq_len)
+        self.conv = CausalConv(c.dim, c.conv_kernel) if c.conv_kernel > 0 else None
+        self.layers = nn.ModuleList()
+        for i, kind in enumerate(c.layer_kinds()):
+            attn = SelfAttention(c.dim, c.heads, c.head_dim, kind=kind, causal=c.causal, bucket_size=c.bucket_size,
+                                 n_hashes=c.n_hashes, n_buckets=c.n_buckets, local_window=c.local_window,
+                                 dropout=c.dropout, hash_seed=c.hash_seed * 1000 + i)
+            ff = FeedForward(c.dim, c.ff_mult, c.dropout, c.ff_chunk_size)
+            self.layers.append(ReversibleBlock(attn, ff))
+        self.norm = nn.LayerNorm(c.dim)
+        self.to_logits = nn.Linear(c.dim, c.vocab_size)
+
+    def _check(self, tokens: Tensor, mask: Optional[Tensor]) -> None:
+        c = self.config
+        if tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64, torch.int16, torch.uint8):
+            raise ValueError(f"tokens must be a (batch, length) integer tensor, got {tuple(tokens.shape)} {tokens.dtype}")
+        L = tokens.shape[1]
+        if L == 0:
+            raise ValueError("tokens is empty (length 0)")
+        if L > c.max_seq_len:
+            raise ValueError(f"sequence length {L:,} exceeds max_seq_len {c.max_seq_len:,}; use a config with "
+                             f"max_seq_len >= {L:,} (e.g. configs/long.yaml) or split the sequence into windows")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= c.vocab_size:
+            raise ValueError(f"token ids must be in [0, {c.vocab_size}), got values in [{lo}, {hi}]")
+        if mask is not None and (mask.shape != tokens.shape or mask.dtype != torch.bool):
+            raise ValueError(f"mask must be a bool tensor of shape {tuple(tokens.shape)}, "
+                             f"got {tuple(mask.shape)} {mask.dtype}")
+
+    def encode(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Final hidden states (B, L, dim). mask: (B, L) bool, True = real token, False = padding."""
+        self._check(tokens, mask)
+        B, L = tokens.shape
+        x = self.token_emb(tokens.long()) + self.pos_emb(L)  # (B, L, dim)
+        real_len = None
+        if mask is not None:
+            x = x * mask.unsqueeze(-1)  # padded embeddings are zero, whatever their token
+            real_len = mask.sum(1)
+        if self.conv is not None:
+            x = self.conv(x)
+        h = run_blocks(self.layers, x, mask, real_len, self.config.reversible)
+        return self.norm(h)
+
+    def forward(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Logits (B, L, vocab_size); in a causal model position t predicts token t + 1."""
+        return self.to_logits(self.encode(tokens, mask))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,188 @@
+"""Attention kernels against exact references (equivalence and oracle tests).
+
+The reference here is written independently of the library: a dense softmax over an explicit
+visibility matrix built from the definitions (buckets, positions, sorted order), with the
+shared-QK rule "a query sees itself only when it sees nothing else".
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reformer_seq.chunked_attention import chunked_attention
+from reformer_seq.full_attention import full_attention
+from reformer_seq.local_attention import local_layout
+from reformer_seq.lsh_attention import (FACTOR, bucket_bits, hash_codes, hash_rotations, lsh_layout,
+                                        n_hash_factors)
+
+
+def reference_attention(q, k, v, visible, self_only_if_alone=True):
+    """Dense attention. q, k, v: (G, L, D) float64; visible: (G, L, L) bool (diagonal ignored
+    when ``self_only_if_alone``: self is visible exactly when nothing else is)."""
+    G, L, D = q.shape
+    eye = torch.eye(L, dtype=torch.bool)
+    if self_only_if_alone:
+        others = visible & ~eye
+        alone = ~others.any(-1, keepdim=True)  # (G, L, 1)
+        visible = others | (alone & eye)
+    logits = torch.einsum("gid,gjd->gij", q, k) / math.sqrt(D)
+    logits = logits.masked_fill(~visible, float("-inf"))
+    return torch.einsum("gij,gjd->gid", torch.softmax(logits, -1), v)
+
+
+def rand_qkv(G, L, D, seed=0, clustered=False):
+    g = torch.Generator().manual_seed(seed)
+    qk = torch.randn(G, L, D, generator=g)
+    if clustered:  # few directions, so hash buckets hold several positions and rounds collide
+        centers = torch.randn(G, 4, D, generator=g)
+        qk = centers[:, torch.randint(0, 4, (L,), generator=g)] * 3 + qk * 0.3
+    v = torch.randn(G, L, D, generator=g)
+    return qk, F.normalize(qk, dim=-1), v
+
+
+# ----------------------------------------------------------------------------- hashing
+def test_hash_codes_match_per_factor_argmax():
+    """Factorised codes = concatenation of independent angular hashes argmax([xR; -xR])."""
+    B, H, L, D, R = 2, 3, 40, 8, 2
+    g = torch.Generator().manual_seed(1)
+    qk = torch.randn(B, H, L, D, generator=g)
+    rot = hash_rotations(H, D, R, 2, device=torch.device("cpu"), generator=g)  # (H, D, 2*R*4)
+    codes = hash_codes(qk, rot, R)  # (R, B, H, L)
+    half = FACTOR // 2
+    for r in range(R):
+        expect = torch.zeros(B, H, L, dtype=torch.long)
+        for f in range(2):
+            cols = rot[:, :, (f * R + r) * half:(f * R + r + 1) * half]  # (H, D, half)
+            proj = torch.einsum("bhld,hdk->bhlk", qk, cols)
+            expect = expect * FACTOR + torch.cat([proj, -proj], -1).argmax(-1)
+        assert torch.equal(codes[r], expect)
+
+
+def test_bucket_bits_track_length_and_hashing_cost_is_logarithmic():
+    real = torch.tensor([16, 1000, 65536, 1 << 20])
+    bits = bucket_bits(real, 16, None)
+    assert bits.tolist() == [1, 6, 12, 16]  # nearest power of two of real_len / 16, at least 2 buckets
+    assert n_hash_factors(bits) == 6  # 1M tokens: 65,536 buckets from 6 factors of 8 directions
+    assert bucket_bits(real, 16, 64).tolist() == [6] * 4
+
+
+# ----------------------------------------------------------------------------- LSH vs exact
+def _single_bucket_layout(q, causal, R):
+    G, L, D = q.shape
+    real = torch.ones(1, L, dtype=torch.bool)
+    bits = torch.zeros(1, dtype=torch.long)  # one bucket
+    rot = hash_rotations(G, D, R, 0, device=q.device)
+    return lsh_layout(q.view(1, G, L, D), real, bits, rot, R, bucket_size=L, causal=causal)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("R", [1, 3])
+def test_lsh_single_bucket_equals_exact_shared_qk(causal, R):
+    """One bucket and one chunk covering the sequence: LSH attention is exact attention."""
+    G, L, D = 3, 48, 8
+    qk, k, v = rand_qkv(G, L, D)
+    lay = _single_bucket_layout(qk, causal, R)
+    out = chunked_attention(qk, k, v, lay)
+    vis = torch.ones(G, L, L, dtype=torch.bool)
+    if causal:
+        vis = vis.tril()
+    ref = reference_attention(qk.double(), k.double(), v.double(), vis)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    # the SDPA-based full attention is the same function
+    full = full_attention(qk.view(1, G, L, D), k.view(1, G, L, D), v.view(1, G, L, D), None, causal)
+    torch.testing.assert_close(full.view(G, L, D).double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def _oracle_visibility(buckets, causal, C):
+    """From buckets (R, G, L) and the definitions alone: who sees whom in the union of rounds."""
+    R, G, L = buckets.shape
+    vis = np.zeros((G, L, L), dtype=bool)
+    for r in range(R):
+        for g in range(G):
+            b = buckets[r, g]
+            order = sorted(range(L), key=lambda p: (b[p], p))  # sort by (bucket, position)
+            s = {p: i for i, p in enumerate(order)}
+            for i in range(L):
+                for j in range(L):
+                    if b[i] != b[j]:
+                        continue
+                    if causal:  # j among the C nearest earlier same-bucket positions of i
+                        if j <= i and s[i] - s[j] <= C:
+                            vis[g, i, j] = True
+                    elif s[i] // C - s[j] // C in (0, 1):  # own chunk or the previous one
+                        vis[g, i, j] = True
+    return torch.from_numpy(vis)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_multi_round_lsh_equals_exact_attention_over_union(causal):
+    """With the log N_ij correction, combining rounds gives exact softmax over the union of the
+    rounds' key sets, each pair counted once however many rounds it meets in."""
+    B, H, L, D, R, C = 1, 2, 64, 8, 3, 4
+    qk, k, v = rand_qkv(B * H, L, D, seed=3, clustered=True)
+    real = torch.ones(B, L, dtype=torch.bool)
+    bits = torch.full((B,), 3)  # 8 buckets
+    rot = hash_rotations(H, D, R, 1, device=torch.device("cpu"), generator=torch.Generator().manual_seed(5))
+    lay = lsh_layout(qk.view(B, H, L, D), real, bits, rot, R, C, causal)
+    buckets = (hash_codes(qk.view(B, H, L, D), rot, R) >> 0).view(R, B * H, L).numpy()
+    vis = _oracle_visibility(buckets, causal, C)
+    assert 0 < vis.float().mean() < 0.5  # a real test: neither empty nor dense
+    multi = 0
+    for r in range(R):  # pairs meeting in several rounds exist, so the correction matters
+        multi += (buckets[r][:, :, None] == buckets[r][:, None, :])
+    assert (multi > 1).any()
+    out = chunked_attention(qk, k, v, lay)
+    ref = reference_attention(qk.double(), k.double(), v.double(), vis)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_kernel_gradients_match_autograd_reference(causal):
+    B, H, L, D, R, C = 1, 2, 64, 8, 3, 4
+    qk, _, v = rand_qkv(B * H, L, D, seed=7, clustered=True)
+    rot = hash_rotations(H, D, R, 1, device=torch.device("cpu"), generator=torch.Generator().manual_seed(2))
+    lay = lsh_layout(qk.view(B, H, L, D), torch.ones(B, L, dtype=torch.bool), torch.full((B,), 3), rot, R, C, causal)
+    buckets = hash_codes(qk.view(B, H, L, D), rot, R).view(R, B * H, L).numpy()
+    vis = _oracle_visibility(buckets, causal, C)
+    w = torch.randn(B * H, L, D, dtype=torch.float64)
+
+    q1, v1 = qk.clone().requires_grad_(), v.clone().requires_grad_()
+    (chunked_attention(q1, F.normalize(q1, dim=-1), v1, lay, max_block_elems=512).double() * w).sum().backward()
+    q2, v2 = qk.double().requires_grad_(), v.double().requires_grad_()
+    (reference_attention(q2, F.normalize(q2, dim=-1), v2, vis) * w).sum().backward()
+    torch.testing.assert_close(q1.grad.double(), q2.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(v1.grad.double(), v2.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_block_size_does_not_change_results():
+    """Processing chunks in small blocks (bounded memory) is exact."""
+    B, H, L, D, R, C = 1, 2, 128, 8, 2, 8
+    qk, k, v = rand_qkv(B * H, L, D, seed=11, clustered=True)
+    rot = hash_rotations(H, D, R, 1, device=torch.device("cpu"), generator=torch.Generator().manual_seed(2))
+    lay = lsh_layout(qk.view(B, H, L, D), torch.ones(B, L, dtype=torch.bool), torch.full((B,), 3), rot, R, C, True)
+    a = chunked_attention(qk, k, v, lay)
+    b = chunked_attention(qk, k, v, lay, max_block_elems=1)  # one chunk per block
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- local
+@pytest.mark.parametrize("causal", [True, False])
+def test_local_attention_equals_banded_exact_attention(causal):
+    B, H, L, D, W = 2, 2, 50, 8, 8
+    G = B * H
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(G, 56, D, generator=g) for _ in range(3))  # padded to a multiple of W
+    real = torch.zeros(B, 56, dtype=torch.bool)
+    real[:, :L] = True
+    lay = local_layout(real, H, W, causal)
+    out = chunked_attention(q, k, v, lay)[:, :L]
+    i = torch.arange(L)
+    d = i[:, None] - i[None, :]
+    vis = (d >= 0) & (d <= W) if causal else d.abs() <= W
+    ref = reference_attention(q[:, :L].double(), k[:, :L].double(), v[:, :L].double(),
+                              vis.expand(G, L, L), self_only_if_alone=False)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
