@@ -81,11 +81,14 @@ def ambiguous_runs(ids: np.ndarray, ambiguous_ids: Sequence[int], chunk: int = 1
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     table = np.zeros(max(256, max(ambiguous_ids) + 1), dtype=bool)
     table[list(ambiguous_ids)] = True
+    single = ambiguous_ids[0] if len(ambiguous_ids) == 1 else None
     edges, prev = [], False
     for off in range(0, len(ids), chunk):
-        flags = table[np.asarray(ids[off:off + chunk])]
-        padded = np.concatenate([[prev], flags])
-        edges.append(np.flatnonzero(padded[1:] != padded[:-1]) + off)
+        part = np.asarray(ids[off:off + chunk])
+        flags = part == single if single is not None else table[part]
+        if flags[0] != prev:
+            edges.append(np.array([off]))
+        edges.append(np.flatnonzero(flags[1:] != flags[:-1]) + off + 1)
         prev = bool(flags[-1])
     change = np.concatenate(edges) if edges else np.zeros(0, np.int64)
     if prev:
