@@ -134,11 +134,11 @@ def read_records(path: PathLike, format: Optional[str] = None) -> Iterator[SeqRe
     path = Path(path)
     _check_file(path)
     fmt = format or sniff_format(path)
-    n = 0
-    where = "before the first record"
+    n, last = 0, None
     with _open_text(path) as handle:
         records = SeqIO.parse(handle, fmt)
         while True:
+            where = f"while reading record #{n + 1}" + (f" (after {last!r})" if last else "")
             try:
                 rec = next(records)
                 seq = str(rec.seq)
@@ -160,7 +160,7 @@ def read_records(path: PathLike, format: Optional[str] = None) -> Iterator[SeqRe
             if not seq:
                 raise InputError(f"{path}: record {rec.id!r} (#{n}) has no sequence; expected sequence lines "
                                  f"after its header; remove the record or add its bases")
-            where = f"after record {rec.id!r} (#{n})"
+            last = rec.id
             yield SeqRecordText(rec.id, rec.description, seq)
     if n == 0:
         raise InputError(f"{path}: no {fmt.upper()} records found; expected {EXPECTED}")
