@@ -10,9 +10,11 @@ rounds' key sets. With shared query/key projections a query would always prefer 
 it attends to itself only when it has nothing else (section 2): self is masked in every round,
 and a query left with no key in any round takes its own value, exactly.
 
-Which pairs a window admits is decided by one integer per position and round, the *window
-key* ``u``: key ``j`` is visible to query ``i`` in round ``r`` iff ``lo <= u_r[i] - u_r[j] <= hi``.
-The callers encode their rule into ``u`` (see :mod:`.lsh_attention` and :mod:`.local_attention`).
+Which keys of its window a query sees in its own round: those in its bucket whose distance
+in the sorted order lies in a static band (``band_lo <= s_q - s_k <= band_hi``). To count the
+rounds a pair meets in, each round also gives every position a *window key* ``u``: key ``j``
+is visible to query ``i`` in round ``r`` iff ``lo <= u_r[i] - u_r[j] <= hi``. The callers encode
+their rules (see :mod:`.lsh_attention` and :mod:`.local_attention`).
 
 The autograd Function computes in float32 (float64 for float64 inputs) one (round, block of chunks) at a time, in forward
 and backward alike (the backward recomputes logits, as FlashAttention does), so temporaries
@@ -40,16 +42,20 @@ class Layout:
     """How a (G, L) sequence is permuted and windowed, per round.
 
     perm: (R, G, L) int32, sorted index -> original position; None means identity (R = 1).
-    u:    (R, G, L) int32 window key of each *original* position in each round.
-    u_sorted: (R, G, L) int32 window key in each round's own sorted order (u[r] gathered by perm[r]).
-    lo, hi: the window test ``lo <= u_q - u_k <= hi``.
+    buckets: (R, G, L) int32 bucket of each position in each round's sorted order (padding has
+        buckets of its own, so it meets nothing but itself).
+    band_lo, band_hi: a query sees same-bucket keys with ``band_lo <= s_q - s_k <= band_hi``.
+    u: (R, G, L) int32 window key of each *original* position in each round; only used to count
+        the rounds a pair meets in (R > 1), by the test ``lo <= u_q - u_k <= hi``.
     chunk: C. back, fwd: chunks looked at before / after a query's own chunk.
     self_fallback: shared-QK rule (self only when nothing else); False: self is a key like any other.
     """
 
     perm: Optional[Tensor]
-    u: Tensor
-    u_sorted: Tensor
+    buckets: Tensor
+    band_lo: int
+    band_hi: int
+    u: Optional[Tensor]
     lo: int
     hi: int
     chunk: int
@@ -59,7 +65,7 @@ class Layout:
 
     @property
     def rounds(self) -> int:
-        return self.u.shape[0]
+        return self.buckets.shape[0]
 
     @property
     def window(self) -> int:
@@ -123,39 +129,35 @@ def _gather(x2d: Tensor, rows: Tensor, G: int) -> Tensor:
     return x2d.index_select(0, rows).view(G, -1, x2d.shape[-1])
 
 
-def _self_slots(lay: Layout, device: torch.device) -> Tensor:
-    """(C, K) bool: where each query meets itself in its window (own chunk's diagonal)."""
+def _static_masks(lay: Layout, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(C, K) bool masks of window slots: the sorted-order band, and each query's own slot."""
     C = lay.chunk
-    m = torch.zeros(C, lay.window, dtype=torch.bool, device=device)
-    idx = torch.arange(C, device=device)
-    m[idx, lay.back * C + idx] = True
-    return m
+    a = torch.arange(C, device=device).view(C, 1) + lay.back * C  # query slot in the window
+    b = torch.arange(lay.window, device=device).view(1, -1)
+    d = a - b  # s_q - s_k
+    return (d >= lay.band_lo) & (d <= lay.band_hi), d == 0
 
 
-def _logits(q: Tensor, kw: Tensor, blk: _Block, lay: Layout, scale: float, self_slots: Tensor) -> Tensor:
+def _logits(q: Tensor, kw: Tensor, blk: _Block, lay: Layout, scale: float, masks: tuple[Tensor, Tensor]) -> Tensor:
     """Masked, duplicate-corrected logits of one block: (G, n, C, D) x (G, n, K, D) -> (G, n, C, K)."""
     G, n, C, _ = q.shape
+    band, self_slots = masks
     dots = torch.matmul(q, kw.transpose(-1, -2)).mul_(scale)  # (G, n, C, K)
+    r0 = blk.r
+    bq = lay.buckets[r0, :, blk.q0:blk.q1].reshape(G, n, C, 1)
+    bk = blk.windows(lay.buckets[r0, :, blk.k0 + blk.lo_pad:blk.k1 - blk.hi_pad].unsqueeze(-1), lay, -1)
+    valid = (bq == bk.view(G, n, 1, lay.window)) & band  # same bucket, inside the band
 
-    def in_window(r: int) -> Tensor:
-        if r == blk.r:
-            uq = lay.u_sorted[r, :, blk.q0:blk.q1]  # (G, nC)
-            uk = lay.u_sorted[r, :, blk.k0 + blk.lo_pad:blk.k1 - blk.hi_pad]
-        else:  # round r's window keys of this block's positions (ordered by round blk.r)
-            uq = lay.u[r].gather(1, blk.q_pos)
-            uk = lay.u[r].gather(1, blk.k_pos)
-        uq = uq.view(G, n, C, 1)
-        uk = blk.windows(uk.unsqueeze(-1), lay, _FAR).view(G, n, 1, lay.window)
-        diff = uq - uk  # (G, n, C, K)
-        return (diff >= lay.lo) & (diff <= lay.hi)
-
-    valid = in_window(blk.r)
-    if lay.rounds > 1:
-        count = valid.to(dots.dtype)
+    if lay.rounds > 1:  # section 2: subtract log N_ij, N_ij = rounds in which j is in i's window
+        count = valid.to(torch.uint8)
         for r in range(lay.rounds):
-            if r != blk.r:
-                count += in_window(r)
-        dots.sub_(torch.log(count.clamp_(min=1.0)))  # section 2: the log N_ij correction
+            if r == r0:
+                continue
+            uq = lay.u[r].gather(1, blk.q_pos).view(G, n, C, 1)  # round r's keys, in round r0's order
+            uk = blk.windows(lay.u[r].gather(1, blk.k_pos).unsqueeze(-1), lay, _FAR).view(G, n, 1, lay.window)
+            diff = uq - uk  # (G, n, C, K)
+            count += (diff >= lay.lo) & (diff <= lay.hi)
+        dots.sub_(count.to(dots.dtype).log_())
     dots.masked_fill_(~valid, float("-inf"))
     if lay.self_fallback:
         dots.masked_fill_(self_slots, float("-inf"))
@@ -183,7 +185,7 @@ def chunked_attention_forward(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scal
     q2, k2, v2 = q.reshape(G * L, D), k.reshape(G * L, D), v.reshape(G * L, D)
     out = torch.zeros(G * L, D, dtype=q.dtype, device=q.device)
     lse = torch.full((G * L,), float("-inf"), dtype=q.dtype, device=q.device)
-    self_slots = _self_slots(lay, q.device)
+    masks = _static_masks(lay, q.device)
     for r in range(lay.rounds):
         for c0, c1 in _blocks(lay, G, L, max_block_elems):
             blk = _Block(lay, r, c0, c1, G, L, q.device)
@@ -191,7 +193,7 @@ def chunked_attention_forward(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scal
             qs = _gather(q2, blk.q_rows, G).view(G, n, C, D)
             kw = blk.windows(_gather(k2, blk.k_rows, G), lay, 0.0)  # (G, n, K, D)
             vw = blk.windows(_gather(v2, blk.k_rows, G), lay, 0.0)
-            logits = _logits(qs, kw, blk, lay, scale, self_slots)
+            logits = _logits(qs, kw, blk, lay, scale, masks)
             blse = torch.logsumexp(logits, dim=-1)  # (G, n, C); -inf where nothing is visible
             p = logits.sub_(_safe(blse).unsqueeze(-1)).exp_()
             bout = torch.matmul(p, vw).view(-1, D)  # (G*n*C, D)
@@ -224,7 +226,7 @@ def chunked_attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     dq = torch.zeros_like(q2)
     dk = torch.zeros_like(k2)
     dv = torch.zeros_like(v2)
-    self_slots = _self_slots(lay, q.device)
+    masks = _static_masks(lay, q.device)
     for r in range(lay.rounds):
         for c0, c1 in _blocks(lay, G, L, max_block_elems):
             blk = _Block(lay, r, c0, c1, G, L, q.device)
@@ -235,7 +237,7 @@ def chunked_attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
             dos = _gather(do2, blk.q_rows, G).view(G, n, C, D)
             blse = _safe(lse1.index_select(0, blk.q_rows)).view(G, n, C, 1)
             bdelta = delta.index_select(0, blk.q_rows).view(G, n, C, 1)
-            p = _logits(qs, kw, blk, lay, scale, self_slots).sub_(blse).exp_()  # (G, n, C, K)
+            p = _logits(qs, kw, blk, lay, scale, masks).sub_(blse).exp_()  # (G, n, C, K)
             dvw = torch.matmul(p.transpose(-1, -2), dos)  # (G, n, K, D)
             ds = torch.matmul(dos, vw.transpose(-1, -2)).sub_(bdelta).mul_(p).mul_(scale)  # (G, n, C, K)
             dq.index_add_(0, blk.q_rows, torch.matmul(ds, kw).view(-1, D))

@@ -14,14 +14,15 @@ the chunk, and positions the caller masks out) gets buckets past every real one,
 per padded position, so padded positions sort after all real ones and meet nobody but
 themselves: outputs at real positions do not depend on the amount of padding.
 
-Window rule per round (see :class:`~reformer_seq.chunked_attention.Layout`):
+Window rule per round (see :class:`~reformer_seq.chunked_attention.Layout`); ``s`` is the
+sorted index:
 
 * causal: query ``i`` sees the (at most ``C``) nearest earlier keys of its own bucket in the
-  round's sorted order. Between two same-bucket positions the sorted order holds only
-  same-bucket positions that lie between them, so later tokens can never move a key into or
-  out of an earlier query's window: the attention is strictly causal. Encoded as
-  ``u = s + (C + 1) * bucket`` (``s`` = sorted index) with ``0 <= u_q - u_k <= C``.
-* bidirectional: the paper's rule, own chunk and the previous one, same bucket:
+  round's sorted order (band ``0 <= s_q - s_k <= C``). Between two same-bucket positions the
+  sorted order holds only same-bucket positions that lie between them, so later tokens can
+  never move a key into or out of an earlier query's window: the attention is strictly
+  causal. Window key ``u = s + (C + 1) * bucket`` with ``0 <= u_q - u_k <= C``.
+* bidirectional: the paper's rule, own chunk and the previous one, same bucket: window key
   ``u = s // C + 2 * bucket`` with ``0 <= u_q - u_k <= 1``.
 
 Letters: B batch, H heads, L padded length, D head width, R rounds, G = B * H.
@@ -107,14 +108,14 @@ def lsh_layout(qk: Tensor, real: Tensor, bits: Tensor, rotations: Tensor, n_hash
     s = pos.view(1, 1, L)
     if causal:
         u_sorted = s + (C + 1) * sorted_buckets
-        lo, hi = 0, C
+        band, lo, hi = (0, C), 0, C
     else:
         u_sorted = torch.div(s, C, rounding_mode="floor") + 2 * sorted_buckets
-        lo, hi = 0, 1
-    u_sorted = u_sorted.to(torch.int32)
-    u = torch.empty_like(u_sorted).scatter_(-1, perm, u_sorted)  # back to original positions
-    return Layout(perm=perm.to(torch.int32), u=u, u_sorted=u_sorted, lo=lo, hi=hi, chunk=C,
-                  back=1, fwd=0, self_fallback=True)
+        band, lo, hi = (-2 * C, 2 * C), 0, 1  # the whole window: own chunk and the previous one
+    u = torch.empty(R, B * H, L, dtype=torch.int32, device=qk.device)
+    u.scatter_(-1, perm, u_sorted.to(torch.int32))  # back to original positions
+    return Layout(perm=perm.to(torch.int32), buckets=sorted_buckets.to(torch.int32), band_lo=band[0],
+                  band_hi=band[1], u=u, lo=lo, hi=hi, chunk=C, back=1, fwd=0, self_fallback=True)
 
 
 def n_hash_factors(bits: Tensor) -> int:
