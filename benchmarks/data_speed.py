@@ -9,7 +9,8 @@ fresh, empty cache folder and times:
 * ``load_genome`` again, now served from the cache (hash + memory-map);
 * windowing: ``GenomeWindowDataset`` for the train and val splits (window list, N filter);
 * one pass over the training windows (``dataset[i]`` for every window: slicing, reverse
-  complement, tensor).
+  complement, tensor), then the same pass as batches of 4 through ``make_dataloader`` with the
+  causal and the masked collator.
 
 The median over ``--repeats`` is kept. Imports (torch, Biopython) happen before any timing and
 are reported separately. Prints a table and writes JSON (``--out``).
@@ -44,7 +45,7 @@ def one_repeat(path: Path, seq_len: int) -> dict[str, float]:
     """Seconds for each stage, with a fresh cache folder."""
     from reformer_seq.fasta import file_sha256, load_genome, read_records
     from reformer_seq.tokenizers import NucleotideTokenizer
-    from reformer_seq.windows import GenomeWindowDataset
+    from reformer_seq.windows import CausalCollator, GenomeWindowDataset, MaskedCollator, make_dataloader
 
     tok = NucleotideTokenizer()
     r: dict[str, float] = {}
@@ -60,9 +61,12 @@ def one_repeat(path: Path, seq_len: int) -> dict[str, float]:
         r["load_genome, first run"], recs = timed(lambda: load_genome(path, tok, cache_dir=cache))
         r["windows, first run"], _ = timed(lambda: windows(recs))
         r["load_genome, cached"], recs = timed(lambda: load_genome(path, tok, cache_dir=cache))
-        r["windows, cached"], (train, _) = timed(lambda: windows(recs))
+        r["windows, cached"], (train, val) = timed(lambda: windows(recs))
         r["one pass over train windows"], _ = timed(lambda: [train[i] for i in range(len(train))])
-        r["n_train_windows"], r["n_val_windows"] = len(train), len(_)
+        for name, collate in (("causal", CausalCollator(tok)), ("masked", MaskedCollator(tok))):
+            loader = make_dataloader(train, 4, collate, seed=0)
+            r[f"one pass, {name} batches of 4"], _ = timed(lambda: sum(1 for _ in loader))
+        r["n_train_windows"], r["n_val_windows"] = len(train), len(val)
         r["bases"] = sum(len(x) for x in recs)
     r["TOTAL first run (load + windows)"] = r["load_genome, first run"] + r["windows, first run"]
     r["TOTAL cached (load + windows)"] = r["load_genome, cached"] + r["windows, cached"]
@@ -86,11 +90,11 @@ def main() -> None:
     print(f"{args.genome.name}: {int(median['bases']):,} bases, seq_len {args.seq_len:,}, "
           f"{int(median['n_train_windows'])} train / {int(median['n_val_windows'])} val windows; "
           f"median of {args.repeats} (imports {t_import:.2f} s, not included)")
-    print(f"| {'stage':<34} | {'seconds':>8} |")
-    print(f"|{'-' * 36}|{'-' * 10}|")
+    print(f"| {'stage':<36} | {'seconds':>8} |")
+    print(f"|{'-' * 38}|{'-' * 10}|")
     for k in keys:
         if k not in counts:
-            print(f"| {k:<34} | {median[k]:>8.4f} |")
+            print(f"| {k:<36} | {median[k]:>8.4f} |")
     speedup = median["TOTAL first run (load + windows)"] / median["TOTAL cached (load + windows)"]
     print(f"cached is {speedup:.0f}x faster than the first run")
 

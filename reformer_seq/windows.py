@@ -181,53 +181,59 @@ class GenomeWindowDataset(Dataset):
         ids = self.window_ids(index)
         if self.rc_augment and key & 1:
             ids = self.tokenizer.reverse_complement(ids)
-        out = torch.full((self.seq_len,), self.tokenizer.pad_id, dtype=torch.long)
-        out[:len(ids)] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-        mask = torch.zeros(self.seq_len, dtype=torch.bool)
+        out = np.full(self.seq_len, self.tokenizer.pad_id, dtype=np.int64)  # numpy: no torch threads
+        out[:len(ids)] = ids
+        mask = np.zeros(self.seq_len, dtype=bool)
         mask[:len(ids)] = True
-        return {"input_ids": out, "attention_mask": mask, "key": key}
+        return {"input_ids": torch.from_numpy(out), "attention_mask": torch.from_numpy(mask), "key": key}
 
 
 # ---------------------------------------------------------------------- collators
 Item = Union[dict[str, Any], np.ndarray, torch.Tensor]
 
 
+def _to_numpy(x: Any, dtype: type) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype).reshape(-1)
+
+
 def pad_batch(items: Sequence[Item], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[Optional[int]]]:
     """Stack items (dicts, arrays or tensors of ids) right-padded to the longest.
 
     Returns ``input_ids`` (B, L) long, ``attention_mask`` (B, L) bool and each item's ``key`` (or None).
+    Built in numpy: torch's intra-op threads add nothing here and stall on a busy machine.
     """
     seqs, masks, keys = [], [], []
     for it in items:
         d = it if isinstance(it, dict) else {"input_ids": it}
-        ids = torch.as_tensor(np.asarray(d["input_ids"], dtype=np.int64) if isinstance(d["input_ids"], np.ndarray)
-                              else d["input_ids"]).long().reshape(-1)
+        seqs.append(_to_numpy(d["input_ids"], np.int64))
         m = d.get("attention_mask")
-        seqs.append(ids)
-        masks.append(torch.ones_like(ids, dtype=torch.bool) if m is None else torch.as_tensor(m).bool().reshape(-1))
+        masks.append(np.ones(len(seqs[-1]), dtype=bool) if m is None else _to_numpy(m, bool))
         keys.append(d.get("key"))
     L = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(seqs), L), dtype=torch.bool)
+    input_ids = np.full((len(seqs), L), pad_id, dtype=np.int64)
+    attention = np.zeros((len(seqs), L), dtype=bool)
     for b, (s, m) in enumerate(zip(seqs, masks)):
         input_ids[b, :len(s)], attention[b, :len(s)] = s, m
     input_ids[~attention] = pad_id
-    return input_ids, attention, keys
+    return torch.from_numpy(input_ids), torch.from_numpy(attention), keys
 
 
 def target_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer: Tokenizer) -> torch.Tensor:
     """(B, L) bool: positions holding a real prediction target (a base, not N, pad or special)."""
-    table = torch.from_numpy(tokenizer.target_table)
-    return table[input_ids] & attention_mask
+    ids, mask = input_ids.cpu().numpy(), attention_mask.cpu().numpy()
+    return torch.from_numpy(tokenizer.target_table[ids] & mask)
 
 
 def causal_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer: Tokenizer) -> torch.Tensor:
     """Next-token labels (B, L) long: ``labels[:, t] = input_ids[:, t+1]``; -100 at the last
     position and wherever the next token is N, padding or special."""
-    is_target = target_mask(input_ids, attention_mask, tokenizer)
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    labels[:, :-1] = torch.where(is_target[:, 1:], input_ids[:, 1:], torch.full_like(input_ids[:, 1:], IGNORE_INDEX))
-    return labels
+    ids = input_ids.cpu().numpy()
+    is_target = target_mask(input_ids, attention_mask, tokenizer).numpy()
+    labels = np.full(ids.shape, IGNORE_INDEX, dtype=np.int64)
+    labels[:, :-1] = np.where(is_target[:, 1:], ids[:, 1:], IGNORE_INDEX)
+    return torch.from_numpy(labels)
 
 
 class CausalCollator:
