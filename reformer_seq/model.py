@@ -91,3 +91,23 @@ class ReformerLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, folder, tokenizer=None, meta: Optional[dict] = None):
+        """Write ``model.safetensors`` + ``config.json`` to ``folder`` atomically.
+
+        ``tokenizer``: the tokenizer whose spec is stored (default: the nucleotide tokenizer).
+        """
+        from .checkpoint import save_checkpoint
+        from .tokenizers import NucleotideTokenizer
+
+        spec = (tokenizer or NucleotideTokenizer()).spec()
+        return save_checkpoint(self, self.config, spec, folder, meta=meta)
+
+    @classmethod
+    def from_pretrained(cls, folder, map_location: str = "cpu", **overrides) -> "ReformerLM":
+        """A model from a checkpoint folder or a run folder (its best checkpoint)."""
+        from .checkpoint import load_pretrained
+
+        model, _, _ = load_pretrained(folder, map_location, **overrides)
+        return model

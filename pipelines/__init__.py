@@ -1,0 +1,1 @@
+"""The ``seqformer`` command line: thin click wrappers around :mod:`reformer_seq`."""

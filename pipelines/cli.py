@@ -1,0 +1,50 @@
+"""``seqformer``: the click group. Each command lives in its own module and only parses options,
+calls one library function and prints; errors a user can fix print one line and exit 2."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from reformer_seq import __version__
+from reformer_seq.errors import SeqformerError
+
+
+class _Group(click.Group):
+    """Turns SeqformerError (bad file, bad config, bad checkpoint) into one line and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SeqformerError as e:
+            click.echo(f"seqformer: error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", "-V", prog_name="seqformer")
+def cli() -> None:
+    """Reformer language models for whole genomes.
+
+    \b
+    Typical session:
+      seqformer pretrain --out runs/ecoli            # trains on the bundled E. coli genome
+      seqformer embed genes.fa --checkpoint runs/ecoli --out genes.npz
+      seqformer evaluate held_out.fa --checkpoint runs/ecoli --out report/
+
+    Run `seqformer COMMAND --help` for each command's options.
+    """
+
+
+def _register() -> None:
+    from .pretrain import pretrain
+
+    cli.add_command(pretrain)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="seqformer")
+
+
+_register()
