@@ -48,3 +48,7 @@ def main() -> None:
 
 
 _register()
+
+
+if __name__ == "__main__":  # python -m pipelines.cli (torchrun -m pipelines.cli)
+    main()

@@ -390,7 +390,8 @@ class ShardedSampler(Sampler[int]):
 
 def make_dataloader(dataset: Dataset, batch_size: int, collate_fn: Any, shuffle: Optional[bool] = None,
                     seed: int = 0, rank: Optional[int] = None, world_size: Optional[int] = None,
-                    num_workers: int = 0, even: bool = True, drop_last: bool = False) -> DataLoader:
+                    num_workers: int = 0, even: bool = True, drop_last: bool = False,
+                    generator: Optional[torch.Generator] = None) -> DataLoader:
     """A DataLoader over this rank's shard of ``dataset`` (all of it without torch.distributed).
 
     ``shuffle`` defaults to True for a training dataset. Call :func:`set_epoch` before each epoch
@@ -399,8 +400,11 @@ def make_dataloader(dataset: Dataset, batch_size: int, collate_fn: Any, shuffle:
     if shuffle is None:
         shuffle = getattr(dataset, "split", "train") == "train"
     sampler = ShardedSampler(len(dataset), shuffle, seed, rank, world_size, even)
+    if generator is None:  # the loader's own seed source: iterating never draws from torch's global RNG
+        generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
-                      num_workers=num_workers, drop_last=drop_last, persistent_workers=False)
+                      num_workers=num_workers, drop_last=drop_last, persistent_workers=False,
+                      generator=generator)
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
