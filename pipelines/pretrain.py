@@ -57,6 +57,8 @@ def pretrain(fasta, config_path, out, max_steps, max_time, batch_size, grad_accu
     config = load_run_config(config_path, overrides)
     out = out or f"runs/pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
     result = run_pretrain(list(fasta), config, out, resume=resume, progress=not quiet, echo=click.echo)
+    if not result.is_main:  # other ranks of a torchrun job stay silent
+        return
     val = "n/a" if result.val_bits_per_base is None else f"{result.val_bits_per_base:.4f}"
     click.echo(f"{result.step:,} steps in {result.train_time / 60:.1f} min of training "
                f"({result.tokens_per_second:,.0f} tokens/s); validation {val} bits per base; "

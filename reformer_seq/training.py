@@ -69,6 +69,7 @@ class TrainResult:
     tokens_per_second: float
     history: list[dict] = field(default_factory=list)
     signal: Optional[int] = None  # the signal that stopped the run, if any
+    is_main: bool = True  # False on ranks > 0 of a multi-process run
 
 
 # ---------------------------------------------------------------------- small pieces
@@ -276,12 +277,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 # ---------------------------------------------------------------------- the loop
 def pretrain(fasta: Sequence[str | Path], config: RunConfig, out_dir: str | Path, resume: bool = False,
-             progress: bool = True, echo: Callable[[str], None] = print) -> TrainResult:
+             progress: bool = True, echo: Callable[[str], None] = print,
+             on_step: Optional[Callable[[int, float], None]] = None) -> TrainResult:
     """Train a ReformerLM on the genomes in ``fasta`` (default: the bundled E. coli genome).
 
     ``out_dir`` becomes the run folder. With ``resume`` the run continues from its latest
     checkpoint, using the run's saved config (``max_steps`` and ``max_time`` are taken from
-    ``config``, so a finished run can be extended).
+    ``config``, so a finished run can be extended). ``on_step(step, bits_per_base)`` is called
+    after every optimizer step.
     """
     t_start = time.perf_counter()
     run = Path(out_dir)
@@ -318,13 +321,13 @@ def pretrain(fasta: Sequence[str | Path], config: RunConfig, out_dir: str | Path
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     dist = _Dist(device.type)
     try:
-        return _train(fasta, config, run, files, resume, device, dist, tokenizer, progress, echo, t_start)
+        return _train(fasta, config, run, files, resume, device, dist, tokenizer, progress, echo, t_start, on_step)
     finally:
         dist.close()
 
 
 def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, device: torch.device, dist: _Dist,
-           tokenizer, progress: bool, echo, t_start: float) -> TrainResult:
+           tokenizer, progress: bool, echo, t_start: float, on_step) -> TrainResult:
     from tqdm.auto import tqdm
 
     mcfg, dcfg, tcfg = config.model, config.data, config.train
@@ -474,6 +477,8 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
             stats = dist.all_reduce_(torch.tensor([loss_sum, float(n_sum)], dtype=torch.float64), average=False)
             bpb = float(stats[0] / max(float(stats[1]), 1.0)) / LN2
             history.append({"step": step, "bits_per_base": bpb})
+            if on_step is not None:
+                on_step(step, bpb)
             if step % tcfg.log_every == 0 or step == 1:
                 now = time.perf_counter()
                 tps = window_tokens / max(now - window_t, 1e-9)
@@ -501,11 +506,18 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
         if dist.main and files["metrics"].is_file():
             plot_loss_curve(files["metrics"], files["plot"])
         signum = stop.signum
+    if dist.world > 1:  # ranks must hold one model: check that gradient averaging kept them equal
+        flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
+        ref = flat.clone()
+        torch.distributed.broadcast(ref, 0)
+        drift = dist.all_reduce_((flat - ref).abs().max().reshape(1), average=False)
+        if float(drift) > 1e-5:
+            raise RuntimeError(f"ranks' parameters diverged by {float(drift):.2e}; gradient averaging failed")
     wall = time.perf_counter() - t_start
     result = TrainResult(run_dir=run, step=step, wall_time=wall, train_time=train_time(),
                          val_bits_per_base=last_val, best_val_bits_per_base=best_val, checkpoint=last_ck,
                          stopped_by=stopped_by, tokens_per_second=tokens_seen / max(train_time(), 1e-9),
-                         history=history, signal=signum)
+                         history=history, signal=signum, is_main=dist.main)
     if dist.main:
         atomic_write_json(run / "result.json", {k: (str(v) if isinstance(v, Path) else v)
                                                 for k, v in result.__dict__.items() if k != "history"})

@@ -1,0 +1,203 @@
+"""`seqformer pretrain`: a tiny run through the CLI, exact resume, a killed run, signals,
+two processes, and config errors."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from pipelines.cli import cli
+from reformer_seq.checkpoint import load_pretrained, resolve_checkpoint
+from reformer_seq.config import load_run_config
+from reformer_seq.training import lr_at, pretrain
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny.yaml"
+PHIX = ROOT / "data" / "phiX174_NC_001422.1.fa"
+
+
+def tiny_config(tmp_path: Path, **train) -> Path:
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["train"].update(train)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def metrics(run: Path, kind: str = "train") -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["bits_per_base"] for r in rows if r["kind"] == kind}
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_tiny_pretrain_through_cli(tmp_path):
+    run = tmp_path / "run"
+    res = invoke("pretrain", str(PHIX), "--config", str(TINY), "--out", str(run), "--max-steps", "30", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert "30 steps" in res.output and "validation" in res.output
+    for name in ("config.yaml", "metrics.jsonl", "loss_curve.png", "latest.json", "best.json", "run.json"):
+        assert (run / name).is_file(), name
+    train = metrics(run)
+    assert train[30] < train[1] - 0.5  # it learns: from ~log2(9) toward ~2 bits per base
+    model, tok, info = load_pretrained(run)
+    assert info["step"] == 30 and info["objective"] == "causal"
+    assert info["train_data"]["paths"] == [str(PHIX.resolve())]
+    assert tok.vocab_size == model.config.vocab_size == 9
+    assert len(list((run / "checkpoints").glob("step-*"))) <= 3  # keep_last 2 + best
+
+
+def test_resume_continues_exactly(tmp_path):
+    """Interrupted (SIGINT) and resumed, a run's losses and weights equal an uninterrupted run's,
+    with dropout and random hash rotations active."""
+    cfg = load_run_config(TINY)
+    cfg.model.dropout = 0.1
+    cfg.train.log_every, cfg.train.save_every, cfg.train.eval_every, cfg.train.max_steps = 1, 4, 4, 12
+    full, part = tmp_path / "full", tmp_path / "part"
+    pretrain([PHIX], copy.deepcopy(cfg), full, progress=False, echo=lambda s: None)
+
+    def interrupt(step, bpb):
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGINT)  # handled: finish the step, checkpoint, stop
+
+    first = pretrain([PHIX], copy.deepcopy(cfg), part, progress=False, echo=lambda s: None, on_step=interrupt)
+    assert first.stopped_by == "signal" and first.step == 6
+    pretrain([], copy.deepcopy(cfg), part, resume=True, progress=False, echo=lambda s: None)
+    a, b = metrics(full), metrics(part)
+    assert sorted(b) == list(range(1, 13))  # rows after the checkpoint were not duplicated
+    for step in range(1, 13):
+        assert b[step] == pytest.approx(a[step], abs=1e-6), step
+    ma, _, _ = load_pretrained(full)
+    mb, _, _ = load_pretrained(part)
+    for (n, p), q in zip(ma.state_dict().items(), mb.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=n)
+
+
+def _spawn(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> int:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        p = run / "latest.json"
+        if p.is_file():
+            s = json.loads(p.read_text())["step"]
+            if s >= step:
+                return s
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint in time")
+
+
+def test_killed_run_resumes_from_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path, save_every=1, eval_every=1000, max_steps=100000)
+    run = tmp_path / "run"
+    proc = _spawn([ "pretrain", str(PHIX), "--config", str(cfg), "--out", str(run), "--quiet"], ROOT)
+    try:
+        _wait_for_step(run, 3, proc)
+        time.sleep(0.3)  # kill at an arbitrary point, possibly mid-write
+        proc.kill()
+    finally:
+        proc.wait()
+    ck = resolve_checkpoint(run, prefer="latest")
+    model, _, info = load_pretrained(ck)  # whatever was on disk loads
+    step = info["step"]
+    res = invoke("pretrain", "--config", str(cfg), "--out", str(run), "--resume", "--max-steps", str(step + 3),
+                 "--quiet")
+    assert res.exit_code == 0, res.output
+    assert f"resuming {run} from step {step:,}" in res.output
+    assert json.loads((run / "latest.json").read_text())["step"] == step + 3
+    assert not list((run / "checkpoints").glob(".step-*"))  # leftovers of a killed write are cleaned
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+    cfg = tiny_config(tmp_path, save_every=1000, eval_every=1000, max_steps=100000, log_every=1)
+    run = tmp_path / "run"
+    proc = _spawn(["pretrain", str(PHIX), "--config", str(cfg), "--out", str(run), "--quiet"], ROOT)
+    t0 = time.time()
+    while not (run / "metrics.jsonl").is_file() and time.time() - t0 < 120:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "--resume" in out
+    info = json.loads((run / "latest.json").read_text())
+    assert info["step"] >= 1
+    load_pretrained(run)
+
+
+def test_two_processes_train_one_model(tmp_path):
+    cfg = tiny_config(tmp_path, max_steps=4, save_every=2, eval_every=2)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pipelines.cli", "pretrain", str(PHIX), "--config", str(cfg), "--out", str(run), "--quiet",
+           "--device", "cpu"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
+    assert res.stdout.count("4 steps in") == 1  # only rank 0 reports and writes
+    model, _, info = load_pretrained(run)
+    assert info["step"] == 4
+    assert len(metrics(run)) >= 1
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["model"]["dimm"] = 64
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(cli, ["pretrain", str(PHIX), "--config", str(path), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert "unknown key 'dimm' in model; did you mean 'dim'?" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_config_and_input_errors(tmp_path):
+    res = CliRunner().invoke(cli, ["pretrain", str(tmp_path / "missing.fa"), "--config", str(TINY),
+                                   "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "missing.fa" in res.output
+    res = CliRunner().invoke(cli, ["pretrain", str(PHIX), "--config", str(TINY), "--seq-len", "5000",
+                                   "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 2 and "exceeds model.max_seq_len 1,024" in res.output
+    res = CliRunner().invoke(cli, ["pretrain", str(PHIX), "--config", str(TINY), "--out", str(tmp_path / "r3"),
+                                   "--resume"])
+    assert res.exit_code == 2 and "nothing to resume" in res.output
+
+
+def test_masked_objective_trains_a_bidirectional_model(tmp_path):
+    run = tmp_path / "run"
+    res = invoke("pretrain", str(PHIX), "--config", str(TINY), "--out", str(run), "--max-steps", "10",
+                 "--objective", "masked", "--quiet")
+    assert res.exit_code == 0, res.output
+    model, _, info = load_pretrained(run)
+    assert info["objective"] == "masked" and model.config.causal is False
+
+
+def test_learning_rate_schedule():
+    assert lr_at(0, 1.0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_at(100, 1.0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_at(55, 1.0, 10, 100, 0.1) == pytest.approx(0.55)  # halfway down the cosine
+
+
+def test_version_and_help():
+    res = CliRunner().invoke(cli, ["--version"])
+    assert res.exit_code == 0 and "seqformer, version" in res.output
+    res = CliRunner().invoke(cli, ["pretrain", "--help"])
+    assert res.exit_code == 0 and "Examples" in res.output and "--resume" in res.output
