@@ -40,6 +40,9 @@ def _register() -> None:
     from .pretrain import pretrain
 
     cli.add_command(pretrain)
+    from .embed import embed
+
+    cli.add_command(embed)
 
 
 def main() -> None:
