@@ -439,7 +439,7 @@ class _Engine:
                     else:
                         st = state.setdefault(it.rec, _RecordState(remaining=n_windows[it.rec] * n_strands))
                         keep = ~self.ambiguous[toks[i][a:b]]
-                        st.sums[(it.strand, it.index)] = owned[keep].sum(0, dtype=np.float64)
+                        st.sums[(it.strand, it.index)] = owned.sum(0, dtype=np.float64, where=keep[:, None])
                         st.counts[(it.strand, it.index)] = int(keep.sum())
                         st.remaining -= 1
                         if st.remaining == 0:
