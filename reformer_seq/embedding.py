@@ -481,6 +481,7 @@ def embed_sequences(model: torch.nn.Module, sequences: Sequence[Any], tokenizer:
 
     Returns ``pool="mean"``: (N, dim) float32; ``pool="none"``: a list of (L_i, dim) float32
     arrays. For whole genomes use :func:`embed_fasta`, which writes to disk incrementally.
+    The model is put in eval mode and moved to ``device``.
     """
     tokenizer = tokenizer or NucleotideTokenizer()
     recs = [_as_ids(s, tokenizer) for s in sequences]
