@@ -43,6 +43,9 @@ def _register() -> None:
     from .embed import embed
 
     cli.add_command(embed)
+    from .evaluate import evaluate
+
+    cli.add_command(evaluate)
 
 
 def main() -> None:
