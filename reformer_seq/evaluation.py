@@ -664,10 +664,13 @@ def motif_masking(records: Sequence[EncodedRecord], scorer: ScoringModel, motifs
     window = int(min(window, scorer.max_len))
     rng = np.random.default_rng(seed)
 
+    from tqdm.auto import tqdm
+
     pssms: list[PSSM] = []
     found: list[list[Site]] = []
     cuts: list[float] = []
-    for m in motifs:
+    for m in tqdm(motifs, desc="scanning motifs", unit="motif", leave=False, dynamic_ncols=True,
+                  disable=not progress or len(motifs) < 5):
         if m.length > window:
             raise InputError(f"motif {m.label} is {m.length} bases long, longer than the {window}-base scoring "
                              f"window; raise the motif window")
@@ -684,7 +687,6 @@ def motif_masking(records: Sequence[EncodedRecord], scorer: ScoringModel, motifs
 
     jobs: list[_SiteJob] = []
     controls: list[tuple[int, int, bool]] = []  # (motif, start, gc matched) aligned with jobs (start -1: none)
-    queries: list[Query] = []
     for mi, sites in enumerate(found):
         usable = [s for s in sites if not causal or s.start >= 1]
         if max_sites is not None and len(usable) > max_sites:
@@ -695,15 +697,18 @@ def motif_masking(records: Sequence[EncodedRecord], scorer: ScoringModel, motifs
             bases = np.asarray(rec.ids[s.start:s.end]).astype(np.int64)
             shuffled = _shuffle_site(bases, rng)
             jobs.append(_SiteJob(mi, s, s.end - s.start, shuffled))
-            queries.extend(_site_queries(rec, s, shuffled, window, objective))
             c = picker.pick(s)
-            if c is None:
-                controls.append((mi, -1, False))
-            else:
-                controls.append((mi, c[0], c[1]))
-                queries.append(_control_query(rec, c[0], s.end - s.start, window, objective))
+            controls.append((mi, -1, False) if c is None else (mi, c[0], c[1]))
 
-    results = iter(run_queries(scorer, queries, batch_size, total=len(queries), desc="motif sites", progress=progress))
+    def queries() -> Iterator[Query]:  # built as they are scored: memory stays one batch deep
+        for job, (_, cstart, _) in zip(jobs, controls):
+            rec = records[job.site.record_index]
+            yield from _site_queries(rec, job.site, job.shuffled, window, objective)
+            if cstart >= 0:
+                yield _control_query(rec, cstart, job.site_len, window, objective)
+
+    total = len(jobs) * (2 if causal else 1) + sum(c[1] >= 0 for c in controls)
+    results = iter(run_queries(scorer, queries(), batch_size, total=total, desc="motif sites", progress=progress))
     acc: list[dict[str, Any]] = [
         {"site_correct": [], "site_logp": [], "ctrl_correct": [], "ctrl_logp": [], "wins": 0, "losses": 0, "ties": 0,
          "gc_matched": 0, "n_controls": 0, "n_evaluated": 0, "controls": []} for _ in motifs]
