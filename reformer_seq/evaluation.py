@@ -554,6 +554,7 @@ def span_window(length: int, start: int, end: int, window: int, causal: bool) ->
     hi = min(length, lo + window)
     if causal and lo >= start:
         lo = max(0, start - 1)
+        hi = max(end, min(length, lo + window))
     return lo, max(hi, end)
 
 
@@ -667,22 +668,22 @@ def motif_masking(records: Sequence[EncodedRecord], scorer: ScoringModel, motifs
     from tqdm.auto import tqdm
 
     pssms: list[PSSM] = []
+    occupied = [np.zeros(len(r), dtype=bool) for r in records]
     found: list[list[Site]] = []
     cuts: list[float] = []
     for m in tqdm(motifs, desc="scanning motifs", unit="motif", leave=False, dynamic_ncols=True,
                   disable=not progress or len(motifs) < 5):
-        if m.length > window:
-            raise InputError(f"motif {m.label} is {m.length} bases long, longer than the {window}-base scoring "
-                             f"window; raise the motif window")
+        if m.length + 1 > window:
+            raise InputError(f"motif {m.label} is {m.length} bases long; the {window}-base scoring window must be "
+                             f"longer; raise the motif window (--motif-window)")
         p = make_pssm(m, bg, pseudocount)
         pssms.append(p)
         cuts.append(threshold.score_for(p))
-        found.append(non_overlapping(scan_records(records, p, threshold)))
-
-    occupied = [np.zeros(len(r), dtype=bool) for r in records]
-    for sites in found:
-        for s in sites:
+        hits = scan_records(records, p, threshold)
+        for s in hits:  # controls avoid every hit of every motif
             occupied[s.record_index][s.start:s.end] = True
+        found.append(non_overlapping(hits))
+
     picker = _ControlPicker(records, occupied, rng, min_start=1 if causal else 0)
 
     jobs: list[_SiteJob] = []

@@ -169,6 +169,19 @@ def test_motif_without_sites_is_listed():
     assert gata["n_sites"] == 0 and gata["site_accuracy"] is None and gata["p_value"] is None
 
 
+def test_span_windows_hold_the_span_and_give_a_causal_model_left_context():
+    from reformer_seq.evaluation import span_window
+
+    for length, start, w, window in [(200, 0, 15, 64), (200, 1, 15, 16), (200, 90, 15, 16), (200, 185, 15, 64),
+                                     (30, 10, 15, 512), (1000, 500, 15, 64)]:
+        for causal in (True, False):
+            lo, hi = span_window(length, start, start + w, window, causal)
+            assert 0 <= lo <= start and start + w <= hi <= length
+            assert hi - lo <= max(window, w + 1)
+            if causal and start > 0:
+                assert lo < start
+
+
 # ---------------------------------------------------------------------- likelihood conventions
 def test_causal_rows_predict_the_next_token_and_every_base_is_scored_once():
     rng = np.random.default_rng(5)
