@@ -99,7 +99,7 @@ def summary_lines(report: dict) -> str:
     lines = [head + (f" (baselines: {', '.join(parts)})" if parts else "")]
     for m in report.get("motifs", []):
         if not m["n_evaluated"]:
-            lines.append(f"  {m['id']} {m['name']}: {m['n_sites']} sites")
+            lines.append(f"  {m['id']} {m['name']}: {m['n_sites']} sites" + (f" ({m['note']})" if m.get("note") else ""))
             continue
         ctrl = f"{m['control_accuracy']:.3f}" if m["control_accuracy"] is not None else "n/a"
         lines.append(f"  {m['id']} {m['name']}: {m['n_sites']} sites, accuracy {m['site_accuracy']:.3f} "

@@ -778,6 +778,10 @@ def motif_masking(records: Sequence[EncodedRecord], scorer: ScoringModel, motifs
         if a["n_controls"]:
             r["control_accuracy"] = float(np.concatenate(a["ctrl_correct"]).mean())
             r["control_bits_per_base"] = float(-np.concatenate(a["ctrl_logp"]).mean() / LN2)
+        if not math.isfinite(cuts[mi]):
+            best_p = float(p.pvalue_of(np.array([p.max_score]))[0])
+            r["note"] = (f"no window can pass {threshold}: the best possible p-value of this {m.length}-base motif "
+                         f"is {best_p:.2g}; loosen --threshold (e.g. p:1e-4)")
         r["_sites"] = sites  # underscore keys stay out of report.json; they let callers list sites and controls
         r["_controls"] = a["controls"]  # (record index, start, end, the site it controls for)
         out.append(r)
@@ -856,7 +860,7 @@ def _fmt(v: Any, digits: int = 3) -> str:
 def report_markdown(report: dict[str, Any]) -> str:
     """``report.md``: the summary and a table per section."""
     lines = ["# seqformer evaluation", "",
-             f"- FASTA: `{report['fasta']}` ({report['n_records']} records"
+             f"- FASTA: `{report['fasta']}` ({report['n_records']} record{'s' if report['n_records'] != 1 else ''}"
              + (f"; {report['split']} region, val_fraction {report['val_fraction']:g})"
                 if report.get("split", "all") != "all" else ")"),
              f"- checkpoint: `{report['checkpoint']}` (step {report.get('checkpoint_step')}, objective "
@@ -879,7 +883,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     if fitted:
         lines.append(f"Baselines are scored on the same bases as the model, fitted on {fitted}" +
                      (f"; Markov order chosen on the validation region (bits per order: "
-                      f"{b['markov']['val_bits_per_base_by_order']})." if "markov" in b else "."))
+                      + ", ".join(f"k={k}: {v:.4f}" for k, v in b["markov"]["val_bits_per_base_by_order"].items())
+                      + ")." if "markov" in b else "."))
     if b.get("note"):
         lines.append(b["note"] + ".")
     lines.append("")

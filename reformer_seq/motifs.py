@@ -25,7 +25,9 @@
   exact score distribution on a 0.001-bit grid, with the cut raised by the largest rounding
   error so the bound holds); ``rel:0.9`` keeps scores at or above 90% of the
   way from the PSSM's minimum to its maximum; a plain number (``10`` or ``score:10``) is a
-  log2-odds cut-off in bits. At the default, JASPAR CTCF (MA0139.2) has a site in about half of
+  log2-odds cut-off in bits. A p-value cut cannot be met by a motif whose best word is itself
+  that likely (about 8 bases or fewer at p:1e-5: 4^-8 = 1.5e-5); such a motif gets no sites and
+  an infinite cut, and the evaluation report says so. At the default, JASPAR CTCF (MA0139.2) has a site in about half of
   the GM12878 CTCF ChIP-seq peaks and in almost none of the same peaks shuffled (data/README.md).
 """
 from __future__ import annotations
