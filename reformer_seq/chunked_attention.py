@@ -250,6 +250,24 @@ def chunked_attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     return dq.view(G, L, D), dk.view(G, L, D), dv.view(G, L, D)
 
 
+def _forward(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float, max_block_elems: int
+             ) -> tuple[Tensor, Tensor]:
+    """The compiled kernel when it takes these tensors (CPU float32), else the reference."""
+    from . import kernels
+
+    if kernels.usable(q, k, v):
+        return kernels.forward(q, k, v, lay, scale)
+    return chunked_attention_forward(q, k, v, lay, scale, max_block_elems)
+
+
+def _backward(q, k, v, out, lse, dout, lay: Layout, scale: float, max_block_elems: int):
+    from . import kernels
+
+    if kernels.usable(q, k, v, dout):
+        return kernels.backward(q, k, v, out, lse, dout, lay, scale)
+    return chunked_attention_backward(q, k, v, out, lse, dout, lay, scale, max_block_elems)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for half types (softmax statistics need it), float64 stays float64."""
     return torch.promote_types(dtype, torch.float32)
@@ -264,7 +282,7 @@ class ChunkedAttentionFunction(torch.autograd.Function):
         dtype = q.dtype
         qf, kf, vf = (t.to(compute_dtype(dtype)) for t in (q, k, v))
         with torch.autocast(q.device.type, enabled=False):
-            out, lse = chunked_attention_forward(qf, kf, vf, lay, scale, max_block_elems)
+            out, lse = _forward(qf, kf, vf, lay, scale, max_block_elems)
         ctx.save_for_backward(qf, kf, vf, out, lse)
         ctx.lay, ctx.scale, ctx.block, ctx.dtypes = lay, scale, max_block_elems, (q.dtype, k.dtype, v.dtype)
         return out.to(dtype)
@@ -273,8 +291,7 @@ class ChunkedAttentionFunction(torch.autograd.Function):
     def backward(ctx, dout: Tensor):  # type: ignore[override]
         qf, kf, vf, out, lse = ctx.saved_tensors
         with torch.autocast(qf.device.type, enabled=False):
-            dq, dk, dv = chunked_attention_backward(qf, kf, vf, out, lse, dout.to(qf.dtype), ctx.lay, ctx.scale,
-                                                    ctx.block)
+            dq, dk, dv = _backward(qf, kf, vf, out, lse, dout.to(qf.dtype), ctx.lay, ctx.scale, ctx.block)
         tq, tk, tv = ctx.dtypes
         return dq.to(tq), dk.to(tk), dv.to(tv), None, None, None
 
@@ -293,5 +310,5 @@ def chunked_attention(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: Optio
         return ChunkedAttentionFunction.apply(q, k, v, lay, scale, max_block_elems)
     with torch.autocast(q.device.type, enabled=False):
         cd = compute_dtype(q.dtype)
-        out, _ = chunked_attention_forward(q.to(cd), k.to(cd), v.to(cd), lay, scale, max_block_elems)
+        out, _ = _forward(q.to(cd), k.to(cd), v.to(cd), lay, scale, max_block_elems)
     return out.to(q.dtype)

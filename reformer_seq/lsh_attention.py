@@ -35,11 +35,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import kernels
 from .chunked_attention import Layout
 
 FACTOR = 8  # directions (with their negatives) per hash factor: 3 bits of bucket code
 FACTOR_BITS = 3
-ROW_BLOCK = 1 << 15  # positions hashed at a time (bounds the projection temporary)
+ROW_BLOCK = 1 << 13  # positions hashed at a time (bounds the projection temporary)
 
 
 def bucket_bits(real_len: Tensor, bucket_size: int, n_buckets: Optional[int]) -> Tensor:
@@ -76,14 +77,20 @@ def hash_codes(qk: Tensor, rotations: Tensor, n_hashes: int) -> Tensor:
     if F == 0:
         return codes
     rot = rotations.to(qk.dtype)
+    compiled = kernels.usable(qk)
     for a in range(0, L, ROW_BLOCK):
         x = qk[:, :, a:a + ROW_BLOCK]  # (B, H, l, D)
+        l = x.shape[2]
         proj = torch.matmul(x, rot)  # (B, H, l, F*R*half)
-        proj = proj.view(B, H, x.shape[2], F, n_hashes, half)
+        if compiled:
+            code = kernels.lsh_codes(proj.view(-1, F * n_hashes * half), F, n_hashes, half)  # (R, B*H*l)
+            codes[:, :, :, a:a + l] = code.view(n_hashes, B, H, l)
+            continue
+        proj = proj.view(B, H, l, F, n_hashes, half)
         idx = torch.cat([proj, -proj], dim=-1).argmax(dim=-1)  # (B, H, l, F, R) in [0, FACTOR)
         weights = FACTOR ** torch.arange(F - 1, -1, -1, device=qk.device)  # (F,)
         code = (idx * weights.view(F, 1)).sum(dim=-2)  # (B, H, l, R)
-        codes[:, :, :, a:a + x.shape[2]] = code.permute(3, 0, 1, 2)
+        codes[:, :, :, a:a + l] = code.permute(3, 0, 1, 2)
     return codes
 
 
@@ -104,6 +111,12 @@ def lsh_layout(qk: Tensor, real: Tensor, bits: Tensor, rotations: Tensor, n_hash
     pad_bucket = (1 << bits).view(1, B, 1, 1) + pos.view(1, 1, 1, L)  # one bucket per padded slot
     buckets = torch.where(real.view(1, B, 1, L), buckets, pad_bucket)
     buckets = buckets.reshape(R, B * H, L)  # (R, G, L)
+    if kernels.usable(qk):  # the same sort as below, a linear-time counting sort in C
+        n_real = (1 << bits).repeat_interleave(H)  # (G,) bucket count of each row
+        perm, sorted_buckets, u = kernels.lsh_sort(buckets, n_real, C, causal)
+        band, lo, hi = ((0, C), 0, C) if causal else ((-2 * C, 2 * C), 0, 1)
+        return Layout(perm=perm, buckets=sorted_buckets, band_lo=band[0], band_hi=band[1], u=u, lo=lo, hi=hi,
+                      chunk=C, back=1, fwd=0, self_fallback=True)
     sorted_buckets, perm = torch.sort(buckets, dim=-1, stable=True)  # by (bucket, position)
     s = pos.view(1, 1, L)
     if causal:

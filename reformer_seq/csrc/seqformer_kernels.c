@@ -1,0 +1,610 @@
+/*
+ * Chunked (LSH / local) attention on the CPU: the compiled twin of the PyTorch reference in
+ * reformer_seq/chunked_attention.py (Reformer, Kitaev et al., ICLR 2020, section 2).
+ *
+ * Same layout and rules as the reference: each round's sequence is in sorted order, a query
+ * at sorted index sq of chunk c looks at the sorted indices of chunks c-back .. c+fwd, and sees
+ * a key there iff it is in the same bucket and band_lo <= sq - sk <= band_hi (and, with
+ * self_fallback, it is not the query itself). A pair's logit loses log N, N the number of
+ * rounds whose window holds the pair (window keys u: lo <= u_q - u_k <= hi). Rounds merge by
+ * log-sum-exp; a query that sees nothing in any round takes its own value.
+ *
+ * Unlike the dense reference, this visits only the visible pairs, one query at a time: no
+ * (chunk x window) temporaries, linear time and memory in L. Work goes one (round, g) at a
+ * time: keys, values and window keys are first copied into the round's sorted order (so each
+ * window is contiguous memory), then chunks run in parallel; each position is one query per
+ * round, so output rows never collide. The backward accumulates key gradients in sorted
+ * order, one residue class of chunks mod (back+1+fwd) at a time (their windows are
+ * disjoint, so no two threads add into one row), then adds them back to original positions. Threads: plain pthreads, so the library does
+ * not bring a second OpenMP runtime into a process that already has torch's.
+ *
+ * Letters: G = batch x heads, L = padded length, D = head width, R = rounds, C = chunk length.
+ * Tensors are float32 / int32, contiguous: q, k, v, out, dq, dk, dv (G, L, D); lse, delta (G, L);
+ * perm (R, G, L) (NULL: identity), buckets (R, G, L), u (R, G, L) (NULL when R == 1).
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const float *q, *k, *v;
+    const int32_t *perm, *buckets, *u;
+    int64_t R, G, L, D, C, back, fwd, band_lo, band_hi, lo, hi;
+    int self_fallback;
+    float scale;
+    float logtab[256];
+} layout_t;
+
+/* ---------------------------------------------------------------- a minimal parallel for */
+typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end);
+typedef struct { range_fn fn; void *ctx; int64_t begin, end; } job_t;
+
+static void *run_job(void *arg) {
+    job_t *j = (job_t *)arg;
+    if (j->begin < j->end) j->fn(j->ctx, j->begin, j->end);
+    return NULL;
+}
+
+/* Split [0, n) into n_threads contiguous ranges run in parallel (the caller runs the first). */
+static void parallel_for(int64_t n, int n_threads, range_fn fn, void *ctx) {
+    if (n_threads < 1) n_threads = 1;
+    if (n_threads > 64) n_threads = 64;
+    if (n_threads > n) n_threads = (int)(n > 0 ? n : 1);
+    job_t jobs[64];
+    pthread_t th[64];
+    int started[64] = {0};
+    for (int i = 0; i < n_threads; i++) {
+        jobs[i].fn = fn;
+        jobs[i].ctx = ctx;
+        jobs[i].begin = n * i / n_threads;
+        jobs[i].end = n * (i + 1) / n_threads;
+    }
+    for (int i = 1; i < n_threads; i++) started[i] = pthread_create(&th[i], NULL, run_job, &jobs[i]) == 0;
+    run_job(&jobs[0]);
+    for (int i = 1; i < n_threads; i++) {
+        if (started[i]) pthread_join(th[i], NULL);
+        else run_job(&jobs[i]);  /* no thread: run it here */
+    }
+}
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* Call IMPL(args..., D) with D a compile-time constant for the common head widths, so the
+ * per-pair loops compile to a few vector instructions. */
+#define DISPATCH_D(D, IMPL, ...)                                    \
+    switch (D) {                                                    \
+        case 8: IMPL(__VA_ARGS__, 8); break;                        \
+        case 16: IMPL(__VA_ARGS__, 16); break;                      \
+        case 32: IMPL(__VA_ARGS__, 32); break;                      \
+        case 64: IMPL(__VA_ARGS__, 64); break;                      \
+        default: IMPL(__VA_ARGS__, D); break;                       \
+    }
+
+/* 8-wide vectors (GCC/Clang vector extensions); loads and stores through memcpy need no alignment. */
+typedef float v8f __attribute__((vector_size(32)));
+INLINE v8f ld8(const float *p) { v8f v; memcpy(&v, p, sizeof(v)); return v; }
+INLINE void st8(float *p, v8f v) { memcpy(p, &v, sizeof(v)); }
+
+INLINE float dot(const float *a, const float *b, const int64_t D) {
+    if (D % 8 == 0) {
+        v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t d = 0; d < D; d += 8) acc += ld8(a + d) * ld8(b + d);
+        return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    }
+    float s = 0.f;
+    for (int64_t d = 0; d < D; d++) s += a[d] * b[d];
+    return s;
+}
+
+/* y += a * x over D floats */
+INLINE void axpy(float *y, const float a, const float *x, const int64_t D) {
+    if (D % 8 == 0) {
+        const v8f av = {a, a, a, a, a, a, a, a};
+        for (int64_t d = 0; d < D; d += 8) st8(y + d, ld8(y + d) + av * ld8(x + d));
+        return;
+    }
+    for (int64_t d = 0; d < D; d++) y[d] += a * x[d];
+}
+
+/* y = y * a + x * b over D floats */
+INLINE void blend(float *y, const float a, const float *x, const float b, const int64_t D) {
+    for (int64_t d = 0; d < D; d++) y[d] = y[d] * a + x[d] * b;
+}
+
+static int64_t window_len(const layout_t *t) { return (t->back + 1 + t->fwd) * t->C; }
+
+static void init_layout(layout_t *t, const float *q, const float *k, const float *v, const int32_t *perm,
+                        const int32_t *buckets, const int32_t *u, int64_t R, int64_t G, int64_t L, int64_t D,
+                        int64_t C, int64_t back, int64_t fwd, int64_t band_lo, int64_t band_hi, int64_t lo,
+                        int64_t hi, int self_fallback, float scale) {
+    t->q = q; t->k = k; t->v = v; t->perm = perm; t->buckets = buckets; t->u = u;
+    t->R = R; t->G = G; t->L = L; t->D = D; t->C = C; t->back = back; t->fwd = fwd;
+    t->band_lo = band_lo; t->band_hi = band_hi; t->lo = lo; t->hi = hi;
+    t->self_fallback = self_fallback; t->scale = scale;
+    for (int i = 0; i < 256; i++) t->logtab[i] = logf((float)(i > 0 ? i : 1));
+}
+
+/* One (round, g) in sorted order. Queries, keys, values, the other rounds' window keys (and,
+ * for the backward, the output gradients and softmax statistics) are first gathered into the
+ * round's sorted order, so that every window is contiguous memory and the attention loop
+ * touches nothing at random; results are written in sorted order too and scattered back to
+ * original positions in a separate pass, whose independent random accesses overlap well. */
+typedef struct {
+    const layout_t *t;
+    int64_t r, g;
+    const int32_t *pm;                /* (L) sorted -> original position, NULL for identity */
+    const int32_t *bk;                /* (L) buckets in sorted order */
+    float *qs, *ks, *vs;              /* (L, D) gathered */
+    int32_t *us;                      /* (R, L) other rounds' window keys, gathered */
+    float *os, *ls;                   /* forward results (L, D), (L); backward: dout (L, D), lse (L) */
+    float *dl;                        /* backward: delta (L) */
+    float *dqs, *dks, *dvs;           /* backward gradients in sorted order (L, D) */
+    /* sources of the gather */
+    const float *src_o, *src_l, *src_d;
+} round_t;
+
+/* copy one row of D floats */
+INLINE void copy_row(float *dst, const float *src, const int64_t D) {
+    if (D % 8 == 0) {
+        for (int64_t d = 0; d < D; d += 8) st8(dst + d, ld8(src + d));
+        return;
+    }
+    memcpy(dst, src, sizeof(float) * D);
+}
+
+static float *alloc_f(int64_t n) { return (float *)malloc(sizeof(float) * (n > 0 ? n : 1)); }
+
+/* ---- one chunk's window, laid out for 16-wide vector work
+ * A chunk's C queries see the KP (K rounded up to 16) window slots starting at sorted index
+ * s0 = (ch - back) * C. Per chunk we build the keys and values transposed (D, KP), the
+ * slots' buckets (-1 outside [0, L)) and the other rounds' window keys; a query's logits
+ * against all slots are then D broadcast-multiply-adds of 16-wide vectors. */
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+INLINE v16f ld16(const float *p) { v16f v; memcpy(&v, p, sizeof(v)); return v; }
+INLINE v16i ld16i(const int32_t *p) { v16i v; memcpy(&v, p, sizeof(v)); return v; }
+INLINE void st16(float *p, v16f v) { memcpy(p, &v, sizeof(v)); }
+INLINE v16f splat(float a) { return (v16f){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
+INLINE v16i splati(int32_t a) { return (v16i){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
+INLINE v16f vsel(v16i m, v16f a, v16f b) { return (v16f)(((v16i)a & m) | ((v16i)b & ~m)); }
+INLINE float hmax16(v16f v) {
+    float m = v[0];
+    for (int i = 1; i < 16; i++) m = v[i] > m ? v[i] : m;
+    return m;
+}
+INLINE float hsum16(v16f v) {
+    float s = 0.f;
+    for (int i = 0; i < 16; i++) s += v[i];
+    return s;
+}
+
+/* e^x, 16 lanes: x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial (relative error
+ * < 2e-7); lanes below -87 (and -inf) give exactly 0. */
+INLINE v16f vexp(v16f x) {
+    const v16i tiny = x < splat(-87.0f);
+    x = vsel(tiny, splat(-87.0f), x);
+    const v16f t = x * splat(1.44269504088896341f) + splat(0.5f);
+    v16f n = __builtin_convertvector(__builtin_convertvector(t, v16i), v16f);
+    n = vsel(n > t, n - splat(1.0f), n);  /* floor(t): round to nearest of x / ln2 */
+    const v16f r = x - n * splat(0.693145751953125f) - n * splat(1.42860682030941723212e-6f);
+    v16f p = splat(1.0f / 720);
+    p = p * r + splat(1.0f / 120);
+    p = p * r + splat(1.0f / 24);
+    p = p * r + splat(1.0f / 6);
+    p = p * r + splat(0.5f);
+    p = p * r + splat(1.0f);
+    p = p * r + splat(1.0f);
+    const v16i bits = (v16i)p + (__builtin_convertvector(n, v16i) << 23);
+    return vsel(tiny, splat(0.0f), (v16f)bits);
+}
+
+typedef struct {
+    int64_t KP, s0;
+    float *kt, *vt;        /* (D, KP) transposed keys and values of the window (zeros outside) */
+    int32_t *bw;           /* (KP) buckets of the window's slots, -1 outside [0, L) */
+    int32_t *uw;           /* (R, KP) other rounds' window keys of the slots */
+    int32_t *band;         /* (C, KP) -1 where the static band (and self rule) admits the slot */
+} chunk_t;
+
+INLINE int64_t padded_window(const layout_t *t) { return (window_len(t) + 15) / 16 * 16; }
+
+static void chunk_alloc(chunk_t *w, const layout_t *t) {
+    const int64_t KP = padded_window(t), C = t->C;
+    w->KP = KP;
+    w->kt = (float *)calloc((size_t)(t->D * KP), sizeof(float));
+    w->vt = (float *)calloc((size_t)(t->D * KP), sizeof(float));
+    w->bw = (int32_t *)malloc(sizeof(int32_t) * KP);
+    w->uw = (int32_t *)calloc((size_t)((t->R > 1 ? t->R : 1) * KP), sizeof(int32_t));
+    w->band = (int32_t *)malloc(sizeof(int32_t) * C * KP);
+    for (int64_t a = 0; a < C; a++)
+        for (int64_t j = 0; j < KP; j++) {
+            const int64_t d = t->back * C + a - j;  /* s_q - s_k */
+            const int ok = j < window_len(t) && d >= t->band_lo && d <= t->band_hi && !(t->self_fallback && d == 0);
+            w->band[a * KP + j] = ok ? -1 : 0;
+        }
+}
+
+static void chunk_free(chunk_t *w) { free(w->kt); free(w->vt); free(w->bw); free(w->uw); free(w->band); }
+
+/* Fill the window of chunk ch from the round's sorted copies. */
+INLINE void chunk_load(chunk_t *w, const round_t *x, int64_t ch, int with_values, const int64_t D) {
+    const layout_t *t = x->t;
+    const int64_t L = t->L, KP = w->KP, K = window_len(t);
+    w->s0 = (ch - t->back) * t->C;
+    for (int64_t j = 0; j < KP; j++) {
+        const int64_t sk = w->s0 + j;
+        const int in = j < K && sk >= 0 && sk < L;
+        w->bw[j] = in ? x->bk[sk] : -1;
+        for (int64_t d = 0; d < D; d++) {
+            w->kt[d * KP + j] = in ? x->ks[sk * D + d] : 0.f;
+            if (with_values) w->vt[d * KP + j] = in ? x->vs[sk * D + d] : 0.f;
+        }
+        if (t->R > 1)
+            for (int64_t r2 = 0; r2 < t->R; r2++)
+                if (r2 != x->r) w->uw[r2 * KP + j] = in ? x->us[r2 * L + sk] : 0;
+    }
+}
+
+/* Masked, duplicate-corrected logits of query sq (slot a of its chunk) against every window
+ * slot, into row[KP] (-inf where invalid). Returns the row maximum. */
+INLINE float chunk_logits(const chunk_t *w, const round_t *x, int64_t sq, int64_t a, float *row, const int64_t D) {
+    const layout_t *t = x->t;
+    const int64_t KP = w->KP, L = t->L;
+    const float *q = x->qs + sq * D;
+    const v16i bq = splati(x->bk[sq]);
+    v16f mx = splat(-INFINITY);
+    for (int64_t j = 0; j < KP; j += 16) {
+        v16f acc = splat(0.f);
+        for (int64_t d = 0; d < D; d++) acc += splat(q[d]) * ld16(w->kt + d * KP + j);
+        acc *= splat(t->scale);
+        v16i valid = (ld16i(w->bw + j) == bq) & ld16i(w->band + a * KP + j);
+        if (t->R > 1) {  /* section 2: subtract log N, N = rounds whose window holds the pair */
+            v16i cnt = splati(1);
+            for (int64_t r2 = 0; r2 < t->R; r2++) {
+                if (r2 == x->r) continue;
+                const v16i du = splati(x->us[r2 * L + sq]) - ld16i(w->uw + r2 * KP + j);
+                cnt -= (du >= splati((int32_t)t->lo)) & (du <= splati((int32_t)t->hi));  /* true is -1 */
+            }
+            for (int32_t c = 2; c <= t->R && c < 256; c++) acc = vsel(cnt == splati(c), acc - splat(t->logtab[c]), acc);
+        }
+        acc = vsel(valid, acc, splat(-INFINITY));
+        st16(row + j, acc);
+        mx = vsel(acc > mx, acc, mx);
+    }
+    return hmax16(mx);
+}
+
+/* ---- gathering into sorted order (parallel over positions) */
+INLINE void gather_impl(round_t *x, int64_t begin, int64_t end, const int64_t D) {
+    const layout_t *t = x->t;
+    const int64_t L = t->L, g = x->g;
+    for (int64_t s = begin; s < end; s++) {
+        const int64_t i = x->pm ? x->pm[s] : s, gi = g * L + i;
+        copy_row(x->qs + s * D, t->q + gi * D, D);
+        copy_row(x->ks + s * D, t->k + gi * D, D);
+        copy_row(x->vs + s * D, t->v + gi * D, D);
+        if (t->R > 1)
+            for (int64_t r2 = 0; r2 < t->R; r2++)
+                if (r2 != x->r) x->us[r2 * L + s] = t->u[(r2 * t->G + g) * L + i];
+        if (x->src_o) {  /* backward: the output gradient and softmax statistics of the query */
+            copy_row(x->os + s * D, x->src_o + gi * D, D);
+            x->ls[s] = x->src_l[gi];
+            x->dl[s] = x->src_d[gi];
+        }
+    }
+}
+
+static void gather_range(void *arg, int64_t begin, int64_t end) {
+    round_t *x = (round_t *)arg;
+    DISPATCH_D(x->t->D, gather_impl, x, begin, end)
+}
+
+static void setup_round(round_t *x, int64_t r, int64_t g, int n_threads) {
+    const layout_t *t = x->t;
+    x->r = r;
+    x->g = g;
+    x->pm = t->perm ? t->perm + (r * t->G + g) * t->L : NULL;
+    x->bk = t->buckets + (r * t->G + g) * t->L;
+    parallel_for(t->L, n_threads, gather_range, x);
+}
+
+static void alloc_round(round_t *x, const layout_t *t, int backward) {
+    const int64_t L = t->L, D = t->D;
+    memset(x, 0, sizeof(*x));
+    x->t = t;
+    x->qs = alloc_f(L * D); x->ks = alloc_f(L * D); x->vs = alloc_f(L * D);
+    x->os = alloc_f(L * D); x->ls = alloc_f(L);
+    x->us = (int32_t *)malloc(sizeof(int32_t) * L * (t->R > 1 ? t->R : 1));
+    if (backward) {
+        x->dl = alloc_f(L);
+        x->dqs = alloc_f(L * D); x->dks = alloc_f(L * D); x->dvs = alloc_f(L * D);
+    }
+}
+
+static void free_round(round_t *x) {
+    free(x->qs); free(x->ks); free(x->vs); free(x->os); free(x->ls); free(x->us);
+    free(x->dl); free(x->dqs); free(x->dks); free(x->dvs);
+}
+
+/* ---------------------------------------------------------------- forward */
+INLINE void fwd_impl(const round_t *x, int64_t begin, int64_t end, const int64_t D) {
+    const layout_t *t = x->t;
+    const int64_t C = t->C;
+    chunk_t w;
+    chunk_alloc(&w, t);
+    const int64_t KP = w.KP;
+    float *row = alloc_f(KP);
+    for (int64_t ch = begin; ch < end; ch++) {
+        chunk_load(&w, x, ch, 0, D);
+        for (int64_t a = 0; a < C; a++) {
+            const int64_t sq = ch * C + a;
+            float *orow = x->os + sq * D;
+            memset(orow, 0, sizeof(float) * D);
+            const float m = chunk_logits(&w, x, sq, a, row, D);
+            if (m == -INFINITY) {  /* nothing visible this round */
+                x->ls[sq] = -INFINITY;
+                continue;
+            }
+            v16f sum = splat(0.f);
+            for (int64_t j = 0; j < KP; j += 16) {
+                const v16f e = vexp(ld16(row + j) - splat(m));
+                st16(row + j, e);
+                sum += e;
+            }
+            const float total = hsum16(sum);
+            x->ls[sq] = m + logf(total);
+            const float inv = 1.f / total;
+            /* dense over the window (branch-free); slots outside [0, L) have p = 0 and are skipped */
+            const int64_t j0 = w.s0 < 0 ? -w.s0 : 0, j1 = w.s0 + KP > t->L ? t->L - w.s0 : KP;
+            for (int64_t j = j0; j < j1; j++) axpy(orow, row[j] * inv, x->vs + (w.s0 + j) * D, D);
+        }
+    }
+    free(row);
+    chunk_free(&w);
+}
+
+static void fwd_range(void *arg, int64_t begin, int64_t end) {
+    const round_t *x = (const round_t *)arg;
+    DISPATCH_D(x->t->D, fwd_impl, x, begin, end)
+}
+
+/* ---- merge a round's sorted results into the original-order output by log-sum-exp weights */
+typedef struct { const round_t *x; float *out, *lse; } merge_ctx;
+
+static void merge_range(void *arg, int64_t begin, int64_t end) {
+    const merge_ctx *c = (const merge_ctx *)arg;
+    const round_t *x = c->x;
+    const int64_t L = x->t->L, D = x->t->D, g = x->g;
+    for (int64_t s = begin; s < end; s++) {
+        const int64_t gi = g * L + (x->pm ? x->pm[s] : s);
+        float *o = c->out + gi * D, *l = c->lse + gi;
+        const float *orow = x->os + s * D, blse = x->ls[s];
+        if (x->r == 0 || *l == -INFINITY) {
+            copy_row(o, orow, D);
+            *l = blse;
+        } else if (blse > -INFINITY) {
+            const float prev = *l, mx = prev > blse ? prev : blse;
+            const float nl = mx + logf(expf(prev - mx) + expf(blse - mx));
+            blend(o, expf(prev - nl), orow, expf(blse - nl), D);
+            *l = nl;
+        }
+    }
+}
+
+typedef struct { const layout_t *t; float *out; const float *lse; const float *dout; float *dv; } self_ctx;
+
+static void self_fwd_range(void *arg, int64_t begin, int64_t end) {
+    const self_ctx *x = (const self_ctx *)arg;
+    const int64_t D = x->t->D;
+    for (int64_t i = begin; i < end; i++)
+        if (x->lse[i] == -INFINITY) memcpy(x->out + i * D, x->t->v + i * D, sizeof(float) * D);
+}
+
+void seq_attn_forward(const float *q, const float *k, const float *v, const int32_t *perm, const int32_t *buckets,
+                      const int32_t *u, int64_t R, int64_t G, int64_t L, int64_t D, int64_t C, int64_t back,
+                      int64_t fwd, int64_t band_lo, int64_t band_hi, int64_t lo, int64_t hi, int self_fallback,
+                      float scale, float *out, float *lse, int n_threads) {
+    layout_t t;
+    init_layout(&t, q, k, v, perm, buckets, u, R, G, L, D, C, back, fwd, band_lo, band_hi, lo, hi, self_fallback,
+                scale);
+    round_t x;
+    alloc_round(&x, &t, 0);
+    for (int64_t r = 0; r < R; r++) {
+        for (int64_t g = 0; g < G; g++) {
+            setup_round(&x, r, g, n_threads);
+            parallel_for(L / C, n_threads, fwd_range, &x);
+            merge_ctx m = {&x, out, lse};
+            parallel_for(L, n_threads, merge_range, &m);
+        }
+    }
+    free_round(&x);
+    if (self_fallback) {  /* nothing visible in any round: the query takes its own value */
+        self_ctx sc = {&t, out, lse, NULL, NULL};
+        parallel_for(G * L, n_threads, self_fwd_range, &sc);
+    }
+}
+
+/* ---------------------------------------------------------------- backward */
+typedef struct { const round_t *x; int64_t phase, P; } bwd_ctx;
+
+INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t D) {
+    const round_t *x = c->x;
+    const layout_t *t = x->t;
+    const int64_t C = t->C, P = c->P;
+    chunk_t w;
+    chunk_alloc(&w, t);
+    const int64_t KP = w.KP;
+    float *row = alloc_f(KP), *ds = alloc_f(KP);
+    for (int64_t task = begin; task < end; task++) {
+        const int64_t ch = c->phase + task * P;
+        chunk_load(&w, x, ch, 1, D);
+        for (int64_t a = 0; a < C; a++) {
+            const int64_t sq = ch * C + a;
+            const float lq = x->ls[sq];
+            if (lq == -INFINITY) continue;
+            if (chunk_logits(&w, x, sq, a, row, D) == -INFINITY) continue;
+            const float *qrow = x->qs + sq * D, *dorow = x->os + sq * D;
+            const v16f dl = splat(x->dl[sq]);
+            for (int64_t j = 0; j < KP; j += 16) {
+                const v16f p = vexp(ld16(row + j) - splat(lq));
+                v16f dp = splat(0.f);  /* dO . v for every slot */
+                for (int64_t d = 0; d < D; d++) dp += splat(dorow[d]) * ld16(w.vt + d * KP + j);
+                st16(row + j, p);
+                st16(ds + j, p * (dp - dl) * splat(t->scale));
+            }
+            float *dqrow = x->dqs + sq * D;
+            const int64_t j0 = w.s0 < 0 ? -w.s0 : 0, j1 = w.s0 + KP > t->L ? t->L - w.s0 : KP;
+            for (int64_t j = j0; j < j1; j++) {  /* dense over the window, branch-free */
+                const int64_t sk = w.s0 + j;
+                axpy(x->dvs + sk * D, row[j], dorow, D);
+                axpy(dqrow, ds[j], x->ks + sk * D, D);
+                axpy(x->dks + sk * D, ds[j], qrow, D);
+            }
+        }
+    }
+    free(row);
+    free(ds);
+    chunk_free(&w);
+}
+
+static void bwd_range(void *arg, int64_t begin, int64_t end) {
+    const bwd_ctx *c = (const bwd_ctx *)arg;
+    DISPATCH_D(c->x->t->D, bwd_impl, c, begin, end)
+}
+
+/* ---- add sorted-order gradients back at original positions */
+typedef struct { const round_t *x; float *dq, *dk, *dv; } scatter_ctx;
+
+static void scatter_range(void *arg, int64_t begin, int64_t end) {
+    const scatter_ctx *c = (const scatter_ctx *)arg;
+    const round_t *x = c->x;
+    const int64_t L = x->t->L, D = x->t->D, g = x->g;
+    for (int64_t s = begin; s < end; s++) {
+        const int64_t gi = g * L + (x->pm ? x->pm[s] : s);
+        axpy(c->dq + gi * D, 1.f, x->dqs + s * D, D);
+        axpy(c->dk + gi * D, 1.f, x->dks + s * D, D);
+        axpy(c->dv + gi * D, 1.f, x->dvs + s * D, D);
+    }
+}
+
+static void self_bwd_range(void *arg, int64_t begin, int64_t end) {
+    const self_ctx *x = (const self_ctx *)arg;
+    const int64_t D = x->t->D;
+    for (int64_t i = begin; i < end; i++)
+        if (x->lse[i] == -INFINITY) axpy(x->dv + i * D, 1.f, x->dout + i * D, D);
+}
+
+void seq_attn_backward(const float *q, const float *k, const float *v, const int32_t *perm, const int32_t *buckets,
+                       const int32_t *u, int64_t R, int64_t G, int64_t L, int64_t D, int64_t C, int64_t back,
+                       int64_t fwd, int64_t band_lo, int64_t band_hi, int64_t lo, int64_t hi, int self_fallback,
+                       float scale, const float *lse, const float *delta, const float *dout, float *dq, float *dk,
+                       float *dv, int n_threads) {
+    layout_t t;
+    init_layout(&t, q, k, v, perm, buckets, u, R, G, L, D, C, back, fwd, band_lo, band_hi, lo, hi, self_fallback,
+                scale);
+    const int64_t nC = L / C, P = back + 1 + fwd;
+    round_t x;
+    alloc_round(&x, &t, 1);
+    x.src_o = dout;
+    x.src_l = lse;
+    x.src_d = delta;
+    for (int64_t r = 0; r < R; r++) {
+        for (int64_t g = 0; g < G; g++) {
+            setup_round(&x, r, g, n_threads);
+            memset(x.dqs, 0, sizeof(float) * L * D);
+            memset(x.dks, 0, sizeof(float) * L * D);
+            memset(x.dvs, 0, sizeof(float) * L * D);
+            for (int64_t phase = 0; phase < P && phase < nC; phase++) {  /* disjoint windows per phase */
+                bwd_ctx c = {&x, phase, P};
+                parallel_for((nC - phase + P - 1) / P, n_threads, bwd_range, &c);
+            }
+            scatter_ctx sc = {&x, dq, dk, dv};
+            parallel_for(L, n_threads, scatter_range, &sc);
+        }
+    }
+    free_round(&x);
+    if (self_fallback) {
+        self_ctx sc = {&t, NULL, lse, dout, dv};
+        parallel_for(G * L, n_threads, self_bwd_range, &sc);
+    }
+}
+
+/* ================================================================ LSH hashing and sorting
+ * (the compiled twin of reformer_seq/lsh_attention.py's hash_codes and lsh_layout)
+ *
+ * lsh_codes: proj (n, F, R, half) float32 projections onto the random directions -> codes
+ * (R, n) int64: per round, the concatenation over factors (most significant first) of the
+ * argmax over [p; -p] (ties: the first index, as torch.argmax).
+ */
+typedef struct { const float *proj; int64_t n, F, R, half; int64_t *codes; } codes_ctx;
+
+static void codes_range(void *arg, int64_t begin, int64_t end) {
+    const codes_ctx *c = (const codes_ctx *)arg;
+    const int64_t F = c->F, R = c->R, h = c->half, width = 2 * h;
+    for (int64_t i = begin; i < end; i++) {
+        const float *p = c->proj + i * F * R * h;
+        for (int64_t r = 0; r < R; r++) {
+            int64_t code = 0;
+            for (int64_t f = 0; f < F; f++) {
+                const float *pf = p + (f * R + r) * h;
+                int64_t best = 0;
+                float bv = pf[0];
+                for (int64_t j = 1; j < width; j++) {
+                    const float vj = j < h ? pf[j] : -pf[j - h];
+                    if (vj > bv) { bv = vj; best = j; }
+                }
+                code = code * width + best;
+            }
+            c->codes[r * c->n + i] = code;
+        }
+    }
+}
+
+void seq_lsh_codes(const float *proj, int64_t n, int64_t F, int64_t R, int64_t half, int64_t *codes, int n_threads) {
+    codes_ctx c = {proj, n, F, R, half, codes};
+    parallel_for(n, n_threads, codes_range, &c);
+}
+
+/* lsh_sort: buckets (R*G, L) int32 in original order (padding has buckets >= n_real_buckets[g],
+ * one per position, increasing with position) -> perm (sorted index -> position), sorted
+ * buckets, and window keys u in original order:
+ *   causal:  u = s + (C + 1) * bucket        non-causal: u = s / C + 2 * bucket
+ * A stable counting sort: linear in L. */
+typedef struct {
+    const int32_t *buckets; const int64_t *nb; int64_t G, L, C; int causal;
+    int32_t *perm, *sorted, *u;
+} sort_ctx;
+
+static void sort_range(void *arg, int64_t begin, int64_t end) {
+    const sort_ctx *c = (const sort_ctx *)arg;
+    const int64_t L = c->L;
+    for (int64_t row = begin; row < end; row++) {
+        const int64_t g = row % c->G, nb = c->nb[g];
+        const int32_t *b = c->buckets + row * L;
+        int32_t *perm = c->perm + row * L, *sorted = c->sorted + row * L, *u = c->u + row * L;
+        int64_t *start = (int64_t *)calloc((size_t)nb + 1, sizeof(int64_t));
+        int64_t n_real = 0;
+        for (int64_t i = 0; i < L; i++)
+            if (b[i] < nb) { start[b[i] + 1]++; n_real++; }
+        for (int64_t j = 0; j < nb; j++) start[j + 1] += start[j];
+        int64_t pad = n_real;
+        for (int64_t i = 0; i < L; i++) {
+            const int64_t s = b[i] < nb ? start[b[i]]++ : pad++;  /* padding keeps position order */
+            perm[s] = (int32_t)i;
+            sorted[s] = b[i];
+        }
+        for (int64_t s = 0; s < L; s++) {
+            const int64_t key = c->causal ? s + (c->C + 1) * (int64_t)sorted[s] : s / c->C + 2 * (int64_t)sorted[s];
+            u[perm[s]] = (int32_t)key;
+        }
+        free(start);
+    }
+}
+
+void seq_lsh_sort(const int32_t *buckets, const int64_t *n_real_buckets, int64_t R, int64_t G, int64_t L, int64_t C,
+                  int causal, int32_t *perm, int32_t *sorted, int32_t *u, int n_threads) {
+    sort_ctx c = {buckets, n_real_buckets, G, L, C, causal, perm, sorted, u};
+    parallel_for(R * G, n_threads, sort_range, &c);
+}

@@ -1,0 +1,168 @@
+"""The compiled CPU kernel of chunked attention: built on first use, loaded with ctypes.
+
+``csrc/seqformer_kernels.c`` is plain C (no torch headers, no OpenMP): it compiles in about a
+second with the system C compiler into a shared library cached under
+``$SEQFORMER_CACHE_DIR/kernels`` (default ``~/.cache/seqformer/kernels``), keyed by the
+source, the compiler flags and this CPU's flags (it is built with ``-march=native``). If no
+compiler is available or the build fails, a warning is printed once and the pure-PyTorch
+reference in :mod:`.chunked_attention` is used instead.
+
+``SEQFORMER_KERNEL=torch`` forces the reference, ``SEQFORMER_KERNEL=c`` makes a failed build an
+error, and the default ``auto`` uses the kernel when it builds.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "seqformer_kernels.c"
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-std=c99", "-pthread"]
+_lib: Optional[ctypes.CDLL] = None
+_tried = False
+
+
+def mode() -> str:
+    m = os.environ.get("SEQFORMER_KERNEL", "auto").lower()
+    if m not in ("auto", "c", "torch"):
+        raise ValueError(f"SEQFORMER_KERNEL={m!r}; use auto, c or torch")
+    return m
+
+
+def _cpu_signature() -> str:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor()
+    return platform.machine() + flags
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("SEQFORMER_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "seqformer")
+    return Path(base) / "kernels"
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(src + " ".join(FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
+    out = _cache_dir() / f"libseqformer_attn-{key}.so"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        try:
+            res = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"{cc} failed: {res.stderr.strip()[:500]}")
+            os.replace(tmp, out)  # atomic: concurrent builders never load a half-written library
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    lib = ctypes.CDLL(str(out))
+    f, i, p = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
+    common = [p, p, p, p, p, p] + [i] * 11 + [ctypes.c_int, f]
+    lib.seq_attn_forward.argtypes = common + [p, p, ctypes.c_int]
+    lib.seq_attn_backward.argtypes = common + [p, p, p, p, p, p, ctypes.c_int]
+    lib.seq_attn_forward.restype = lib.seq_attn_backward.restype = None
+    lib.seq_lsh_codes.argtypes = [p, i, i, i, i, p, ctypes.c_int]
+    lib.seq_lsh_sort.argtypes = [p, p, i, i, i, i, ctypes.c_int, p, p, p, ctypes.c_int]
+    lib.seq_lsh_codes.restype = lib.seq_lsh_sort.restype = None
+    return lib
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The loaded kernel library, or None (reference path)."""
+    global _lib, _tried
+    m = mode()
+    if m == "torch":
+        return None
+    if not _tried:
+        _tried = True
+        try:
+            _lib = _build()
+        except Exception as e:  # noqa: BLE001 - any build problem means: use the reference
+            if m == "c":
+                raise
+            warnings.warn(f"seqformer: compiled attention kernel unavailable ({e}); using the slower PyTorch path")
+            _lib = None
+    return _lib
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """True when the compiled kernel can take these tensors (CPU, float32) and is available."""
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return False
+    return library() is not None
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _args(q, k, v, lay, scale):
+    G, L, D = q.shape
+    perm = None if lay.perm is None else lay.perm.contiguous()
+    buckets = lay.buckets.contiguous()
+    u = None if (lay.u is None or lay.rounds == 1) else lay.u.contiguous()
+    keep = (perm, buckets, u)  # referenced until the call returns
+    args = [_ptr(q), _ptr(k), _ptr(v), _ptr(perm), _ptr(buckets), _ptr(u), lay.rounds, G, L, D, lay.chunk,
+            lay.back, lay.fwd, lay.band_lo, lay.band_hi, lay.lo, lay.hi, int(lay.self_fallback), float(scale)]
+    return args, keep
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compiled twin of :func:`~reformer_seq.chunked_attention.chunked_attention_forward`."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    G, L, D = q.shape
+    out = torch.empty(G, L, D, dtype=torch.float32)
+    lse = torch.empty(G, L, dtype=torch.float32)
+    args, keep = _args(q, k, v, lay, scale)
+    library().seq_attn_forward(*args, out.data_ptr(), lse.data_ptr(), torch.get_num_threads())
+    del keep
+    return out, lse
+
+
+def backward(q, k, v, out, lse, dout, lay, scale) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Compiled twin of :func:`~reformer_seq.chunked_attention.chunked_attention_backward`."""
+    q, k, v, dout, lse = q.contiguous(), k.contiguous(), v.contiguous(), dout.contiguous(), lse.contiguous()
+    delta = (dout * out).sum(-1).contiguous()  # (G, L)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    args, keep = _args(q, k, v, lay, scale)
+    library().seq_attn_backward(*args, lse.data_ptr(), delta.data_ptr(), dout.data_ptr(), dq.data_ptr(),
+                                dk.data_ptr(), dv.data_ptr(), torch.get_num_threads())
+    del keep
+    return dq, dk, dv
+
+
+def lsh_codes(proj: torch.Tensor, n_factors: int, n_hashes: int, half: int) -> torch.Tensor:
+    """Compiled twin of the argmax/concatenation in :func:`~reformer_seq.lsh_attention.hash_codes`:
+    proj (n, F * R * half) float32 -> codes (R, n) int64."""
+    proj = proj.contiguous()
+    n = proj.shape[0]
+    codes = torch.empty(n_hashes, n, dtype=torch.int64)
+    library().seq_lsh_codes(proj.data_ptr(), n, n_factors, n_hashes, half, codes.data_ptr(), torch.get_num_threads())
+    return codes
+
+
+def lsh_sort(buckets: torch.Tensor, n_real_buckets: torch.Tensor, chunk: int, causal: bool
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Compiled twin of the sort in :func:`~reformer_seq.lsh_attention.lsh_layout` (a stable
+    counting sort): buckets (R, G, L) int32 -> perm, sorted buckets, window keys u (R, G, L) int32."""
+    buckets = buckets.to(torch.int32).contiguous()
+    R, G, L = buckets.shape
+    nb = n_real_buckets.to(torch.int64).contiguous()
+    perm, srt, u = (torch.empty(R, G, L, dtype=torch.int32) for _ in range(3))
+    library().seq_lsh_sort(buckets.data_ptr(), nb.data_ptr(), R, G, L, chunk, int(causal), perm.data_ptr(),
+                           srt.data_ptr(), u.data_ptr(), torch.get_num_threads())
+    return perm, srt, u
