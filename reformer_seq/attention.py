@@ -47,6 +47,12 @@ class SelfAttention(nn.Module):
         t = t.view(B, L, self.heads, self.dim_head).transpose(1, 2)  # (B, H, L, D)
         return F.pad(t, (0, 0, 0, Lp - L)) if Lp > L else t
 
+    def _rows(self, t: Tensor, Lp: int) -> Tensor:
+        """(B, L, H*D) -> (B, Lp, H, D), zero-padded on the right (a view when Lp == L)."""
+        B, L, _ = t.shape
+        t = t.view(B, L, self.heads, self.dim_head)
+        return F.pad(t, (0, 0, 0, 0, 0, Lp - L)) if Lp > L else t
+
     def _rotations(self, n_factors: int, device: torch.device) -> Tensor:
         gen = None
         if not self.training:  # eval: the same rotations every call
@@ -59,7 +65,8 @@ class SelfAttention(nn.Module):
         """x: (B, L, dim); real: (B, L) bool, False = padding; real_len: (B,) count of real tokens.
 
         ``cache``: a dict kept between the forward pass and the reversible backward's
-        recomputation, so the recomputation reuses the forward's hashes and sort order.
+        recomputation, so the recomputation reuses the forward's hashes, sort order and (for
+        inputs up to ``CACHE_MAX_ELEMS``) attention output.
         """
         B, L, _ = x.shape
         h = self.norm(x)
@@ -68,12 +75,13 @@ class SelfAttention(nn.Module):
         if self.kind == "full":
             q = self._heads(qk, L)
             out = full_attention(q, F.normalize(q, dim=-1), self._heads(v, L), real, self.causal)
+            out = out.transpose(1, 2)  # (B, L, H, D)
         else:
             chunk = self.bucket_size if self.kind == "lsh" else self.local_window
             Lp = math.ceil(L / chunk) * chunk
             real_p = torch.ones(B, L, dtype=torch.bool, device=x.device) if real is None else real
             real_p = F.pad(real_p, (0, Lp - L), value=False)  # (B, Lp)
-            q = self._heads(qk, Lp)  # (B, H, Lp, D)
+            q = self._rows(qk, Lp)  # (B, Lp, H, D): the projection's own layout, no transpose
             if self.kind == "lsh":
                 k = F.normalize(q, dim=-1)
                 if real_len is None:
@@ -84,15 +92,13 @@ class SelfAttention(nn.Module):
                 lay = cache.get("layout") if cache is not None else None
                 if lay is None:
                     with torch.no_grad():
-                        lay = lsh_layout(q.detach(), real_p, bits, rot, self.n_hashes, self.bucket_size, self.causal)
+                        lay = lsh_layout(q.detach().transpose(1, 2), real_p, bits, rot, self.n_hashes,
+                                         self.bucket_size, self.causal)
                     if cache is not None:
                         cache["layout"] = lay
             else:
-                k = self._heads(self.to_k(h), Lp)
+                k = self._rows(self.to_k(h), Lp)
                 lay = local_layout(real_p, self.heads, self.local_window, self.causal)
-            G = B * self.heads
-            vv = self._heads(v, Lp)
-            out = chunked_attention(q.reshape(G, Lp, -1), k.reshape(G, Lp, -1), vv.reshape(G, Lp, -1), lay)
-            out = out.view(B, self.heads, Lp, self.dim_head)[:, :, :L]  # (B, H, L, D)
-        out = out.transpose(1, 2).reshape(B, L, self.heads * self.dim_head)  # (B, L, H*D)
+            out = chunked_attention(q, k, self._rows(v, Lp), lay, cache=cache)[:, :L]  # (B, L, H, D)
+        out = out.reshape(B, L, self.heads * self.dim_head)  # (B, L, H*D)
         return self.drop(self.to_out(out))

@@ -250,14 +250,29 @@ def chunked_attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     return dq.view(G, L, D), dk.view(G, L, D), dv.view(G, L, D)
 
 
+def _to_gld(t: Tensor) -> Tensor:
+    """(B, L, H, D) -> (B*H, L, D), the reference path's layout."""
+    B, L, H, D = t.shape
+    return t.permute(0, 2, 1, 3).reshape(B * H, L, D)
+
+
+def _from_gld(t: Tensor, B: int, H: int) -> Tensor:
+    """(B*H, L, D) -> (B, L, H, D)."""
+    G, L, D = t.shape
+    return t.view(B, H, L, D).permute(0, 2, 1, 3)
+
+
 def _forward(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float, max_block_elems: int
              ) -> tuple[Tensor, Tensor]:
-    """The compiled kernel when it takes these tensors (CPU float32), else the reference."""
+    """(B, L, H, D) inputs -> out (B, L, H, D), lse (B*H, L): the compiled kernel when it takes
+    these tensors (CPU float32), else the reference."""
     from . import kernels
 
     if kernels.usable(q, k, v):
         return kernels.forward(q, k, v, lay, scale)
-    return chunked_attention_forward(q, k, v, lay, scale, max_block_elems)
+    B, _, H, _ = q.shape
+    out, lse = chunked_attention_forward(_to_gld(q), _to_gld(k), _to_gld(v), lay, scale, max_block_elems)
+    return _from_gld(out, B, H), lse
 
 
 def _backward(q, k, v, out, lse, dout, lay: Layout, scale: float, max_block_elems: int):
@@ -265,7 +280,10 @@ def _backward(q, k, v, out, lse, dout, lay: Layout, scale: float, max_block_elem
 
     if kernels.usable(q, k, v, dout):
         return kernels.backward(q, k, v, out, lse, dout, lay, scale)
-    return chunked_attention_backward(q, k, v, out, lse, dout, lay, scale, max_block_elems)
+    B, _, H, _ = q.shape
+    grads = chunked_attention_backward(_to_gld(q), _to_gld(k), _to_gld(v), _to_gld(out), lse, _to_gld(dout),
+                                       lay, scale, max_block_elems)
+    return tuple(_from_gld(g, B, H) for g in grads)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -273,16 +291,24 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+# The forward pass's outputs are kept for the reversible backward's recomputation when they are
+# this small (elements of one layer's attention output); above it they are recomputed.
+CACHE_MAX_ELEMS = 1 << 24
+
+
 class ChunkedAttentionFunction(torch.autograd.Function):
     """Autograd wrapper: saves only q, k, v, out and lse; the backward recomputes logits."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float,  # type: ignore[override]
-                max_block_elems: int) -> Tensor:
+                max_block_elems: int, cached: Optional[tuple[Tensor, Tensor]]) -> Tensor:
         dtype = q.dtype
         qf, kf, vf = (t.to(compute_dtype(dtype)) for t in (q, k, v))
-        with torch.autocast(q.device.type, enabled=False):
-            out, lse = _forward(qf, kf, vf, lay, scale, max_block_elems)
+        if cached is not None:  # the forward pass already computed this (reversible recomputation)
+            out, lse = cached
+        else:
+            with torch.autocast(q.device.type, enabled=False):
+                out, lse = _forward(qf, kf, vf, lay, scale, max_block_elems)
         ctx.save_for_backward(qf, kf, vf, out, lse)
         ctx.lay, ctx.scale, ctx.block, ctx.dtypes = lay, scale, max_block_elems, (q.dtype, k.dtype, v.dtype)
         return out.to(dtype)
@@ -293,22 +319,27 @@ class ChunkedAttentionFunction(torch.autograd.Function):
         with torch.autocast(qf.device.type, enabled=False):
             dq, dk, dv = _backward(qf, kf, vf, out, lse, dout.to(qf.dtype), ctx.lay, ctx.scale, ctx.block)
         tq, tk, tv = ctx.dtypes
-        return dq.to(tq), dk.to(tk), dv.to(tv), None, None, None
+        return dq.to(tq), dk.to(tk), dv.to(tv), None, None, None, None
 
 
 def chunked_attention(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: Optional[float] = None,
-                      max_block_elems: int = DEFAULT_BLOCK_ELEMS) -> Tensor:
-    """Windowed attention of (G, L, D) queries/keys/values under ``lay`` -> (G, L, D).
+                      cache: Optional[dict] = None, max_block_elems: int = DEFAULT_BLOCK_ELEMS) -> Tensor:
+    """Windowed attention under ``lay`` of (B, L, H, D) queries/keys/values -> (B, L, H, D).
 
-    L must be a multiple of ``lay.chunk``. Differentiable in q, k and v.
+    L must be a multiple of ``lay.chunk``. Differentiable in q, k and v. ``cache`` (a dict shared
+    by a reversible block's forward pass and its recomputation) keeps the forward's output so
+    the recomputation does not attend again.
     """
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if q.shape[1] % lay.chunk:
         raise ValueError(f"length {q.shape[1]} is not a multiple of the chunk length {lay.chunk}")
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return ChunkedAttentionFunction.apply(q, k, v, lay, scale, max_block_elems)
+        cached = cache.pop("attn_out", None) if cache is not None else None
+        return ChunkedAttentionFunction.apply(q, k, v, lay, scale, max_block_elems, cached)
     with torch.autocast(q.device.type, enabled=False):
         cd = compute_dtype(q.dtype)
-        out, _ = _forward(q.to(cd), k.to(cd), v.to(cd), lay, scale, max_block_elems)
+        out, lse = _forward(q.to(cd), k.to(cd), v.to(cd), lay, scale, max_block_elems)
+    if cache is not None and out.numel() <= CACHE_MAX_ELEMS:
+        cache["attn_out"] = (out, lse)
     return out.to(q.dtype)

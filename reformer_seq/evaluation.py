@@ -64,8 +64,8 @@ import numpy as np
 
 from .errors import CheckpointError, InputError
 from .fasta import EncodedRecord, load_genome
-from .motifs import (DEFAULT_PSEUDOCOUNT, Motif, PSSM, Site, Threshold, background_from_records, make_pssm,
-                     non_overlapping, scan_records)
+from .motifs import (DEFAULT_PSEUDOCOUNT, PSSM, Motif, ScanIndex, Site, Threshold, background_from_records,
+                     make_pssm, non_overlapping, scan_records)
 from .tokenizers import MASK_ID, PAD_ID, NucleotideTokenizer
 
 PathLike = Union[str, os.PathLike]
@@ -668,6 +668,7 @@ def motif_masking(records: Sequence[EncodedRecord], scorer: ScoringModel, motifs
     from tqdm.auto import tqdm
 
     pssms: list[PSSM] = []
+    index = ScanIndex.build(records)
     occupied = [np.zeros(len(r), dtype=bool) for r in records]
     found: list[list[Site]] = []
     cuts: list[float] = []
@@ -679,7 +680,7 @@ def motif_masking(records: Sequence[EncodedRecord], scorer: ScoringModel, motifs
         p = make_pssm(m, bg, pseudocount)
         pssms.append(p)
         cuts.append(threshold.score_for(p))
-        hits = scan_records(records, p, threshold)
+        hits = scan_records(records, p, cuts[-1], index=index)  # the cut in bits: computed once
         for s in hits:  # controls avoid every hit of every motif
             occupied[s.record_index][s.start:s.end] = True
         found.append(non_overlapping(hits))
@@ -882,7 +883,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     fitted = (b.get("markov") or b.get("order0") or {}).get("fitted_on")
     if fitted:
         lines.append(f"Baselines are scored on the same bases as the model, fitted on {fitted}" +
-                     (f"; Markov order chosen on the validation region (bits per order: "
+                     ("; Markov order chosen on the validation region (bits per order: "
                       + ", ".join(f"k={k}: {v:.4f}" for k, v in b["markov"]["val_bits_per_base_by_order"].items())
                       + ")." if "markov" in b else "."))
     if b.get("note"):

@@ -71,7 +71,7 @@ def _build() -> ctypes.CDLL:
             Path(tmp).unlink(missing_ok=True)
     lib = ctypes.CDLL(str(out))
     f, i, p = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
-    common = [p, p, p, p, p, p] + [i] * 11 + [ctypes.c_int, f]
+    common = [p, p, p, p, p, p] + [i] * 12 + [ctypes.c_int, f]
     lib.seq_attn_forward.argtypes = common + [p, p, ctypes.c_int]
     lib.seq_attn_backward.argtypes = common + [p, p, p, p, p, p, ctypes.c_int]
     lib.seq_attn_forward.restype = lib.seq_attn_backward.restype = None
@@ -111,22 +111,24 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
 
 
 def _args(q, k, v, lay, scale):
-    G, L, D = q.shape
+    B, L, H, D = q.shape
+    G = B * H
     perm = None if lay.perm is None else lay.perm.contiguous()
     buckets = lay.buckets.contiguous()
     u = None if (lay.u is None or lay.rounds == 1) else lay.u.contiguous()
     keep = (perm, buckets, u)  # referenced until the call returns
-    args = [_ptr(q), _ptr(k), _ptr(v), _ptr(perm), _ptr(buckets), _ptr(u), lay.rounds, G, L, D, lay.chunk,
+    args = [_ptr(q), _ptr(k), _ptr(v), _ptr(perm), _ptr(buckets), _ptr(u), lay.rounds, G, H, L, D, lay.chunk,
             lay.back, lay.fwd, lay.band_lo, lay.band_hi, lay.lo, lay.hi, int(lay.self_fallback), float(scale)]
     return args, keep
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compiled twin of :func:`~reformer_seq.chunked_attention.chunked_attention_forward`."""
+    """Compiled twin of :func:`~reformer_seq.chunked_attention.chunked_attention_forward`, on
+    (B, L, H, D) tensors: returns out (B, L, H, D) and lse (B * H, L)."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    G, L, D = q.shape
-    out = torch.empty(G, L, D, dtype=torch.float32)
-    lse = torch.empty(G, L, dtype=torch.float32)
+    B, L, H, D = q.shape
+    out = torch.empty(B, L, H, D, dtype=torch.float32)
+    lse = torch.empty(B * H, L, dtype=torch.float32)
     args, keep = _args(q, k, v, lay, scale)
     library().seq_attn_forward(*args, out.data_ptr(), lse.data_ptr(), torch.get_num_threads())
     del keep
@@ -134,9 +136,11 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay, scale: float
 
 
 def backward(q, k, v, out, lse, dout, lay, scale) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Compiled twin of :func:`~reformer_seq.chunked_attention.chunked_attention_backward`."""
+    """Compiled twin of :func:`~reformer_seq.chunked_attention.chunked_attention_backward`, on
+    (B, L, H, D) tensors (lse: (B * H, L))."""
     q, k, v, dout, lse = q.contiguous(), k.contiguous(), v.contiguous(), dout.contiguous(), lse.contiguous()
-    delta = (dout * out).sum(-1).contiguous()  # (G, L)
+    B, L, H, D = q.shape
+    delta = (dout * out).sum(-1).transpose(1, 2).reshape(B * H, L)  # (G, L) rowsum(dO * O)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     args, keep = _args(q, k, v, lay, scale)
     library().seq_attn_backward(*args, lse.data_ptr(), delta.data_ptr(), dout.data_ptr(), dq.data_ptr(),

@@ -423,21 +423,44 @@ def score_sequence(ids: np.ndarray, pssm: PSSM) -> tuple[np.ndarray, np.ndarray]
     return fwd, rev
 
 
+@dataclass
+class ScanIndex:
+    """All records' ids in one array, each followed by an N (no window spans two records):
+    ``ids`` (total,) uint8, ``starts`` (R,) offset of each record, ``records`` their ids."""
+
+    ids: np.ndarray
+    starts: np.ndarray
+    records: list[str]
+
+    @classmethod
+    def build(cls, records: Sequence[EncodedRecord]) -> "ScanIndex":
+        lengths = np.array([len(r) for r in records], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
+        ids = np.full(int((lengths + 1).sum()), NucleotideTokenizer.n_id, dtype=np.uint8)
+        for st, r in zip(starts, records):
+            ids[st:st + len(r)] = np.asarray(r.ids)
+        return cls(ids, starts, [r.id for r in records])
+
+
 def scan_records(records: Sequence[EncodedRecord], pssm: PSSM, threshold: Union[Threshold, str, float, None] = None,
-                 both_strands: bool = True) -> list[Site]:
-    """Every site with score >= the threshold, on both strands, ordered by record then position."""
+                 both_strands: bool = True, index: Optional[ScanIndex] = None) -> list[Site]:
+    """Every site with score >= the threshold, on both strands, ordered by record then position.
+
+    ``index`` (:meth:`ScanIndex.build` of the same records) saves rebuilding it for each motif.
+    """
     cut = Threshold.parse(threshold).score_for(pssm)
-    sites: list[Site] = []
-    for ri, rec in enumerate(records):
-        fwd, rev = score_sequence(rec.ids, pssm)
-        strands = [("+", fwd), ("-", rev)] if both_strands else [("+", fwd)]
-        hits = []
-        for strand, sc in strands:
-            for i in np.flatnonzero(sc >= cut):
-                hits.append((int(i), strand, float(sc[i])))
-        hits.sort()
-        sites.extend(Site(rec.id, i, i + pssm.length, s, v, pssm.motif.id, ri) for i, s, v in hits)
-    return sites
+    if not math.isfinite(cut) or not len(records):
+        return []
+    index = index or ScanIndex.build(records)
+    fwd, rev = score_sequence(index.ids, pssm)
+    strands = [("+", fwd), ("-", rev)] if both_strands else [("+", fwd)]
+    hits = []
+    for strand, sc in strands:
+        pos = np.flatnonzero(sc >= cut)
+        ri = np.searchsorted(index.starts, pos, side="right") - 1
+        hits.extend(zip(ri.tolist(), (pos - index.starts[ri]).tolist(), [strand] * len(pos), sc[pos].tolist()))
+    hits.sort()
+    return [Site(index.records[r], i, i + pssm.length, st, v, pssm.motif.id, r) for r, i, st, v in hits]
 
 
 def non_overlapping(sites: Sequence[Site]) -> list[Site]:

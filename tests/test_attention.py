@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reformer_seq.chunked_attention import chunked_attention
+from reformer_seq.chunked_attention import chunked_attention as _chunked_attention
 from reformer_seq.full_attention import full_attention
 from reformer_seq.local_attention import local_layout
 from reformer_seq.lsh_attention import (FACTOR, bucket_bits, hash_codes, hash_rotations, lsh_layout,
@@ -32,6 +32,11 @@ def reference_attention(q, k, v, visible, self_only_if_alone=True):
     logits = torch.einsum("gid,gjd->gij", q, k) / math.sqrt(D)
     logits = logits.masked_fill(~visible, float("-inf"))
     return torch.einsum("gij,gjd->gid", torch.softmax(logits, -1), v)
+
+
+def chunked_attention(q, k, v, lay, **kw):
+    """The library's (B, L, H, D) entry point on (G, L, D) tensors (as B = G, H = 1)."""
+    return _chunked_attention(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), lay, **kw).squeeze(2)
 
 
 def rand_qkv(G, L, D, seed=0, clustered=False):
@@ -219,13 +224,22 @@ def test_compiled_kernel_equals_reference(causal, D):
         k = F.normalize(torch.randn(G, L, D, generator=g), dim=-1)
         v, dout = torch.randn(G, L, D, generator=g), torch.randn(G, L, D, generator=g)
         o1, l1 = ca.chunked_attention_forward(q, k, v, lay, 0.3)
-        o2, l2 = kernels.forward(q, k, v, lay, 0.3)
+        o2, l2 = kernels.forward(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), lay, 0.3)
+        o2 = o2.squeeze(2)
         torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-5, msg=name)
         assert torch.equal(torch.isinf(l1), torch.isinf(l2)), name
         torch.testing.assert_close(l2[~torch.isinf(l2)], l1[~torch.isinf(l1)], rtol=1e-5, atol=1e-5)
-        for a, b in zip(kernels.backward(q, k, v, o2, l2, dout, lay, 0.3),
+        u = lambda t: t.unsqueeze(2)  # noqa: E731 - (G, L, D) as (B=G, L, H=1, D)
+        for a, b in zip(kernels.backward(u(q), u(k), u(v), u(o2), l2, u(dout), lay, 0.3),
                         ca.chunked_attention_backward(q, k, v, o1, l1, dout, lay, 0.3)):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(a.squeeze(2), b, rtol=1e-4, atol=1e-5, msg=name)
+        # and the real (B, L, H, D) layout with H > 1: row g = b * H + h
+        qb, kb, vb, db = (t.view(B, H, L, D).transpose(1, 2).contiguous() for t in (q, k, v, dout))
+        o3, l3 = kernels.forward(qb, kb, vb, lay, 0.3)
+        torch.testing.assert_close(o3.transpose(1, 2).reshape(G, L, D), o1, rtol=1e-5, atol=1e-5, msg=name)
+        dq3 = kernels.backward(qb, kb, vb, o3, l3, db, lay, 0.3)[0]
+        dq1 = ca.chunked_attention_backward(q, k, v, o1, l1, dout, lay, 0.3)[0]
+        torch.testing.assert_close(dq3.transpose(1, 2).reshape(G, L, D), dq1, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_compiled_hashing_and_sort_equal_reference(monkeypatch):

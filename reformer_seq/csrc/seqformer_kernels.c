@@ -18,9 +18,11 @@
  * disjoint, so no two threads add into one row), then adds them back to original positions. Threads: plain pthreads, so the library does
  * not bring a second OpenMP runtime into a process that already has torch's.
  *
- * Letters: G = batch x heads, L = padded length, D = head width, R = rounds, C = chunk length.
- * Tensors are float32 / int32, contiguous: q, k, v, out, dq, dk, dv (G, L, D); lse, delta (G, L);
- * perm (R, G, L) (NULL: identity), buckets (R, G, L), u (R, G, L) (NULL when R == 1).
+ * Letters: B batch, H heads, G = B x H, L = padded length, D = head width, R = rounds,
+ * C = chunk length. Tensors are float32 / int32, contiguous: q, k, v, out, dq, dk, dv
+ * (B, L, H, D) (the projections' own layout, so no transposes); lse, delta (G, L);
+ * perm (R, G, L) (NULL: identity), buckets (R, G, L), u (R, G, L) (NULL when R == 1);
+ * row g = b * H + h.
  */
 #include <math.h>
 #include <pthread.h>
@@ -31,7 +33,7 @@
 typedef struct {
     const float *q, *k, *v;
     const int32_t *perm, *buckets, *u;
-    int64_t R, G, L, D, C, back, fwd, band_lo, band_hi, lo, hi;
+    int64_t R, G, H, L, D, C, back, fwd, band_lo, band_hi, lo, hi;
     int self_fallback;
     float scale;
     float logtab[256];
@@ -115,12 +117,17 @@ INLINE void blend(float *y, const float a, const float *x, const float b, const 
 
 static int64_t window_len(const layout_t *t) { return (t->back + 1 + t->fwd) * t->C; }
 
+/* offset of row (g, i) of a (B, L, H, D) tensor */
+INLINE int64_t roff(const layout_t *t, int64_t g, int64_t i) {
+    return (((g / t->H) * t->L + i) * t->H + g % t->H) * t->D;
+}
+
 static void init_layout(layout_t *t, const float *q, const float *k, const float *v, const int32_t *perm,
-                        const int32_t *buckets, const int32_t *u, int64_t R, int64_t G, int64_t L, int64_t D,
-                        int64_t C, int64_t back, int64_t fwd, int64_t band_lo, int64_t band_hi, int64_t lo,
+                        const int32_t *buckets, const int32_t *u, int64_t R, int64_t G, int64_t H, int64_t L,
+                        int64_t D, int64_t C, int64_t back, int64_t fwd, int64_t band_lo, int64_t band_hi, int64_t lo,
                         int64_t hi, int self_fallback, float scale) {
     t->q = q; t->k = k; t->v = v; t->perm = perm; t->buckets = buckets; t->u = u;
-    t->R = R; t->G = G; t->L = L; t->D = D; t->C = C; t->back = back; t->fwd = fwd;
+    t->R = R; t->G = G; t->H = H; t->L = L; t->D = D; t->C = C; t->back = back; t->fwd = fwd;
     t->band_lo = band_lo; t->band_hi = band_hi; t->lo = lo; t->hi = hi;
     t->self_fallback = self_fallback; t->scale = scale;
     for (int i = 0; i < 256; i++) t->logtab[i] = logf((float)(i > 0 ? i : 1));
@@ -281,15 +288,15 @@ INLINE void gather_impl(round_t *x, int64_t begin, int64_t end, const int64_t D)
     const layout_t *t = x->t;
     const int64_t L = t->L, g = x->g;
     for (int64_t s = begin; s < end; s++) {
-        const int64_t i = x->pm ? x->pm[s] : s, gi = g * L + i;
-        copy_row(x->qs + s * D, t->q + gi * D, D);
-        copy_row(x->ks + s * D, t->k + gi * D, D);
-        copy_row(x->vs + s * D, t->v + gi * D, D);
+        const int64_t i = x->pm ? x->pm[s] : s, gi = g * L + i, ro = roff(t, g, i);
+        copy_row(x->qs + s * D, t->q + ro, D);
+        copy_row(x->ks + s * D, t->k + ro, D);
+        copy_row(x->vs + s * D, t->v + ro, D);
         if (t->R > 1)
             for (int64_t r2 = 0; r2 < t->R; r2++)
                 if (r2 != x->r) x->us[r2 * L + s] = t->u[(r2 * t->G + g) * L + i];
         if (x->src_o) {  /* backward: the output gradient and softmax statistics of the query */
-            copy_row(x->os + s * D, x->src_o + gi * D, D);
+            copy_row(x->os + s * D, x->src_o + ro, D);
             x->ls[s] = x->src_l[gi];
             x->dl[s] = x->src_d[gi];
         }
@@ -378,8 +385,8 @@ static void merge_range(void *arg, int64_t begin, int64_t end) {
     const round_t *x = c->x;
     const int64_t L = x->t->L, D = x->t->D, g = x->g;
     for (int64_t s = begin; s < end; s++) {
-        const int64_t gi = g * L + (x->pm ? x->pm[s] : s);
-        float *o = c->out + gi * D, *l = c->lse + gi;
+        const int64_t i = x->pm ? x->pm[s] : s, gi = g * L + i;
+        float *o = c->out + roff(x->t, g, i), *l = c->lse + gi;
         const float *orow = x->os + s * D, blse = x->ls[s];
         if (x->r == 0 || *l == -INFINITY) {
             copy_row(o, orow, D);
@@ -397,17 +404,20 @@ typedef struct { const layout_t *t; float *out; const float *lse; const float *d
 
 static void self_fwd_range(void *arg, int64_t begin, int64_t end) {
     const self_ctx *x = (const self_ctx *)arg;
-    const int64_t D = x->t->D;
-    for (int64_t i = begin; i < end; i++)
-        if (x->lse[i] == -INFINITY) memcpy(x->out + i * D, x->t->v + i * D, sizeof(float) * D);
+    const int64_t D = x->t->D, L = x->t->L;
+    for (int64_t gi = begin; gi < end; gi++)
+        if (x->lse[gi] == -INFINITY) {
+            const int64_t ro = roff(x->t, gi / L, gi % L);
+            memcpy(x->out + ro, x->t->v + ro, sizeof(float) * D);
+        }
 }
 
 void seq_attn_forward(const float *q, const float *k, const float *v, const int32_t *perm, const int32_t *buckets,
-                      const int32_t *u, int64_t R, int64_t G, int64_t L, int64_t D, int64_t C, int64_t back,
-                      int64_t fwd, int64_t band_lo, int64_t band_hi, int64_t lo, int64_t hi, int self_fallback,
-                      float scale, float *out, float *lse, int n_threads) {
+                      const int32_t *u, int64_t R, int64_t G, int64_t H, int64_t L, int64_t D, int64_t C,
+                      int64_t back, int64_t fwd, int64_t band_lo, int64_t band_hi, int64_t lo, int64_t hi,
+                      int self_fallback, float scale, float *out, float *lse, int n_threads) {
     layout_t t;
-    init_layout(&t, q, k, v, perm, buckets, u, R, G, L, D, C, back, fwd, band_lo, band_hi, lo, hi, self_fallback,
+    init_layout(&t, q, k, v, perm, buckets, u, R, G, H, L, D, C, back, fwd, band_lo, band_hi, lo, hi, self_fallback,
                 scale);
     round_t x;
     alloc_round(&x, &t, 0);
@@ -480,29 +490,32 @@ typedef struct { const round_t *x; float *dq, *dk, *dv; } scatter_ctx;
 static void scatter_range(void *arg, int64_t begin, int64_t end) {
     const scatter_ctx *c = (const scatter_ctx *)arg;
     const round_t *x = c->x;
-    const int64_t L = x->t->L, D = x->t->D, g = x->g;
+    const int64_t D = x->t->D, g = x->g;
     for (int64_t s = begin; s < end; s++) {
-        const int64_t gi = g * L + (x->pm ? x->pm[s] : s);
-        axpy(c->dq + gi * D, 1.f, x->dqs + s * D, D);
-        axpy(c->dk + gi * D, 1.f, x->dks + s * D, D);
-        axpy(c->dv + gi * D, 1.f, x->dvs + s * D, D);
+        const int64_t ro = roff(x->t, g, x->pm ? x->pm[s] : s);
+        axpy(c->dq + ro, 1.f, x->dqs + s * D, D);
+        axpy(c->dk + ro, 1.f, x->dks + s * D, D);
+        axpy(c->dv + ro, 1.f, x->dvs + s * D, D);
     }
 }
 
 static void self_bwd_range(void *arg, int64_t begin, int64_t end) {
     const self_ctx *x = (const self_ctx *)arg;
-    const int64_t D = x->t->D;
-    for (int64_t i = begin; i < end; i++)
-        if (x->lse[i] == -INFINITY) axpy(x->dv + i * D, 1.f, x->dout + i * D, D);
+    const int64_t D = x->t->D, L = x->t->L;
+    for (int64_t gi = begin; gi < end; gi++)
+        if (x->lse[gi] == -INFINITY) {
+            const int64_t ro = roff(x->t, gi / L, gi % L);
+            axpy(x->dv + ro, 1.f, x->dout + ro, D);
+        }
 }
 
 void seq_attn_backward(const float *q, const float *k, const float *v, const int32_t *perm, const int32_t *buckets,
-                       const int32_t *u, int64_t R, int64_t G, int64_t L, int64_t D, int64_t C, int64_t back,
-                       int64_t fwd, int64_t band_lo, int64_t band_hi, int64_t lo, int64_t hi, int self_fallback,
-                       float scale, const float *lse, const float *delta, const float *dout, float *dq, float *dk,
-                       float *dv, int n_threads) {
+                       const int32_t *u, int64_t R, int64_t G, int64_t H, int64_t L, int64_t D, int64_t C,
+                       int64_t back, int64_t fwd, int64_t band_lo, int64_t band_hi, int64_t lo, int64_t hi,
+                       int self_fallback, float scale, const float *lse, const float *delta, const float *dout,
+                       float *dq, float *dk, float *dv, int n_threads) {
     layout_t t;
-    init_layout(&t, q, k, v, perm, buckets, u, R, G, L, D, C, back, fwd, band_lo, band_hi, lo, hi, self_fallback,
+    init_layout(&t, q, k, v, perm, buckets, u, R, G, H, L, D, C, back, fwd, band_lo, band_hi, lo, hi, self_fallback,
                 scale);
     const int64_t nC = L / C, P = back + 1 + fwd;
     round_t x;
