@@ -117,6 +117,8 @@ INLINE void blend(float *y, const float a, const float *x, const float b, const 
 
 static int64_t window_len(const layout_t *t) { return (t->back + 1 + t->fwd) * t->C; }
 
+#define PREFETCH 12  /* rows ahead to prefetch in gathers and scatters */
+
 /* offset of row (g, i) of a (B, L, H, D) tensor */
 INLINE int64_t roff(const layout_t *t, int64_t g, int64_t i) {
     return (((g / t->H) * t->L + i) * t->H + g % t->H) * t->D;
@@ -176,6 +178,14 @@ INLINE void st16(float *p, v16f v) { memcpy(p, &v, sizeof(v)); }
 INLINE v16f splat(float a) { return (v16f){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
 INLINE v16i splati(int32_t a) { return (v16i){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
 INLINE v16f vsel(v16i m, v16f a, v16f b) { return (v16f)(((v16i)a & m) | ((v16i)b & ~m)); }
+/* bit i set where lane i is nonzero */
+INLINE uint32_t nonzero_mask(v16f v) {
+    const v16i nz = v != splat(0.f);
+    uint32_t m = 0;
+    for (int i = 0; i < 16; i++) m |= (uint32_t)(nz[i] & 1) << i;
+    return m;
+}
+
 INLINE float hmax16(v16f v) {
     float m = v[0];
     for (int i = 1; i < 16; i++) m = v[i] > m ? v[i] : m;
@@ -289,6 +299,13 @@ INLINE void gather_impl(round_t *x, int64_t begin, int64_t end, const int64_t D)
     const int64_t L = t->L, g = x->g;
     for (int64_t s = begin; s < end; s++) {
         const int64_t i = x->pm ? x->pm[s] : s, gi = g * L + i, ro = roff(t, g, i);
+        if (x->pm && s + PREFETCH < end) {  /* random rows: ask for them early */
+            const int64_t ahead = roff(t, g, x->pm[s + PREFETCH]);
+            __builtin_prefetch(t->q + ahead);
+            __builtin_prefetch(t->k + ahead);
+            __builtin_prefetch(t->v + ahead);
+            if (x->src_o) __builtin_prefetch(x->src_o + ahead);
+        }
         copy_row(x->qs + s * D, t->q + ro, D);
         copy_row(x->ks + s * D, t->k + ro, D);
         copy_row(x->vs + s * D, t->v + ro, D);
@@ -363,9 +380,15 @@ INLINE void fwd_impl(const round_t *x, int64_t begin, int64_t end, const int64_t
             const float total = hsum16(sum);
             x->ls[sq] = m + logf(total);
             const float inv = 1.f / total;
-            /* dense over the window (branch-free); slots outside [0, L) have p = 0 and are skipped */
-            const int64_t j0 = w.s0 < 0 ? -w.s0 : 0, j1 = w.s0 + KP > t->L ? t->L - w.s0 : KP;
-            for (int64_t j = j0; j < j1; j++) axpy(orow, row[j] * inv, x->vs + (w.s0 + j) * D, D);
+            /* only the visible slots (p > 0), found through a bit mask per 16 slots */
+            for (int64_t j = 0; j < KP; j += 16) {
+                uint32_t bits = nonzero_mask(ld16(row + j));
+                while (bits) {
+                    const int64_t jj = j + __builtin_ctz(bits);
+                    bits &= bits - 1;
+                    axpy(orow, row[jj] * inv, x->vs + (w.s0 + jj) * D, D);
+                }
+            }
         }
     }
     free(row);
@@ -386,6 +409,7 @@ static void merge_range(void *arg, int64_t begin, int64_t end) {
     const int64_t L = x->t->L, D = x->t->D, g = x->g;
     for (int64_t s = begin; s < end; s++) {
         const int64_t i = x->pm ? x->pm[s] : s, gi = g * L + i;
+        if (x->pm && s + PREFETCH < end) __builtin_prefetch(c->out + roff(x->t, g, x->pm[s + PREFETCH]), 1);
         float *o = c->out + roff(x->t, g, i), *l = c->lse + gi;
         const float *orow = x->os + s * D, blse = x->ls[s];
         if (x->r == 0 || *l == -INFINITY) {
@@ -465,12 +489,15 @@ INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t
                 st16(ds + j, p * (dp - dl) * splat(t->scale));
             }
             float *dqrow = x->dqs + sq * D;
-            const int64_t j0 = w.s0 < 0 ? -w.s0 : 0, j1 = w.s0 + KP > t->L ? t->L - w.s0 : KP;
-            for (int64_t j = j0; j < j1; j++) {  /* dense over the window, branch-free */
-                const int64_t sk = w.s0 + j;
-                axpy(x->dvs + sk * D, row[j], dorow, D);
-                axpy(dqrow, ds[j], x->ks + sk * D, D);
-                axpy(x->dks + sk * D, ds[j], qrow, D);
+            for (int64_t j = 0; j < KP; j += 16) {  /* only the visible slots */
+                uint32_t bits = nonzero_mask(ld16(row + j));
+                while (bits) {
+                    const int64_t jj = j + __builtin_ctz(bits), sk = w.s0 + jj;
+                    bits &= bits - 1;
+                    axpy(x->dvs + sk * D, row[jj], dorow, D);
+                    axpy(dqrow, ds[jj], x->ks + sk * D, D);
+                    axpy(x->dks + sk * D, ds[jj], qrow, D);
+                }
             }
         }
     }
@@ -493,6 +520,12 @@ static void scatter_range(void *arg, int64_t begin, int64_t end) {
     const int64_t D = x->t->D, g = x->g;
     for (int64_t s = begin; s < end; s++) {
         const int64_t ro = roff(x->t, g, x->pm ? x->pm[s] : s);
+        if (x->pm && s + PREFETCH < end) {
+            const int64_t ahead = roff(x->t, g, x->pm[s + PREFETCH]);
+            __builtin_prefetch(c->dq + ahead, 1);
+            __builtin_prefetch(c->dk + ahead, 1);
+            __builtin_prefetch(c->dv + ahead, 1);
+        }
         axpy(c->dq + ro, 1.f, x->dqs + s * D, D);
         axpy(c->dk + ro, 1.f, x->dks + s * D, D);
         axpy(c->dv + ro, 1.f, x->dvs + s * D, D);
