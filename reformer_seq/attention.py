@@ -83,7 +83,7 @@ class SelfAttention(nn.Module):
             real_p = F.pad(real_p, (0, Lp - L), value=False)  # (B, Lp)
             q = self._rows(qk, Lp)  # (B, Lp, H, D): the projection's own layout, no transpose
             if self.kind == "lsh":
-                k = F.normalize(q, dim=-1)
+                k = None  # shared-QK: keys are the normalised queries
                 if real_len is None:
                     real_len = real_p.sum(1)
                 bits = bucket_bits(real_len, self.bucket_size, self.n_buckets)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 SELF_VALUE = -5e4  # additive self logit of dense shared-QK attention (full_attention)
@@ -262,15 +263,20 @@ def _from_gld(t: Tensor, B: int, H: int) -> Tensor:
     return t.view(B, H, L, D).permute(0, 2, 1, 3)
 
 
-def _forward(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float, max_block_elems: int
+def _normalized(q: Tensor) -> Tensor:
+    return F.normalize(q, dim=-1)
+
+
+def _forward(q: Tensor, k: Optional[Tensor], v: Tensor, lay: Layout, scale: float, max_block_elems: int
              ) -> tuple[Tensor, Tensor]:
     """(B, L, H, D) inputs -> out (B, L, H, D), lse (B*H, L): the compiled kernel when it takes
-    these tensors (CPU float32), else the reference."""
+    these tensors (CPU float32), else the reference. ``k=None``: keys are the normalised queries."""
     from . import kernels
 
-    if kernels.usable(q, k, v):
+    if kernels.usable(q, v):
         return kernels.forward(q, k, v, lay, scale)
     B, _, H, _ = q.shape
+    k = _normalized(q) if k is None else k
     out, lse = chunked_attention_forward(_to_gld(q), _to_gld(k), _to_gld(v), lay, scale, max_block_elems)
     return _from_gld(out, B, H), lse
 
@@ -278,12 +284,18 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float, max_blo
 def _backward(q, k, v, out, lse, dout, lay: Layout, scale: float, max_block_elems: int):
     from . import kernels
 
-    if kernels.usable(q, k, v, dout):
+    if kernels.usable(q, v, dout):
         return kernels.backward(q, k, v, out, lse, dout, lay, scale)
     B, _, H, _ = q.shape
-    grads = chunked_attention_backward(_to_gld(q), _to_gld(k), _to_gld(v), _to_gld(out), lse, _to_gld(dout),
-                                       lay, scale, max_block_elems)
-    return tuple(_from_gld(g, B, H) for g in grads)
+    kk = _normalized(q) if k is None else k
+    dq, dk, dv = (_from_gld(g, B, H) for g in chunked_attention_backward(
+        _to_gld(q), _to_gld(kk), _to_gld(v), _to_gld(out), lse, _to_gld(dout), lay, scale, max_block_elems))
+    if k is None:  # chain the keys' gradient through the normalisation into dq
+        with torch.enable_grad():
+            qq = q.detach().requires_grad_(True)
+            (dk_q,) = torch.autograd.grad(_normalized(qq), qq, dk)
+        return dq + dk_q, None, dv
+    return dq, dk, dv
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -303,14 +315,15 @@ class ChunkedAttentionFunction(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float,  # type: ignore[override]
                 max_block_elems: int, cached: Optional[tuple[Tensor, Tensor]]) -> Tensor:
         dtype = q.dtype
-        qf, kf, vf = (t.to(compute_dtype(dtype)) for t in (q, k, v))
+        qf, kf, vf = (None if t is None else t.to(compute_dtype(dtype)) for t in (q, k, v))
         if cached is not None:  # the forward pass already computed this (reversible recomputation)
             out, lse = cached
         else:
             with torch.autocast(q.device.type, enabled=False):
                 out, lse = _forward(qf, kf, vf, lay, scale, max_block_elems)
         ctx.save_for_backward(qf, kf, vf, out, lse)
-        ctx.lay, ctx.scale, ctx.block, ctx.dtypes = lay, scale, max_block_elems, (q.dtype, k.dtype, v.dtype)
+        ctx.lay, ctx.scale, ctx.block = lay, scale, max_block_elems
+        ctx.dtypes = (q.dtype, None if k is None else k.dtype, v.dtype)
         return out.to(dtype)
 
     @staticmethod
@@ -319,14 +332,16 @@ class ChunkedAttentionFunction(torch.autograd.Function):
         with torch.autocast(qf.device.type, enabled=False):
             dq, dk, dv = _backward(qf, kf, vf, out, lse, dout.to(qf.dtype), ctx.lay, ctx.scale, ctx.block)
         tq, tk, tv = ctx.dtypes
-        return dq.to(tq), dk.to(tk), dv.to(tv), None, None, None, None
+        return dq.to(tq), None if dk is None else dk.to(tk), dv.to(tv), None, None, None, None
 
 
-def chunked_attention(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: Optional[float] = None,
+def chunked_attention(q: Tensor, k: Optional[Tensor], v: Tensor, lay: Layout, scale: Optional[float] = None,
                       cache: Optional[dict] = None, max_block_elems: int = DEFAULT_BLOCK_ELEMS) -> Tensor:
     """Windowed attention under ``lay`` of (B, L, H, D) queries/keys/values -> (B, L, H, D).
 
-    L must be a multiple of ``lay.chunk``. Differentiable in q, k and v. ``cache`` (a dict shared
+    ``k=None`` means shared-QK keys, ``F.normalize(q, dim=-1)`` (the compiled kernel forms them
+    on the fly, saving a tensor and its gradient). L must be a multiple of ``lay.chunk``.
+    Differentiable in q, k and v. ``cache`` (a dict shared
     by a reversible block's forward pass and its recomputation) keeps the forward's output so
     the recomputation does not attend again.
     """
@@ -334,12 +349,12 @@ def chunked_attention(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: Optio
         scale = 1.0 / math.sqrt(q.shape[-1])
     if q.shape[1] % lay.chunk:
         raise ValueError(f"length {q.shape[1]} is not a multiple of the chunk length {lay.chunk}")
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v)):
         cached = cache.pop("attn_out", None) if cache is not None else None
         return ChunkedAttentionFunction.apply(q, k, v, lay, scale, max_block_elems, cached)
     with torch.autocast(q.device.type, enabled=False):
         cd = compute_dtype(q.dtype)
-        out, lse = _forward(q.to(cd), k.to(cd), v.to(cd), lay, scale, max_block_elems)
+        out, lse = _forward(q.to(cd), None if k is None else k.to(cd), v.to(cd), lay, scale, max_block_elems)
     if cache is not None and out.numel() <= CACHE_MAX_ELEMS:
         cache["attn_out"] = (out, lse)
     return out.to(q.dtype)

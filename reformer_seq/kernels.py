@@ -122,10 +122,13 @@ def _args(q, k, v, lay, scale):
     return args, keep
 
 
-def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def forward(q: torch.Tensor, k: Optional[torch.Tensor], v: torch.Tensor, lay, scale: float
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Compiled twin of :func:`~reformer_seq.chunked_attention.chunked_attention_forward`, on
-    (B, L, H, D) tensors: returns out (B, L, H, D) and lse (B * H, L)."""
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    (B, L, H, D) tensors: returns out (B, L, H, D) and lse (B * H, L). ``k=None``: the keys
+    are ``F.normalize(q, dim=-1)`` (shared-QK), computed inside."""
+    q, v = q.contiguous(), v.contiguous()
+    k = None if k is None else k.contiguous()
     B, L, H, D = q.shape
     out = torch.empty(B, L, H, D, dtype=torch.float32)
     lse = torch.empty(B * H, L, dtype=torch.float32)
@@ -135,16 +138,19 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay, scale: float
     return out, lse
 
 
-def backward(q, k, v, out, lse, dout, lay, scale) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def backward(q, k, v, out, lse, dout, lay, scale) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
     """Compiled twin of :func:`~reformer_seq.chunked_attention.chunked_attention_backward`, on
-    (B, L, H, D) tensors (lse: (B * H, L))."""
-    q, k, v, dout, lse = q.contiguous(), k.contiguous(), v.contiguous(), dout.contiguous(), lse.contiguous()
+    (B, L, H, D) tensors (lse: (B * H, L)). With ``k=None`` (keys normalised from q), dk is None
+    and dq includes the keys' gradient."""
+    q, v, dout, lse = q.contiguous(), v.contiguous(), dout.contiguous(), lse.contiguous()
+    k = None if k is None else k.contiguous()
     B, L, H, D = q.shape
     delta = (dout * out).sum(-1).transpose(1, 2).reshape(B * H, L)  # (G, L) rowsum(dO * O)
-    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    dq, dv = torch.zeros_like(q), torch.zeros_like(v)
+    dk = None if k is None else torch.zeros_like(k)
     args, keep = _args(q, k, v, lay, scale)
     library().seq_attn_backward(*args, lse.data_ptr(), delta.data_ptr(), dout.data_ptr(), dq.data_ptr(),
-                                dk.data_ptr(), dv.data_ptr(), torch.get_num_threads())
+                                _ptr(dk), dv.data_ptr(), torch.get_num_threads())
     del keep
     return dq, dk, dv
 

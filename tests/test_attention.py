@@ -262,3 +262,26 @@ def test_compiled_hashing_and_sort_equal_reference(monkeypatch):
             monkeypatch.delenv("SEQFORMER_KERNEL")
             assert torch.equal(a.perm.long(), b.perm.long()) and torch.equal(a.u, b.u)
             assert torch.equal(a.buckets.long(), b.buckets.long())
+
+
+@pytest.mark.parametrize("mode", ["c", "torch"])
+def test_shared_qk_keys_formed_inside_equal_explicit_normalize(mode, monkeypatch):
+    """k=None (keys normalised inside, their gradient chained into dq) equals passing
+    F.normalize(q) explicitly and letting autograd differentiate the normalisation."""
+    from reformer_seq import kernels
+
+    if mode == "c" and kernels.library() is None:
+        pytest.skip("no C compiler on this machine: the reference path is the only one")
+    monkeypatch.setenv("SEQFORMER_KERNEL", mode)
+    for name, qk, lay in _layouts(2, 2, 128, 8, 8, True):
+        if name != "lsh":
+            continue
+        g = torch.Generator().manual_seed(3)
+        q0 = qk.transpose(1, 2).contiguous()  # (B, L, H, D)
+        v0, w = torch.randn(q0.shape, generator=g), torch.randn(q0.shape, generator=g)
+        q1, v1 = q0.clone().requires_grad_(), v0.clone().requires_grad_()
+        (_chunked_attention(q1, None, v1, lay) * w).sum().backward()
+        q2, v2 = q0.clone().requires_grad_(), v0.clone().requires_grad_()
+        (_chunked_attention(q2, F.normalize(q2, dim=-1), v2, lay) * w).sum().backward()
+        torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(v1.grad, v2.grad, rtol=1e-4, atol=1e-5)

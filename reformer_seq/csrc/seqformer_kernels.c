@@ -18,6 +18,9 @@
  * disjoint, so no two threads add into one row), then adds them back to original positions. Threads: plain pthreads, so the library does
  * not bring a second OpenMP runtime into a process that already has torch's.
  *
+ * With k == NULL the keys are the unit-normalised queries (shared-QK, section 2), computed on
+ * the fly, and the key gradient is chained into dq (dk is then NULL too).
+ *
  * Letters: B batch, H heads, G = B x H, L = padded length, D = head width, R = rounds,
  * C = chunk length. Tensors are float32 / int32, contiguous: q, k, v, out, dq, dk, dv
  * (B, L, H, D) (the projections' own layout, so no transposes); lse, delta (G, L);
@@ -307,7 +310,13 @@ INLINE void gather_impl(round_t *x, int64_t begin, int64_t end, const int64_t D)
             if (x->src_o) __builtin_prefetch(x->src_o + ahead);
         }
         copy_row(x->qs + s * D, t->q + ro, D);
-        copy_row(x->ks + s * D, t->k + ro, D);
+        if (t->k) {
+            copy_row(x->ks + s * D, t->k + ro, D);
+        } else {  /* shared-QK keys: the unit-normalised query (as F.normalize, eps 1e-12) */
+            const float n = sqrtf(dot(t->q + ro, t->q + ro, D));
+            const float inv = 1.f / (n > 1e-12f ? n : 1e-12f);
+            for (int64_t d = 0; d < D; d++) x->ks[s * D + d] = t->q[ro + d] * inv;
+        }
         copy_row(x->vs + s * D, t->v + ro, D);
         if (t->R > 1)
             for (int64_t r2 = 0; r2 < t->R; r2++)
@@ -527,8 +536,19 @@ static void scatter_range(void *arg, int64_t begin, int64_t end) {
             __builtin_prefetch(c->dv + ahead, 1);
         }
         axpy(c->dq + ro, 1.f, x->dqs + s * D, D);
-        axpy(c->dk + ro, 1.f, x->dks + s * D, D);
         axpy(c->dv + ro, 1.f, x->dvs + s * D, D);
+        if (c->dk) {
+            axpy(c->dk + ro, 1.f, x->dks + s * D, D);
+        } else {  /* keys are q / |q|: chain the key gradient into dq */
+            const float *q = x->qs + s * D, *g = x->dks + s * D;
+            const float n = sqrtf(dot(q, q, D));
+            if (n > 1e-12f) {
+                const float inv = 1.f / n, kg = dot(q, g, D) * inv;  /* k . g */
+                for (int64_t d = 0; d < D; d++) c->dq[ro + d] += (g[d] - q[d] * inv * kg) * inv;
+            } else {
+                axpy(c->dq + ro, 1e12f, g, D);
+            }
+        }
     }
 }
 
