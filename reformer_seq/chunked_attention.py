@@ -25,6 +25,7 @@ R = rounds, C = chunk length, n = chunks in a block, K = keys per window = (back
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -71,6 +72,20 @@ class Layout:
     @property
     def window(self) -> int:
         return (self.back + 1 + self.fwd) * self.chunk
+
+    def select_heads(self, heads: slice, n_heads: int) -> "Layout":
+        """The layout of heads ``heads`` only (rows g = b * n_heads + h of every tensor)."""
+        G = self.buckets.shape[1]
+        if heads.start == 0 and heads.stop == n_heads:
+            return self
+        B = G // n_heads
+        if B == 1:
+            pick = lambda t: None if t is None else t[:, heads]  # noqa: E731 - a view
+        else:
+            idx = (torch.arange(B, device=self.buckets.device).view(B, 1) * n_heads
+                   + torch.arange(heads.start, heads.stop, device=self.buckets.device)).reshape(-1)
+            pick = lambda t: None if t is None else t.index_select(1, idx)  # noqa: E731
+        return dataclasses.replace(self, perm=pick(self.perm), buckets=pick(self.buckets), u=pick(self.u))
 
 
 class _Block:

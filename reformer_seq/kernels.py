@@ -169,7 +169,7 @@ def lsh_sort(buckets: torch.Tensor, n_real_buckets: torch.Tensor, chunk: int, ca
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Compiled twin of the sort in :func:`~reformer_seq.lsh_attention.lsh_layout` (a stable
     counting sort): buckets (R, G, L) int32 -> perm, sorted buckets, window keys u (R, G, L) int32."""
-    buckets = buckets.to(torch.int32).contiguous()
+    buckets = buckets.to(torch.int32).contiguous()  # (bucket ids stay far below 2**31)
     R, G, L = buckets.shape
     nb = n_real_buckets.to(torch.int64).contiguous()
     perm, srt, u = (torch.empty(R, G, L, dtype=torch.int32) for _ in range(3))

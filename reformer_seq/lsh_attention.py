@@ -104,12 +104,12 @@ def lsh_layout(qk: Tensor, real: Tensor, bits: Tensor, rotations: Tensor, n_hash
     B, H, L, D = qk.shape
     R, C = n_hashes, bucket_size
     total_bits = (rotations.shape[-1] // (n_hashes * (FACTOR // 2))) * FACTOR_BITS
-    codes = hash_codes(qk, rotations, n_hashes)  # (R, B, H, L)
-    shift = (total_bits - bits).clamp(min=0).view(1, B, 1, 1)
-    buckets = codes >> shift  # (R, B, H, L) in [0, 2**bits)
+    buckets = hash_codes(qk, rotations, n_hashes)  # (R, B, H, L) codes
+    buckets >>= (total_bits - bits).clamp(min=0).view(1, B, 1, 1)  # top bits: [0, 2**bits)
     pos = torch.arange(L, device=qk.device)
-    pad_bucket = (1 << bits).view(1, B, 1, 1) + pos.view(1, 1, 1, L)  # one bucket per padded slot
-    buckets = torch.where(real.view(1, B, 1, L), buckets, pad_bucket)
+    if not bool(real.all()):  # one bucket per padded slot, after every real one
+        pad_bucket = (1 << bits).view(1, B, 1, 1) + pos.view(1, 1, 1, L)
+        buckets = torch.where(real.view(1, B, 1, L), buckets, pad_bucket)
     buckets = buckets.reshape(R, B * H, L)  # (R, G, L)
     if kernels.usable(qk):  # the same sort as below, a linear-time counting sort in C
         n_real = (1 << bits).repeat_interleave(H)  # (G,) bucket count of each row

@@ -12,12 +12,15 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import SelfAttention
 from .axial_positions import AxialPositionalEncoding
 from .config import ReformerConfig
 from .feedforward import FeedForward
 from .reversible import ReversibleBlock, run_blocks
+
+HEAD_CHECKPOINT_ELEMS = 1 << 24  # (B, L, dim) sizes from which the final norm is recomputed
 
 
 class CausalConv(nn.Module):
@@ -71,8 +74,8 @@ class ReformerLM(nn.Module):
             raise ValueError(f"mask must be a bool tensor of shape {tuple(tokens.shape)}, "
                              f"got {tuple(mask.shape)} {mask.dtype}")
 
-    def encode(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """Final hidden states (B, L, dim). mask: (B, L) bool, True = real token, False = padding."""
+    def _stack(self, tokens: Tensor, mask: Optional[Tensor]) -> Tensor:
+        """The reversible stack's output (B, L, dim), before the final norm."""
         self._check(tokens, mask)
         B, L = tokens.shape
         x = self.token_emb(tokens.long()) + self.pos_emb(L)  # (B, L, dim)
@@ -82,12 +85,22 @@ class ReformerLM(nn.Module):
             real_len = mask.sum(1)
         if self.conv is not None:
             x = self.conv(x)
-        h = run_blocks(self.layers, x, mask, real_len, self.config.reversible)
-        return self.norm(h)
+        return run_blocks(self.layers, x, mask, real_len, self.config.reversible)
+
+    def encode(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Final hidden states (B, L, dim). mask: (B, L) bool, True = real token, False = padding."""
+        return self.norm(self._stack(tokens, mask))
+
+    def _head(self, h: Tensor) -> Tensor:
+        return self.to_logits(self.norm(h))
 
     def forward(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """Logits (B, L, vocab_size); in a causal model position t predicts token t + 1."""
-        return self.to_logits(self.encode(tokens, mask))
+        h = self._stack(tokens, mask)
+        if torch.is_grad_enabled() and h.requires_grad and h.numel() >= HEAD_CHECKPOINT_ELEMS:
+            # long inputs: keep only h for the backward, recompute the norm (saves a (B, L, dim) buffer)
+            return checkpoint(self._head, h, use_reentrant=False)
+        return self._head(h)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

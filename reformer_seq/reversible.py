@@ -74,9 +74,10 @@ class ReversibleBlock(nn.Module):
                       real_len: Optional[Tensor], cache: dict, rng_f: Optional[_RngState],
                       rng_g: Optional[_RngState], autocast: _Autocast) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """From outputs and their gradients to inputs and theirs; accumulates parameter grads."""
-        # G: x2 = y2 - G(y1); dy1 += dG/dy1 . dy2, one slice of positions at a time
-        x2 = torch.empty_like(y2)
-        dy1_total = dy1.clone()
+        # G: x2 = y2 - G(y1); dy1 += dG/dy1 . dy2, one slice of positions at a time. The inputs are
+        # rebuilt in place of the outputs (which are not needed again): two fewer (B, L, dim) buffers.
+        x2 = y2
+        dy1_total = dy1.clone()  # dy1 and dy2 may be one tensor (the stack's output is (y1 + y2) / 2)
         with torch.random.fork_rng(devices=[y1.device] if y1.device.type == "cuda" else [], enabled=rng_g is not None):
             if rng_g is not None:
                 rng_g.restore()
@@ -86,20 +87,18 @@ class ReversibleBlock(nn.Module):
                     gc = self.ff.net(y1c)
                 torch.autograd.backward(gc, dy2[:, sl])
                 with torch.no_grad():
-                    x2[:, sl] = y2[:, sl] - gc
+                    x2[:, sl] -= gc
                     dy1_total[:, sl] += y1c.grad
-        # F: x1 = y1 - F(x2); dx2 = dy2 + dF/dx2 . dy1
+        # F: x1 = y1 - F(x2); dx2 = dy2 + dF/dx2 . dy1 (the attention recomputes and backpropagates
+        # a head group at a time)
         with torch.random.fork_rng(devices=[y1.device] if y1.device.type == "cuda" else [], enabled=rng_f is not None):
             if rng_f is not None:
                 rng_f.restore()
-            x2g = x2.detach().requires_grad_(True)
-            with torch.enable_grad(), autocast():
-                fx = self.attn(x2g, real, real_len, cache)
-            torch.autograd.backward(fx, dy1_total)
+            with autocast():
+                dx2 = self.attn.forward_backward(x2, dy1_total, real, real_len, cache, subtract_from=y1)
         with torch.no_grad():
-            x1 = y1 - fx
-            dx2 = dy2 + x2g.grad
-        return x1, x2, dy1_total, dx2
+            dx2 = dx2.add_(dy2)
+        return y1, x2, dy1_total, dx2  # y1 now holds x1
 
 
 class ReversibleFunction(torch.autograd.Function):

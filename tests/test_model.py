@@ -199,3 +199,24 @@ def test_golden_value():
 
 
 GOLDEN = [87.272, 5.2752]
+
+
+@pytest.mark.parametrize("layers", [["lsh"], ["local", "lsh"]])
+def test_head_groups_equal_all_heads_at_once(layers, monkeypatch):
+    """Long inputs attend a head group at a time (and the reversible backward frees each group
+    before the next); forcing one head per group changes nothing, gradients included."""
+    from reformer_seq import attention
+
+    cfg = small_config(depth=2, dropout=0.1, attn_layers=layers, heads=4)
+    torch.manual_seed(0)
+    rev = ReformerLM(cfg).train()
+    plain = ReformerLM(small_config(depth=2, dropout=0.1, attn_layers=layers, heads=4, reversible=False)).train()
+    plain.load_state_dict(rev.state_dict())
+    x = tokens(2, 150)
+    out_p, g_p = grads(plain, x, seed=3)  # all heads together
+    monkeypatch.setattr(attention, "GROUP_ELEMS", 1)  # one head per group
+    assert len(rev.layers[0].attn.head_groups(2, 160)) == 4
+    out_r, g_r = grads(rev, x, seed=3)
+    assert rel_err(out_r, out_p) < 1e-5
+    for name in g_p:
+        assert rel_err(g_r[name], g_p[name]) < 1e-5, name

@@ -152,7 +152,7 @@ typedef struct {
     int32_t *us;                      /* (R, L) other rounds' window keys, gathered */
     float *os, *ls;                   /* forward results (L, D), (L); backward: dout (L, D), lse (L) */
     float *dl;                        /* backward: delta (L) */
-    float *dqs, *dks, *dvs;           /* backward gradients in sorted order (L, D) */
+    float *dks, *dvs;                 /* backward key/value gradients in sorted order (L, D) */
     /* sources of the gather */
     const float *src_o, *src_l, *src_d;
 } round_t;
@@ -226,6 +226,7 @@ typedef struct {
     int32_t *bw;           /* (KP) buckets of the window's slots, -1 outside [0, L) */
     int32_t *uw;           /* (R, KP) other rounds' window keys of the slots */
     int32_t *band;         /* (C, KP) -1 where the static band (and self rule) admits the slot */
+    float *invn;           /* (KP) shared-QK: 1 / |q| of each slot (keys are q / |q|) */
 } chunk_t;
 
 INLINE int64_t padded_window(const layout_t *t) { return (window_len(t) + 15) / 16 * 16; }
@@ -238,6 +239,7 @@ static void chunk_alloc(chunk_t *w, const layout_t *t) {
     w->bw = (int32_t *)malloc(sizeof(int32_t) * KP);
     w->uw = (int32_t *)calloc((size_t)((t->R > 1 ? t->R : 1) * KP), sizeof(int32_t));
     w->band = (int32_t *)malloc(sizeof(int32_t) * C * KP);
+    w->invn = (float *)calloc((size_t)KP, sizeof(float));
     for (int64_t a = 0; a < C; a++)
         for (int64_t j = 0; j < KP; j++) {
             const int64_t d = t->back * C + a - j;  /* s_q - s_k */
@@ -246,7 +248,15 @@ static void chunk_alloc(chunk_t *w, const layout_t *t) {
         }
 }
 
-static void chunk_free(chunk_t *w) { free(w->kt); free(w->vt); free(w->bw); free(w->uw); free(w->band); }
+static void chunk_free(chunk_t *w) {
+    free(w->kt); free(w->vt); free(w->bw); free(w->uw); free(w->band); free(w->invn);
+}
+
+/* 1 / max(|x|, 1e-12), as F.normalize */
+INLINE float inv_norm(const float *x, const int64_t D) {
+    const float n = sqrtf(dot(x, x, D));
+    return 1.f / (n > 1e-12f ? n : 1e-12f);
+}
 
 /* Fill the window of chunk ch from the round's sorted copies. */
 INLINE void chunk_load(chunk_t *w, const round_t *x, int64_t ch, int with_values, const int64_t D) {
@@ -257,8 +267,12 @@ INLINE void chunk_load(chunk_t *w, const round_t *x, int64_t ch, int with_values
         const int64_t sk = w->s0 + j;
         const int in = j < K && sk >= 0 && sk < L;
         w->bw[j] = in ? x->bk[sk] : -1;
+        /* keys: given, or (shared-QK) the slot's query scaled to unit length */
+        const float *krow = in ? (t->k ? x->ks + sk * D : x->qs + sk * D) : NULL;
+        const float sc = (in && !t->k) ? inv_norm(krow, D) : 1.f;
+        w->invn[j] = sc;
         for (int64_t d = 0; d < D; d++) {
-            w->kt[d * KP + j] = in ? x->ks[sk * D + d] : 0.f;
+            w->kt[d * KP + j] = in ? krow[d] * sc : 0.f;
             if (with_values) w->vt[d * KP + j] = in ? x->vs[sk * D + d] : 0.f;
         }
         if (t->R > 1)
@@ -310,13 +324,7 @@ INLINE void gather_impl(round_t *x, int64_t begin, int64_t end, const int64_t D)
             if (x->src_o) __builtin_prefetch(x->src_o + ahead);
         }
         copy_row(x->qs + s * D, t->q + ro, D);
-        if (t->k) {
-            copy_row(x->ks + s * D, t->k + ro, D);
-        } else {  /* shared-QK keys: the unit-normalised query (as F.normalize, eps 1e-12) */
-            const float n = sqrtf(dot(t->q + ro, t->q + ro, D));
-            const float inv = 1.f / (n > 1e-12f ? n : 1e-12f);
-            for (int64_t d = 0; d < D; d++) x->ks[s * D + d] = t->q[ro + d] * inv;
-        }
+        if (t->k) copy_row(x->ks + s * D, t->k + ro, D);  /* shared-QK keys are formed per chunk */
         copy_row(x->vs + s * D, t->v + ro, D);
         if (t->R > 1)
             for (int64_t r2 = 0; r2 < t->R; r2++)
@@ -347,18 +355,19 @@ static void alloc_round(round_t *x, const layout_t *t, int backward) {
     const int64_t L = t->L, D = t->D;
     memset(x, 0, sizeof(*x));
     x->t = t;
-    x->qs = alloc_f(L * D); x->ks = alloc_f(L * D); x->vs = alloc_f(L * D);
+    x->qs = alloc_f(L * D); x->vs = alloc_f(L * D);
+    x->ks = t->k ? alloc_f(L * D) : NULL;
     x->os = alloc_f(L * D); x->ls = alloc_f(L);
     x->us = (int32_t *)malloc(sizeof(int32_t) * L * (t->R > 1 ? t->R : 1));
     if (backward) {
         x->dl = alloc_f(L);
-        x->dqs = alloc_f(L * D); x->dks = alloc_f(L * D); x->dvs = alloc_f(L * D);
+        x->dks = alloc_f(L * D); x->dvs = alloc_f(L * D);
     }
 }
 
 static void free_round(round_t *x) {
     free(x->qs); free(x->ks); free(x->vs); free(x->os); free(x->ls); free(x->us);
-    free(x->dl); free(x->dqs); free(x->dks); free(x->dvs);
+    free(x->dl); free(x->dks); free(x->dvs);
 }
 
 /* ---------------------------------------------------------------- forward */
@@ -470,7 +479,7 @@ void seq_attn_forward(const float *q, const float *k, const float *v, const int3
 }
 
 /* ---------------------------------------------------------------- backward */
-typedef struct { const round_t *x; int64_t phase, P; } bwd_ctx;
+typedef struct { const round_t *x; int64_t phase, P; float *dq; } bwd_ctx;
 
 INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t D) {
     const round_t *x = c->x;
@@ -497,14 +506,16 @@ INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t
                 st16(row + j, p);
                 st16(ds + j, p * (dp - dl) * splat(t->scale));
             }
-            float *dqrow = x->dqs + sq * D;
+            /* a query is one row per round: its gradient goes straight to its original row */
+            float *dqrow = c->dq + roff(t, x->g, x->pm ? x->pm[sq] : sq);
             for (int64_t j = 0; j < KP; j += 16) {  /* only the visible slots */
                 uint32_t bits = nonzero_mask(ld16(row + j));
                 while (bits) {
                     const int64_t jj = j + __builtin_ctz(bits), sk = w.s0 + jj;
                     bits &= bits - 1;
                     axpy(x->dvs + sk * D, row[jj], dorow, D);
-                    axpy(dqrow, ds[jj], x->ks + sk * D, D);
+                    if (t->k) axpy(dqrow, ds[jj], x->ks + sk * D, D);
+                    else axpy(dqrow, ds[jj] * w.invn[jj], x->qs + sk * D, D);
                     axpy(x->dks + sk * D, ds[jj], qrow, D);
                 }
             }
@@ -535,7 +546,6 @@ static void scatter_range(void *arg, int64_t begin, int64_t end) {
             __builtin_prefetch(c->dk + ahead, 1);
             __builtin_prefetch(c->dv + ahead, 1);
         }
-        axpy(c->dq + ro, 1.f, x->dqs + s * D, D);
         axpy(c->dv + ro, 1.f, x->dvs + s * D, D);
         if (c->dk) {
             axpy(c->dk + ro, 1.f, x->dks + s * D, D);
@@ -579,11 +589,10 @@ void seq_attn_backward(const float *q, const float *k, const float *v, const int
     for (int64_t r = 0; r < R; r++) {
         for (int64_t g = 0; g < G; g++) {
             setup_round(&x, r, g, n_threads);
-            memset(x.dqs, 0, sizeof(float) * L * D);
             memset(x.dks, 0, sizeof(float) * L * D);
             memset(x.dvs, 0, sizeof(float) * L * D);
             for (int64_t phase = 0; phase < P && phase < nC; phase++) {  /* disjoint windows per phase */
-                bwd_ctx c = {&x, phase, P};
+                bwd_ctx c = {&x, phase, P, dq};
                 parallel_for((nC - phase + P - 1) / P, n_threads, bwd_range, &c);
             }
             scatter_ctx sc = {&x, dq, dk, dv};
