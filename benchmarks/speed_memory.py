@@ -371,11 +371,7 @@ def run_one(model: str, L: int, args) -> dict:
     repo = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Every model gets the same glibc heap settings seqformer's CLI applies (reformer_seq.heap):
-    # buffers of 4 MB and more are returned to the OS when freed, so the resident set measures
-    # memory in use rather than heap fragmentation.
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 << 20))
-    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(4 << 20))
+
     env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
     t0 = time.perf_counter()

@@ -14,9 +14,6 @@ class _Group(click.Group):
     """Turns SeqformerError (bad file, bad config, bad checkpoint) into one line and exit code 2."""
 
     def invoke(self, ctx: click.Context):
-        from reformer_seq.heap import limit_heap_fragmentation
-
-        limit_heap_fragmentation()  # resident memory follows the memory in use (long sequences)
         try:
             return super().invoke(ctx)
         except SeqformerError as e:

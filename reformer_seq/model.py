@@ -18,6 +18,7 @@ from .attention import SelfAttention
 from .axial_positions import AxialPositionalEncoding
 from .config import ReformerConfig
 from .feedforward import FeedForward
+from .heap import limit_heap_fragmentation
 from .reversible import ReversibleBlock, run_blocks
 
 HEAD_CHECKPOINT_ELEMS = 1 << 24  # (B, L, dim) sizes from which the final norm is recomputed
@@ -78,6 +79,8 @@ class ReformerLM(nn.Module):
         """The reversible stack's output (B, L, dim), before the final norm."""
         self._check(tokens, mask)
         B, L = tokens.shape
+        if B * L * self.config.dim >= HEAD_CHECKPOINT_ELEMS:
+            limit_heap_fragmentation()  # long inputs: freed buffers go back to the OS (see heap.py)
         x = self.token_emb(tokens.long()) + self.pos_emb(L)  # (B, L, dim)
         real_len = None
         if mask is not None:

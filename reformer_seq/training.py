@@ -346,8 +346,11 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
     model = ReformerLM(mcfg).to(device)
     dist.broadcast_parameters(model)
     opt = make_optimizer(model, tcfg.lr, tcfg.weight_decay, tcfg.betas)
+    # The cosine schedule's length: max_steps, or, with a time budget, the steps that fit in it
+    # (estimated once from the first steps' speed, then fixed and saved with the run).
+    horizon = {"steps": tcfg.max_steps, "fixed": tcfg.max_time is None}
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_at(s, 1.0, tcfg.warmup_steps, tcfg.max_steps, tcfg.min_lr_ratio))
+        opt, lambda s: lr_at(s, 1.0, tcfg.warmup_steps, horizon["steps"], tcfg.min_lr_ratio))
     scaler = torch.amp.GradScaler("cuda", enabled=(tcfg.precision == "fp16"))
 
     step, epoch, batch_in_epoch, trained_before = 0, 0, 0, 0.0
@@ -363,6 +366,7 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        horizon.update(state.get("horizon", horizon))
         trained_before, best_val, tokens_seen = state["train_time"], state.get("best_val"), state["tokens_seen"]
         torch.set_rng_state(state["rng"]["torch"][dist.rank] if dist.rank < len(state["rng"]["torch"])
                             else state["rng"]["torch"][0])
@@ -412,7 +416,7 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
         if is_best:
             best_val = val
         state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "horizon": dict(horizon),
                  "rng": {"torch": rng_t, "cuda": rng_c}, "train_time": train_time(), "best_val": best_val,
                  "tokens_seen": tokens_seen}
         meta = {"step": step, "objective": tcfg.objective, "val_bits_per_base": val, "train_data": meta_data,
@@ -434,16 +438,18 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
     t_loop = time.perf_counter()
     train_time = lambda: trained_before + (time.perf_counter() - t_loop)  # noqa: E731
 
-    def validate() -> Optional[float]:
+    def validate(final: bool = False) -> Optional[float]:
+        """Bits per base on the held-out split: ``eval_batches`` batches, or all of it at the end."""
         if val_loader is None:
             return None
-        bpb, n = validation_bits(model, val_loader, device, tcfg.precision, tcfg.eval_batches)
+        bpb, n = validation_bits(model, val_loader, device, tcfg.precision, 0 if final else tcfg.eval_batches)
         log({"kind": "val", "step": step, "bits_per_base": bpb, "targets": n, "time": train_time()})
         return bpb
 
     model.train()
     data = batches()
-    bar = tqdm(total=tcfg.max_steps, initial=step, disable=not (progress and dist.main), unit="step",
+    probe_step, probe_t0 = max(10, tcfg.warmup_steps + 5), (step, train_time())
+    bar = tqdm(total=horizon["steps"], initial=step, disable=not (progress and dist.main), unit="step",
                dynamic_ncols=True, desc="pretrain")
     stopped_by, last_val, last_ck = "max_steps", None, None
     val_step, saved_step = -1, -1  # the step of the last validation / checkpoint
@@ -474,6 +480,12 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
             scaler.update()
             sched.step()
             step += 1
+            if not horizon["fixed"] and step >= probe_step:
+                horizon["steps"] = _fit_horizon(step, train_time(), probe_t0, tcfg, dist)
+                horizon["fixed"] = True
+                bar.total = horizon["steps"]
+            if step == 2:
+                probe_t0 = (step, train_time())
             stats = dist.all_reduce_(torch.tensor([loss_sum, float(n_sum)], dtype=torch.float64), average=False)
             bpb = float(stats[0] / max(float(stats[1]), 1.0)) / LN2
             history.append({"step": step, "bits_per_base": bpb})
@@ -498,11 +510,9 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
                 stopped_by = "signal"
                 break
         bar.close()
-        if val_step != step:  # the final model is always validated and saved
-            last_val, val_step = validate(), step
-            last_ck, saved_step = save(last_val), step
-        elif saved_step != step:
-            last_ck, saved_step = save(last_val), step
+        # the final model is validated on the whole held-out split and saved
+        last_val, val_step = validate(final=True), step
+        last_ck, saved_step = save(last_val), step
         if dist.main and files["metrics"].is_file():
             plot_loss_curve(files["metrics"], files["plot"])
         signum = stop.signum
@@ -522,6 +532,18 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
         atomic_write_json(run / "result.json", {k: (str(v) if isinstance(v, Path) else v)
                                                 for k, v in result.__dict__.items() if k != "history"})
     return result
+
+
+def _fit_horizon(step: int, now: float, since: tuple[int, float], tcfg, dist: _Dist) -> int:
+    """Steps that fit in ``tcfg.max_time`` at the speed measured since step ``since[0]`` (a 10%
+    margin for validation and checkpoints), capped by ``max_steps``; the same on every rank."""
+    s0, t0 = since
+    per_step = (now - t0) / max(step - s0, 1)
+    fit = step + int(0.9 * (tcfg.max_time - now) / max(per_step, 1e-9))
+    t = torch.tensor([float(min(tcfg.max_steps, max(step + 1, fit)))])
+    if dist.world > 1:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return int(t.item())
 
 
 def _agree(flag: bool, dist: _Dist) -> bool:
