@@ -194,6 +194,16 @@ def _blocks(lay: Layout, G: int, L: int, max_block_elems: int):
         yield c0, min(n_chunks, c0 + step)
 
 
+def _block_inputs(blk: _Block, lay: Layout, q2: Tensor, k2: Tensor, v2: Tensor, G: int
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """A block's queries (G, n, C, D) and its windows of keys and values (G, n, K, D)."""
+    D = q2.shape[-1]
+    qs = _gather(q2, blk.q_rows, G).view(G, blk.n, lay.chunk, D)
+    kw = blk.windows(_gather(k2, blk.k_rows, G), lay, 0.0)
+    vw = blk.windows(_gather(v2, blk.k_rows, G), lay, 0.0)
+    return qs, kw, vw
+
+
 def chunked_attention_forward(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float,
                               max_block_elems: int = DEFAULT_BLOCK_ELEMS) -> tuple[Tensor, Tensor]:
     """Attention of (G, L, D) float32 inputs under ``lay``; returns out (G, L, D) and lse (G, L)."""
@@ -205,10 +215,7 @@ def chunked_attention_forward(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scal
     for r in range(lay.rounds):
         for c0, c1 in _blocks(lay, G, L, max_block_elems):
             blk = _Block(lay, r, c0, c1, G, L, q.device)
-            n, C = blk.n, lay.chunk
-            qs = _gather(q2, blk.q_rows, G).view(G, n, C, D)
-            kw = blk.windows(_gather(k2, blk.k_rows, G), lay, 0.0)  # (G, n, K, D)
-            vw = blk.windows(_gather(v2, blk.k_rows, G), lay, 0.0)
+            qs, kw, vw = _block_inputs(blk, lay, q2, k2, v2, G)
             logits = _logits(qs, kw, blk, lay, scale, masks)
             blse = torch.logsumexp(logits, dim=-1)  # (G, n, C); -inf where nothing is visible
             p = logits.sub_(_safe(blse).unsqueeze(-1)).exp_()
@@ -247,9 +254,7 @@ def chunked_attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
         for c0, c1 in _blocks(lay, G, L, max_block_elems):
             blk = _Block(lay, r, c0, c1, G, L, q.device)
             n, C = blk.n, lay.chunk
-            qs = _gather(q2, blk.q_rows, G).view(G, n, C, D)
-            kw = blk.windows(_gather(k2, blk.k_rows, G), lay, 0.0)
-            vw = blk.windows(_gather(v2, blk.k_rows, G), lay, 0.0)
+            qs, kw, vw = _block_inputs(blk, lay, q2, k2, v2, G)
             dos = _gather(do2, blk.q_rows, G).view(G, n, C, D)
             blse = _safe(lse1.index_select(0, blk.q_rows)).view(G, n, C, 1)
             bdelta = delta.index_select(0, blk.q_rows).view(G, n, C, 1)

@@ -27,8 +27,10 @@
  * perm (R, G, L) (NULL: identity), buckets (R, G, L), u (R, G, L) (NULL when R == 1);
  * row g = b * H + h.
  */
+#define _GNU_SOURCE
 #include <math.h>
 #include <pthread.h>
+#include <sys/mman.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,7 +168,20 @@ INLINE void copy_row(float *dst, const float *src, const int64_t D) {
     memcpy(dst, src, sizeof(float) * D);
 }
 
-static float *alloc_f(int64_t n) { return (float *)malloc(sizeof(float) * (n > 0 ? n : 1)); }
+/* Buffers of 2 MB and more are 2 MB-aligned and asked to live on transparent huge pages: the
+ * gathers and scatters touch them at random, and 4 KB pages would miss the TLB on most rows. */
+static void *alloc_bytes(size_t bytes) {
+    const size_t huge = (size_t)2 << 20;
+    if (bytes < huge) return malloc(bytes > 0 ? bytes : 1);
+    void *p = NULL;
+    if (posix_memalign(&p, huge, (bytes + huge - 1) / huge * huge) != 0) return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+static float *alloc_f(int64_t n) { return (float *)alloc_bytes(sizeof(float) * (size_t)(n > 0 ? n : 1)); }
 
 /* ---- one chunk's window, laid out for 16-wide vector work
  * A chunk's C queries see the KP (K rounded up to 16) window slots starting at sorted index
@@ -358,7 +373,7 @@ static void alloc_round(round_t *x, const layout_t *t, int backward) {
     x->qs = alloc_f(L * D); x->vs = alloc_f(L * D);
     x->ks = t->k ? alloc_f(L * D) : NULL;
     x->os = alloc_f(L * D); x->ls = alloc_f(L);
-    x->us = (int32_t *)malloc(sizeof(int32_t) * L * (t->R > 1 ? t->R : 1));
+    x->us = (int32_t *)alloc_bytes(sizeof(int32_t) * L * (t->R > 1 ? t->R : 1));
     if (backward) {
         x->dl = alloc_f(L);
         x->dks = alloc_f(L * D); x->dvs = alloc_f(L * D);
