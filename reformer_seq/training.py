@@ -257,6 +257,10 @@ def plot_loss_curve(metrics_path: Path, png_path: Path) -> None:
         ax.plot(s, b, "o-", label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel("bits per base")
+    values = [b for _, b in val] + [b for _, b in train[len(train) // 10:]]
+    if values:  # the first steps' large losses would flatten everything else
+        lo, hi = min(values), max(values)
+        ax.set_ylim(lo - 0.02, hi + 0.05)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
