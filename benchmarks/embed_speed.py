@@ -5,18 +5,17 @@ Two measurements, each in a fresh child process (so one's memory does not count 
 peak, and the peak includes the interpreter and torch, as a real ``seqformer embed`` would):
 
 * ``ecoli``: throughput (bases per second) of :func:`reformer_seq.embedding.embed_fasta` on the
-  shipped E. coli K-12 MG1655 genome (4.6 Mb, one record) with the default config,
-  ``ReformerConfig(vocab_size=9, dim=64, depth=2, heads=4, bucket_size=16, n_hashes=4,
-  max_seq_len=65536)`` (LSH in both layers), random weights, pooled (``--pool mean``), default
+  shipped E. coli K-12 MG1655 genome (4.6 Mb, one record) with the model of
+  ``configs/default.yaml`` (dim 64, 2 layers: local + LSH, 4 heads, bucket size 16, 4 hash
+  rounds, causal conv, max_seq_len 65,536), random weights, pooled (``--pool mean``), default
   window (65,536) and overlap (8,192), fp32. The genome cache is warmed first, so the time is the
   embedding (windows, forward passes, pooling, writing the .npz), not FASTA parsing.
-* ``1m``: one random 1,048,576-base record embedded in a single window with the long config
-  (the same with ``max_seq_len=1048576``), pooled; peak resident set
+* ``1m``: one 1,048,576-base record (the first 1,048,576 bases of E. coli K-12) embedded in a
+  single window with the model of ``configs/long.yaml`` (max_seq_len 1,048,576), pooled; peak resident set
   (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) of the child, and its resident set before the
   forward pass (interpreter, torch, model, tokens) for reference.
 
-The model's forward pass dominates; its attention kernel is still being optimised, so rerun
-this script after kernel changes. Prints a table and writes JSON (``--out``).
+The model's forward pass dominates; rerun this script after kernel changes. Prints a table and writes JSON (``--out``).
 
 Examples::
 
@@ -41,8 +40,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 ECOLI = REPO / "data" / "Ecoli_K12_MG1655.fasta.gz"
-DEFAULT_CONFIG = dict(vocab_size=9, dim=64, depth=2, heads=4, bucket_size=16, n_hashes=4, max_seq_len=65536)
 LONG_LEN = 1_048_576
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """The model section of ``configs/<name>.yaml`` as ReformerConfig keyword arguments."""
+    from dataclasses import asdict
+
+    from reformer_seq.config import load_run_config
+    from reformer_seq.tokenizers import NucleotideTokenizer
+
+    cfg = asdict(load_run_config(REPO / "configs" / f"{name}.yaml").model)
+    cfg["vocab_size"] = NucleotideTokenizer().vocab_size  # as `seqformer pretrain` sets it
+    return cfg
 
 
 def rss_bytes() -> int:
@@ -71,7 +81,6 @@ def make_checkpoint(folder: Path, **cfg: Any) -> Path:
 
 def child(which: str, threads: int, device: str, precision: str, limit: int | None) -> dict[str, Any]:
     """One measurement, run inside the child process."""
-    import numpy as np
     import torch
 
     from reformer_seq.embedding import embed_fasta
@@ -82,18 +91,16 @@ def child(which: str, threads: int, device: str, precision: str, limit: int | No
         tmp = Path(tmp_s)
         os.environ["SEQFORMER_CACHE_DIR"] = str(tmp / "cache")
         if which == "ecoli":
-            cfg = DEFAULT_CONFIG
+            cfg = model_config("default")
             fasta = ECOLI
-            if limit:  # the first `limit` bases, for a quicker run
-                rec = next(iter(read_records(ECOLI)))
-                fasta = tmp / "ecoli_part.fa"
-                fasta.write_text(f">{rec.id}_1-{limit}\n{rec.sequence[:limit]}\n")
         else:
-            cfg = {**DEFAULT_CONFIG, "max_seq_len": LONG_LEN}
-            seq = np.random.default_rng(0).choice(np.frombuffer(b"ACGT", np.uint8), LONG_LEN).tobytes().decode()
-            fasta = tmp / "random_1m.fa"
-            fasta.write_text(f">random_1M\n{seq}\n")
-            del seq
+            cfg = model_config("long")
+            limit = LONG_LEN
+        if limit:  # the first `limit` bases of E. coli
+            rec = next(iter(read_records(ECOLI)))
+            fasta = tmp / "ecoli_part.fa"
+            fasta.write_text(f">{rec.id}_1-{limit}\n{rec.sequence[:limit]}\n")
+            del rec
         ckpt = make_checkpoint(tmp / "ckpt", **cfg)
         t = time.perf_counter()
         records = load_genome(fasta)  # warm the genome cache (parsing is not embedding)
@@ -103,8 +110,7 @@ def child(which: str, threads: int, device: str, precision: str, limit: int | No
         rss_before = current_rss_bytes()
         s = embed_fasta(fasta, ckpt, tmp / "emb.npz", pool="mean", device=device, precision=precision,
                         progress=False)
-        source = ("random 1,048,576-base record" if which == "1m" else
-                  f"{ECOLI.name}" + (f", first {limit:,} bases" if limit else ""))
+        source = f"{ECOLI.name}" + (f", first {limit:,} bases" if limit else "")
         return {"measurement": which, "config": cfg, "input": source,
                 "records": s.n_records, "bases": n_bases, "window": s.window, "overlap": s.overlap,
                 "device": s.device, "precision": precision, "threads": threads, "parse_s": round(parse_s, 2),
