@@ -246,7 +246,13 @@ def plot_context(results, path, best_bits, best_k):
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     vs = sorted(results["variants"].values(), key=lambda r: r["seq_len"])
-    a1.plot([r["seq_len"] for r in vs], [r["val_bits_per_base"] for r in vs], "o-", label="seqformer")
+    minutes = sorted({round(r["train_seconds"] / 60) for r in vs})
+    a1.plot([r["seq_len"] for r in vs], [r["val_bits_per_base"] for r in vs], "o-",
+            label=f"seqformer, {'/'.join(map(str, minutes))} min each")
+    for name, p in results.get("probe", {}).items():  # longer runs merged in from another --out
+        if name not in results["variants"] and "val_bits_per_base" in p:
+            a1.plot([p["trained_on"]], [p["val_bits_per_base"]], "*", ms=10, color="C4",
+                    label=f"seqformer, {p['train_minutes']:.0f} min ({p['steps']} steps)")
     for r in vs:
         a1.annotate(f"{r['steps']} steps", (r["seq_len"], r["val_bits_per_base"]), fontsize=7,
                     textcoords="offset points", xytext=(4, 4))
