@@ -886,6 +886,9 @@ def report_markdown(report: dict[str, Any]) -> str:
                      ("; Markov order chosen on the validation region (bits per order: "
                       + ", ".join(f"k={k}: {v:.4f}" for k, v in b["markov"]["val_bits_per_base_by_order"].items())
                       + ")." if "markov" in b else "."))
+        if "markov" in b and report.get("split") == "val":
+            lines.append("That validation region is the one scored here, so the Markov order is chosen on the "
+                         "scored bases: the baseline is slightly optimistic, in its favour.")
     if b.get("note"):
         lines.append(b["note"] + ".")
     lines.append("")

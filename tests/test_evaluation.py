@@ -380,3 +380,18 @@ def test_evaluate_records_accepts_any_scorer():
     rep = evaluate_records(records, FunctionScorer(uniform_logp, "causal", max_len=100), [motif], progress=False)
     assert rep["window"] == 100 and rep["bits_per_base"] == pytest.approx(2.0)
     assert rep["motifs"][0]["n_sites"] == 6
+
+
+@pytest.mark.parametrize("split", ["val", "all"])
+def test_report_says_when_the_markov_order_was_chosen_on_the_scored_bases(split):
+    """With --split val the Markov order is picked on the very bases scored: report.md must say so."""
+    from reformer_seq.evaluation import report_markdown
+
+    base = {"n_bases": 100, "bits_per_base": 1.9, "accuracy": 0.3, "fitted_on": "train.fa (train region)"}
+    report = {"fasta": "x.fa", "n_records": 1, "split": split, "val_fraction": 0.1, "checkpoint": "ck",
+              "checkpoint_step": 1, "objective": "causal", "window": 128, "n_bases": 100, "bits_per_base": 1.9,
+              "accuracy": 0.3, "baselines": {"order0": dict(base),
+                                             "markov": {**base, "order": 2, "val_bits_per_base_by_order": {"2": 1.9}}}}
+    md = report_markdown(report)
+    assert "Markov order 2" in md
+    assert ("slightly optimistic" in md) == (split == "val")
