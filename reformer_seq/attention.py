@@ -57,11 +57,14 @@ class SelfAttention(nn.Module):
         return F.pad(t, (0, 0, 0, 0, 0, Lp - L)) if Lp > L else t
 
     def _rotations(self, n_factors: int, device: torch.device) -> Tensor:
-        gen = None
-        if not self.training:  # eval: the same rotations every call
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.hash_seed)
-        return hash_rotations(self.heads, self.dim_head, self.n_hashes, n_factors, device=device, generator=gen)
+        if not self.training:  # eval: the same rotations every call, on every device
+            # Drawn on the CPU and moved: a CUDA generator with the same seed gives other numbers,
+            # and a checkpoint must embed and score alike on CPU and GPU.
+            gen = torch.Generator().manual_seed(self.hash_seed)
+            rot = hash_rotations(self.heads, self.dim_head, self.n_hashes, n_factors,
+                                 device=torch.device("cpu"), generator=gen)
+            return rot.to(device)
+        return hash_rotations(self.heads, self.dim_head, self.n_hashes, n_factors, device=device)
 
     # ------------------------------------------------------------------ the pieces
     def prepare(self, h: Tensor, real: Optional[Tensor], real_len: Optional[Tensor], cache: Optional[dict]) -> dict:
