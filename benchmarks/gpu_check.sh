@@ -44,7 +44,7 @@ stage "tests/test_cuda.py"
 timeout 80 $PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tee "$WORK/test_cuda.log"
 
 stage "speed and memory: seqformer and exact SDPA"
-timeout 150 $PY benchmarks/speed_memory.py --device "$DEVICE" --models seqformer --lengths "$LENGTHS" \
+timeout 130 $PY benchmarks/speed_memory.py --device "$DEVICE" --models seqformer --lengths "$LENGTHS" \
   --repeats 3 --timeout 45 --mem-cap-gb 0 --out-dir "$WORK" --name speed_memory_cuda
 timeout 60 $PY benchmarks/speed_memory.py --device "$DEVICE" --models sdpa --lengths "$SDPA_LENGTHS" \
   --repeats 3 --timeout 30 --mem-cap-gb 0 --out-dir "$WORK" --name speed_memory_cuda --merge
@@ -54,10 +54,10 @@ timeout 90 $PY benchmarks/speed_memory.py --device "$DEVICE" --models seqformer 
   --repeats 1 --timeout 40 --mem-cap-gb 4 --out-dir "$WORK" --name fit_4gib
 
 stage "largest length within 16 GiB"
-timeout 120 $PY benchmarks/speed_memory.py --device "$DEVICE" --models seqformer --lengths "$FIT16" \
+timeout 110 $PY benchmarks/speed_memory.py --device "$DEVICE" --models seqformer --lengths "$FIT16" \
   --repeats 1 --timeout 80 --mem-cap-gb 16 --out-dir "$WORK" --name fit_16gib
 
 stage "peers: HF ReformerModel and reformer-pytorch"
-timeout 110 $PY benchmarks/speed_memory.py --device "$DEVICE" --models hf,reformer_pytorch --lengths "$PEER_LENGTHS" \
+timeout 95 $PY benchmarks/speed_memory.py --device "$DEVICE" --models hf,reformer_pytorch --lengths "$PEER_LENGTHS" \
   --repeats 3 --timeout 35 --mem-cap-gb 0 --out-dir "$WORK" --name speed_memory_cuda --merge
 stage done
