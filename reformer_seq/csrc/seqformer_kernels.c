@@ -34,6 +34,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 typedef struct {
     const float *q, *k, *v;
@@ -115,6 +118,22 @@ INLINE void axpy(float *y, const float a, const float *x, const int64_t D) {
     for (int64_t d = 0; d < D; d++) y[d] += a * x[d];
 }
 
+/* A D-float accumulator held in registers (D a multiple of 8, at most 8 * MAXV): the per-slot
+ * updates of one query's output or gradient row then never go through memory, where each
+ * read-modify-write would wait on the previous store. */
+#define MAXV 8
+INLINE v8f splat8(float a) { return (v8f){a, a, a, a, a, a, a, a}; }
+INLINE int acc_ok(const int64_t D) { return D % 8 == 0 && D <= 8 * MAXV; }
+INLINE void acc_zero(v8f *acc, const int64_t D) { for (int64_t i = 0; i < D / 8; i++) acc[i] = splat8(0.f); }
+INLINE void acc_axpy(v8f *acc, const float a, const float *x, const int64_t D) {
+    const v8f av = splat8(a);
+    for (int64_t i = 0; i < D / 8; i++) acc[i] += av * ld8(x + 8 * i);
+}
+INLINE void acc_store(float *y, const v8f *acc, const float scale, const int64_t D) {
+    const v8f sv = splat8(scale);
+    for (int64_t i = 0; i < D / 8; i++) st8(y + 8 * i, acc[i] * sv);
+}
+
 /* y = y * a + x * b over D floats */
 INLINE void blend(float *y, const float a, const float *x, const float b, const int64_t D) {
     for (int64_t d = 0; d < D; d++) y[d] = y[d] * a + x[d] * b;
@@ -154,7 +173,7 @@ typedef struct {
     int32_t *us;                      /* (R, L) other rounds' window keys, gathered */
     float *os, *ls;                   /* forward results (L, D), (L); backward: dout (L, D), lse (L) */
     float *dl;                        /* backward: delta (L) */
-    float *dks, *dvs;                 /* backward key/value gradients in sorted order (L, D) */
+    float *dqs, *dks, *dvs;           /* backward query/key/value gradients in sorted order (L, D) */
     /* sources of the gather */
     const float *src_o, *src_l, *src_d;
 } round_t;
@@ -196,23 +215,36 @@ INLINE void st16(float *p, v16f v) { memcpy(p, &v, sizeof(v)); }
 INLINE v16f splat(float a) { return (v16f){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
 INLINE v16i splati(int32_t a) { return (v16i){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
 INLINE v16f vsel(v16i m, v16f a, v16f b) { return (v16f)(((v16i)a & m) | ((v16i)b & ~m)); }
-/* bit i set where lane i is nonzero */
+/* bit i set where lane i is nonzero (AVX-512: one compare into a mask register; otherwise the
+ * compiler's lane-by-lane extraction) */
 INLINE uint32_t nonzero_mask(v16f v) {
+#ifdef __AVX512F__
+    return (uint32_t)_mm512_cmp_ps_mask((__m512)v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+#else
     const v16i nz = v != splat(0.f);
     uint32_t m = 0;
     for (int i = 0; i < 16; i++) m |= (uint32_t)(nz[i] & 1) << i;
     return m;
+#endif
 }
 
 INLINE float hmax16(v16f v) {
+#ifdef __AVX512F__
+    return _mm512_reduce_max_ps((__m512)v);
+#else
     float m = v[0];
     for (int i = 1; i < 16; i++) m = v[i] > m ? v[i] : m;
     return m;
+#endif
 }
 INLINE float hsum16(v16f v) {
+#ifdef __AVX512F__
+    return _mm512_reduce_add_ps((__m512)v);
+#else
     float s = 0.f;
     for (int i = 0; i < 16; i++) s += v[i];
     return s;
+#endif
 }
 
 /* e^x, 16 lanes: x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial (relative error
@@ -376,13 +408,13 @@ static void alloc_round(round_t *x, const layout_t *t, int backward) {
     x->us = (int32_t *)alloc_bytes(sizeof(int32_t) * L * (t->R > 1 ? t->R : 1));
     if (backward) {
         x->dl = alloc_f(L);
-        x->dks = alloc_f(L * D); x->dvs = alloc_f(L * D);
+        x->dqs = alloc_f(L * D); x->dks = alloc_f(L * D); x->dvs = alloc_f(L * D);
     }
 }
 
 static void free_round(round_t *x) {
     free(x->qs); free(x->ks); free(x->vs); free(x->os); free(x->ls); free(x->us);
-    free(x->dl); free(x->dks); free(x->dvs);
+    free(x->dl); free(x->dqs); free(x->dks); free(x->dvs);
 }
 
 /* ---------------------------------------------------------------- forward */
@@ -414,6 +446,20 @@ INLINE void fwd_impl(const round_t *x, int64_t begin, int64_t end, const int64_t
             x->ls[sq] = m + logf(total);
             const float inv = 1.f / total;
             /* only the visible slots (p > 0), found through a bit mask per 16 slots */
+            if (acc_ok(D)) {
+                v8f acc[MAXV];
+                acc_zero(acc, D);
+                for (int64_t j = 0; j < KP; j += 16) {
+                    uint32_t bits = nonzero_mask(ld16(row + j));
+                    while (bits) {
+                        const int64_t jj = j + __builtin_ctz(bits);
+                        bits &= bits - 1;
+                        acc_axpy(acc, row[jj], x->vs + (w.s0 + jj) * D, D);
+                    }
+                }
+                acc_store(orow, acc, inv, D);
+                continue;
+            }
             for (int64_t j = 0; j < KP; j += 16) {
                 uint32_t bits = nonzero_mask(ld16(row + j));
                 while (bits) {
@@ -521,8 +567,26 @@ INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t
                 st16(row + j, p);
                 st16(ds + j, p * (dp - dl) * splat(t->scale));
             }
-            /* a query is one row per round: its gradient goes straight to its original row */
-            float *dqrow = c->dq + roff(t, x->g, x->pm ? x->pm[sq] : sq);
+            /* a query is one row per round: its gradient is summed in registers and stored in
+             * sorted order; the scatter pass adds it at the original row */
+            float *dqrow = x->dqs + sq * D;
+            if (acc_ok(D)) {
+                v8f acc[MAXV];
+                acc_zero(acc, D);
+                for (int64_t j = 0; j < KP; j += 16) {
+                    uint32_t bits = nonzero_mask(ld16(row + j));
+                    while (bits) {
+                        const int64_t jj = j + __builtin_ctz(bits), sk = w.s0 + jj;
+                        bits &= bits - 1;
+                        axpy(x->dvs + sk * D, row[jj], dorow, D);
+                        if (t->k) acc_axpy(acc, ds[jj], x->ks + sk * D, D);
+                        else acc_axpy(acc, ds[jj] * w.invn[jj], x->qs + sk * D, D);
+                        axpy(x->dks + sk * D, ds[jj], qrow, D);
+                    }
+                }
+                acc_store(dqrow, acc, 1.f, D);
+                continue;
+            }
             for (int64_t j = 0; j < KP; j += 16) {  /* only the visible slots */
                 uint32_t bits = nonzero_mask(ld16(row + j));
                 while (bits) {
@@ -562,6 +626,7 @@ static void scatter_range(void *arg, int64_t begin, int64_t end) {
             __builtin_prefetch(c->dv + ahead, 1);
         }
         axpy(c->dv + ro, 1.f, x->dvs + s * D, D);
+        axpy(c->dq + ro, 1.f, x->dqs + s * D, D);
         if (c->dk) {
             axpy(c->dk + ro, 1.f, x->dks + s * D, D);
         } else {  /* keys are q / |q|: chain the key gradient into dq */
@@ -604,6 +669,7 @@ void seq_attn_backward(const float *q, const float *k, const float *v, const int
     for (int64_t r = 0; r < R; r++) {
         for (int64_t g = 0; g < G; g++) {
             setup_round(&x, r, g, n_threads);
+            memset(x.dqs, 0, sizeof(float) * L * D);
             memset(x.dks, 0, sizeof(float) * L * D);
             memset(x.dvs, 0, sizeof(float) * L * D);
             for (int64_t phase = 0; phase < P && phase < nC; phase++) {  /* disjoint windows per phase */
