@@ -41,6 +41,8 @@
 typedef struct {
     const float *q, *k, *v;
     const int32_t *perm, *buckets, *u;
+    int32_t *ut;       /* (G, L, R) u transposed: one cache line gives a position's window keys in every round */
+    float *ld;         /* backward: (G, L, 2) lse and delta side by side */
     int64_t R, G, H, L, D, C, back, fwd, band_lo, band_hi, lo, hi;
     int self_fallback;
     float scale;
@@ -157,6 +159,16 @@ static void init_layout(layout_t *t, const float *q, const float *k, const float
     t->band_lo = band_lo; t->band_hi = band_hi; t->lo = lo; t->hi = hi;
     t->self_fallback = self_fallback; t->scale = scale;
     for (int i = 0; i < 256; i++) t->logtab[i] = logf((float)(i > 0 ? i : 1));
+    t->ut = NULL;
+    t->ld = NULL;
+}
+
+/* u (R, G, L) -> ut (G, L, R), in parallel over rows g * L + i */
+static void transpose_u_range(void *arg, int64_t begin, int64_t end) {
+    layout_t *t = (layout_t *)arg;
+    const int64_t GL = t->G * t->L;
+    for (int64_t gi = begin; gi < end; gi++)
+        for (int64_t r = 0; r < t->R; r++) t->ut[gi * t->R + r] = t->u[r * GL + gi];
 }
 
 /* One (round, g) in sorted order. Queries, keys, values, the other rounds' window keys (and,
@@ -203,10 +215,12 @@ static void *alloc_bytes(size_t bytes) {
 static float *alloc_f(int64_t n) { return (float *)alloc_bytes(sizeof(float) * (size_t)(n > 0 ? n : 1)); }
 
 /* ---- one chunk's window, laid out for 16-wide vector work
- * A chunk's C queries see the KP (K rounded up to 16) window slots starting at sorted index
- * s0 = (ch - back) * C. Per chunk we build the keys and values transposed (D, KP), the
- * slots' buckets (-1 outside [0, L)) and the other rounds' window keys; a query's logits
- * against all slots are then D broadcast-multiply-adds of 16-wide vectors. */
+ * A chunk's C queries see the K window slots starting at sorted index s0 = (ch - back) * C.
+ * Per chunk we build the keys and values transposed (D, KP), the slots' buckets (-1 outside
+ * [0, L)) and the other rounds' window keys. Query a of the chunk can only see the slots its
+ * static band admits, j0[a] .. j0[a] + QW - 1 (QW a multiple of 16; for causal LSH, QW = C =
+ * 16: one vector, half the window); its logits are D broadcast-multiply-adds of 16-wide
+ * vectors over that span. KP has QW slots of zero slack past the window for those loads. */
 typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 INLINE v16f ld16(const float *p) { v16f v; memcpy(&v, p, sizeof(v)); return v; }
@@ -268,35 +282,50 @@ INLINE v16f vexp(v16f x) {
 }
 
 typedef struct {
-    int64_t KP, s0;
+    int64_t KP, QW, s0;
+    int64_t *j0;           /* (C) first slot query a can see */
     float *kt, *vt;        /* (D, KP) transposed keys and values of the window (zeros outside) */
     int32_t *bw;           /* (KP) buckets of the window's slots, -1 outside [0, L) */
     int32_t *uw;           /* (R, KP) other rounds' window keys of the slots */
-    int32_t *band;         /* (C, KP) -1 where the static band (and self rule) admits the slot */
-    float *invn;           /* (KP) shared-QK: 1 / |q| of each slot (keys are q / |q|) */
+    int32_t *band;         /* (C, QW) -1 where the static band (and self rule) admits slot j0[a] + i */
 } chunk_t;
 
-INLINE int64_t padded_window(const layout_t *t) { return (window_len(t) + 15) / 16 * 16; }
+/* does the static band (and the self rule) let query a of a chunk see window slot j? */
+INLINE int band_ok(const layout_t *t, int64_t a, int64_t j) {
+    const int64_t d = t->back * t->C + a - j;  /* s_q - s_k */
+    return j >= 0 && j < window_len(t) && d >= t->band_lo && d <= t->band_hi && !(t->self_fallback && d == 0);
+}
 
 static void chunk_alloc(chunk_t *w, const layout_t *t) {
-    const int64_t KP = padded_window(t), C = t->C;
+    const int64_t C = t->C, K = window_len(t);
+    w->j0 = (int64_t *)malloc(sizeof(int64_t) * C);
+    int64_t QW = 16;
+    for (int64_t a = 0; a < C; a++) {
+        int64_t lo = -1, hi = -1;
+        for (int64_t j = 0; j < K; j++)
+            if (band_ok(t, a, j)) {
+                if (lo < 0) lo = j;
+                hi = j;
+            }
+        w->j0[a] = lo < 0 ? 0 : lo;
+        const int64_t span = lo < 0 ? 1 : hi - lo + 1;
+        if ((span + 15) / 16 * 16 > QW) QW = (span + 15) / 16 * 16;
+    }
+    const int64_t KP = (K + 15) / 16 * 16 + QW;
     w->KP = KP;
+    w->QW = QW;
     w->kt = (float *)calloc((size_t)(t->D * KP), sizeof(float));
     w->vt = (float *)calloc((size_t)(t->D * KP), sizeof(float));
     w->bw = (int32_t *)malloc(sizeof(int32_t) * KP);
+    for (int64_t j = 0; j < KP; j++) w->bw[j] = -1;  /* the slack past the window stays invalid */
     w->uw = (int32_t *)calloc((size_t)((t->R > 1 ? t->R : 1) * KP), sizeof(int32_t));
-    w->band = (int32_t *)malloc(sizeof(int32_t) * C * KP);
-    w->invn = (float *)calloc((size_t)KP, sizeof(float));
+    w->band = (int32_t *)malloc(sizeof(int32_t) * C * QW);
     for (int64_t a = 0; a < C; a++)
-        for (int64_t j = 0; j < KP; j++) {
-            const int64_t d = t->back * C + a - j;  /* s_q - s_k */
-            const int ok = j < window_len(t) && d >= t->band_lo && d <= t->band_hi && !(t->self_fallback && d == 0);
-            w->band[a * KP + j] = ok ? -1 : 0;
-        }
+        for (int64_t i = 0; i < QW; i++) w->band[a * QW + i] = band_ok(t, a, w->j0[a] + i) ? -1 : 0;
 }
 
 static void chunk_free(chunk_t *w) {
-    free(w->kt); free(w->vt); free(w->bw); free(w->uw); free(w->band); free(w->invn);
+    free(w->kt); free(w->vt); free(w->bw); free(w->uw); free(w->band); free(w->j0);
 }
 
 /* 1 / max(|x|, 1e-12), as F.normalize */
@@ -310,16 +339,13 @@ INLINE void chunk_load(chunk_t *w, const round_t *x, int64_t ch, int with_values
     const layout_t *t = x->t;
     const int64_t L = t->L, KP = w->KP, K = window_len(t);
     w->s0 = (ch - t->back) * t->C;
-    for (int64_t j = 0; j < KP; j++) {
+    for (int64_t j = 0; j < K; j++) {  /* slots K .. KP-1 keep their zeros and -1 buckets */
         const int64_t sk = w->s0 + j;
-        const int in = j < K && sk >= 0 && sk < L;
+        const int in = sk >= 0 && sk < L;
         w->bw[j] = in ? x->bk[sk] : -1;
-        /* keys: given, or (shared-QK) the slot's query scaled to unit length */
-        const float *krow = in ? (t->k ? x->ks + sk * D : x->qs + sk * D) : NULL;
-        const float sc = (in && !t->k) ? inv_norm(krow, D) : 1.f;
-        w->invn[j] = sc;
+        const float *krow = in ? x->ks + sk * D : NULL;
         for (int64_t d = 0; d < D; d++) {
-            w->kt[d * KP + j] = in ? krow[d] * sc : 0.f;
+            w->kt[d * KP + j] = in ? krow[d] : 0.f;
             if (with_values) w->vt[d * KP + j] = in ? x->vs[sk * D + d] : 0.f;
         }
         if (t->R > 1)
@@ -328,19 +354,25 @@ INLINE void chunk_load(chunk_t *w, const round_t *x, int64_t ch, int with_values
     }
 }
 
-/* Masked, duplicate-corrected logits of query sq (slot a of its chunk) against every window
- * slot, into row[KP] (-inf where invalid). Returns the row maximum. */
+/* Masked, duplicate-corrected logits of query sq (slot a of its chunk) against window slots
+ * j0[a] .. j0[a] + QW - 1, into row[QW] (-inf where invalid). Returns the row maximum. */
 INLINE float chunk_logits(const chunk_t *w, const round_t *x, int64_t sq, int64_t a, float *row, const int64_t D) {
     const layout_t *t = x->t;
-    const int64_t KP = w->KP, L = t->L;
+    const int64_t KP = w->KP, QW = w->QW, L = t->L, j0 = w->j0[a];
     const float *q = x->qs + sq * D;
     const v16i bq = splati(x->bk[sq]);
     v16f mx = splat(-INFINITY);
-    for (int64_t j = 0; j < KP; j += 16) {
-        v16f acc = splat(0.f);
-        for (int64_t d = 0; d < D; d++) acc += splat(q[d]) * ld16(w->kt + d * KP + j);
-        acc *= splat(t->scale);
-        v16i valid = (ld16i(w->bw + j) == bq) & ld16i(w->band + a * KP + j);
+    for (int64_t i = 0; i < QW; i += 16) {
+        const int64_t j = j0 + i;
+        v16f acc = splat(0.f), acc2 = splat(0.f);  /* two chains: half the FMA latency */
+        int64_t d = 0;
+        for (; d + 1 < D; d += 2) {
+            acc += splat(q[d]) * ld16(w->kt + d * KP + j);
+            acc2 += splat(q[d + 1]) * ld16(w->kt + (d + 1) * KP + j);
+        }
+        if (d < D) acc += splat(q[d]) * ld16(w->kt + d * KP + j);
+        acc = (acc + acc2) * splat(t->scale);
+        v16i valid = (ld16i(w->bw + j) == bq) & ld16i(w->band + a * QW + i);
         if (t->R > 1) {  /* section 2: subtract log N, N = rounds whose window holds the pair */
             v16i cnt = splati(1);
             for (int64_t r2 = 0; r2 < t->R; r2++) {
@@ -351,7 +383,7 @@ INLINE float chunk_logits(const chunk_t *w, const round_t *x, int64_t sq, int64_
             for (int32_t c = 2; c <= t->R && c < 256; c++) acc = vsel(cnt == splati(c), acc - splat(t->logtab[c]), acc);
         }
         acc = vsel(valid, acc, splat(-INFINITY));
-        st16(row + j, acc);
+        st16(row + i, acc);
         mx = vsel(acc > mx, acc, mx);
     }
     return hmax16(mx);
@@ -368,18 +400,30 @@ INLINE void gather_impl(round_t *x, int64_t begin, int64_t end, const int64_t D)
             __builtin_prefetch(t->q + ahead);
             __builtin_prefetch(t->k + ahead);
             __builtin_prefetch(t->v + ahead);
-            if (x->src_o) __builtin_prefetch(x->src_o + ahead);
+            if (t->R > 1) __builtin_prefetch(t->ut + (g * L + x->pm[s + PREFETCH]) * t->R);
+            if (x->src_o) {
+                __builtin_prefetch(x->src_o + ahead);
+                __builtin_prefetch(t->ld + 2 * (g * L + x->pm[s + PREFETCH]));
+            }
         }
         copy_row(x->qs + s * D, t->q + ro, D);
-        if (t->k) copy_row(x->ks + s * D, t->k + ro, D);  /* shared-QK keys are formed per chunk */
+        if (t->k) {
+            copy_row(x->ks + s * D, t->k + ro, D);
+        } else {  /* shared-QK: the key is the query scaled to unit length */
+            const float *qr = x->qs + s * D;
+            const float sc = inv_norm(qr, D);
+            for (int64_t d = 0; d < D; d++) x->ks[s * D + d] = qr[d] * sc;
+        }
         copy_row(x->vs + s * D, t->v + ro, D);
-        if (t->R > 1)
+        if (t->R > 1) {
+            const int32_t *up = t->ut + gi * t->R;
             for (int64_t r2 = 0; r2 < t->R; r2++)
-                if (r2 != x->r) x->us[r2 * L + s] = t->u[(r2 * t->G + g) * L + i];
+                if (r2 != x->r) x->us[r2 * L + s] = up[r2];
+        }
         if (x->src_o) {  /* backward: the output gradient and softmax statistics of the query */
             copy_row(x->os + s * D, x->src_o + ro, D);
-            x->ls[s] = x->src_l[gi];
-            x->dl[s] = x->src_d[gi];
+            x->ls[s] = t->ld[2 * gi];
+            x->dl[s] = t->ld[2 * gi + 1];
         }
     }
 }
@@ -403,7 +447,7 @@ static void alloc_round(round_t *x, const layout_t *t, int backward) {
     memset(x, 0, sizeof(*x));
     x->t = t;
     x->qs = alloc_f(L * D); x->vs = alloc_f(L * D);
-    x->ks = t->k ? alloc_f(L * D) : NULL;
+    x->ks = alloc_f(L * D);  /* given keys, or (shared-QK) the normalised queries */
     x->os = alloc_f(L * D); x->ls = alloc_f(L);
     x->us = (int32_t *)alloc_bytes(sizeof(int32_t) * L * (t->R > 1 ? t->R : 1));
     if (backward) {
@@ -423,8 +467,8 @@ INLINE void fwd_impl(const round_t *x, int64_t begin, int64_t end, const int64_t
     const int64_t C = t->C;
     chunk_t w;
     chunk_alloc(&w, t);
-    const int64_t KP = w.KP;
-    float *row = alloc_f(KP);
+    const int64_t QW = w.QW;
+    float *row = alloc_f(QW);
     for (int64_t ch = begin; ch < end; ch++) {
         chunk_load(&w, x, ch, 0, D);
         for (int64_t a = 0; a < C; a++) {
@@ -437,7 +481,7 @@ INLINE void fwd_impl(const round_t *x, int64_t begin, int64_t end, const int64_t
                 continue;
             }
             v16f sum = splat(0.f);
-            for (int64_t j = 0; j < KP; j += 16) {
+            for (int64_t j = 0; j < QW; j += 16) {
                 const v16f e = vexp(ld16(row + j) - splat(m));
                 st16(row + j, e);
                 sum += e;
@@ -449,23 +493,23 @@ INLINE void fwd_impl(const round_t *x, int64_t begin, int64_t end, const int64_t
             if (acc_ok(D)) {
                 v8f acc[MAXV];
                 acc_zero(acc, D);
-                for (int64_t j = 0; j < KP; j += 16) {
+                for (int64_t j = 0; j < QW; j += 16) {
                     uint32_t bits = nonzero_mask(ld16(row + j));
                     while (bits) {
                         const int64_t jj = j + __builtin_ctz(bits);
                         bits &= bits - 1;
-                        acc_axpy(acc, row[jj], x->vs + (w.s0 + jj) * D, D);
+                        acc_axpy(acc, row[jj], x->vs + (w.s0 + w.j0[a] + jj) * D, D);
                     }
                 }
                 acc_store(orow, acc, inv, D);
                 continue;
             }
-            for (int64_t j = 0; j < KP; j += 16) {
+            for (int64_t j = 0; j < QW; j += 16) {
                 uint32_t bits = nonzero_mask(ld16(row + j));
                 while (bits) {
                     const int64_t jj = j + __builtin_ctz(bits);
                     bits &= bits - 1;
-                    axpy(orow, row[jj] * inv, x->vs + (w.s0 + jj) * D, D);
+                    axpy(orow, row[jj] * inv, x->vs + (w.s0 + w.j0[a] + jj) * D, D);
                 }
             }
         }
@@ -522,6 +566,10 @@ void seq_attn_forward(const float *q, const float *k, const float *v, const int3
     layout_t t;
     init_layout(&t, q, k, v, perm, buckets, u, R, G, H, L, D, C, back, fwd, band_lo, band_hi, lo, hi, self_fallback,
                 scale);
+    if (R > 1) {
+        t.ut = (int32_t *)alloc_bytes(sizeof(int32_t) * G * L * R);
+        parallel_for(G * L, n_threads, transpose_u_range, &t);
+    }
     round_t x;
     alloc_round(&x, &t, 0);
     for (int64_t r = 0; r < R; r++) {
@@ -533,6 +581,8 @@ void seq_attn_forward(const float *q, const float *k, const float *v, const int3
         }
     }
     free_round(&x);
+    free(t.ut);
+    free(t.ld);
     if (self_fallback) {  /* nothing visible in any round: the query takes its own value */
         self_ctx sc = {&t, out, lse, NULL, NULL};
         parallel_for(G * L, n_threads, self_fwd_range, &sc);
@@ -548,8 +598,8 @@ INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t
     const int64_t C = t->C, P = c->P;
     chunk_t w;
     chunk_alloc(&w, t);
-    const int64_t KP = w.KP;
-    float *row = alloc_f(KP), *ds = alloc_f(KP);
+    const int64_t KP = w.KP, QW = w.QW;
+    float *row = alloc_f(QW), *ds = alloc_f(QW);
     for (int64_t task = begin; task < end; task++) {
         const int64_t ch = c->phase + task * P;
         chunk_load(&w, x, ch, 1, D);
@@ -560,10 +610,17 @@ INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t
             if (chunk_logits(&w, x, sq, a, row, D) == -INFINITY) continue;
             const float *qrow = x->qs + sq * D, *dorow = x->os + sq * D;
             const v16f dl = splat(x->dl[sq]);
-            for (int64_t j = 0; j < KP; j += 16) {
+            const float *vt = w.vt + w.j0[a];  /* the query's span of the transposed values */
+            for (int64_t j = 0; j < QW; j += 16) {
                 const v16f p = vexp(ld16(row + j) - splat(lq));
-                v16f dp = splat(0.f);  /* dO . v for every slot */
-                for (int64_t d = 0; d < D; d++) dp += splat(dorow[d]) * ld16(w.vt + d * KP + j);
+                v16f dp = splat(0.f), dp2 = splat(0.f);  /* dO . v for every slot (two chains) */
+                int64_t d = 0;
+                for (; d + 1 < D; d += 2) {
+                    dp += splat(dorow[d]) * ld16(vt + d * KP + j);
+                    dp2 += splat(dorow[d + 1]) * ld16(vt + (d + 1) * KP + j);
+                }
+                if (d < D) dp += splat(dorow[d]) * ld16(vt + d * KP + j);
+                dp += dp2;
                 st16(row + j, p);
                 st16(ds + j, p * (dp - dl) * splat(t->scale));
             }
@@ -573,28 +630,26 @@ INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t
             if (acc_ok(D)) {
                 v8f acc[MAXV];
                 acc_zero(acc, D);
-                for (int64_t j = 0; j < KP; j += 16) {
+                for (int64_t j = 0; j < QW; j += 16) {
                     uint32_t bits = nonzero_mask(ld16(row + j));
                     while (bits) {
-                        const int64_t jj = j + __builtin_ctz(bits), sk = w.s0 + jj;
+                        const int64_t jj = j + __builtin_ctz(bits), sk = w.s0 + w.j0[a] + jj;
                         bits &= bits - 1;
                         axpy(x->dvs + sk * D, row[jj], dorow, D);
-                        if (t->k) acc_axpy(acc, ds[jj], x->ks + sk * D, D);
-                        else acc_axpy(acc, ds[jj] * w.invn[jj], x->qs + sk * D, D);
+                        acc_axpy(acc, ds[jj], x->ks + sk * D, D);
                         axpy(x->dks + sk * D, ds[jj], qrow, D);
                     }
                 }
                 acc_store(dqrow, acc, 1.f, D);
                 continue;
             }
-            for (int64_t j = 0; j < KP; j += 16) {  /* only the visible slots */
+            for (int64_t j = 0; j < QW; j += 16) {  /* only the visible slots */
                 uint32_t bits = nonzero_mask(ld16(row + j));
                 while (bits) {
-                    const int64_t jj = j + __builtin_ctz(bits), sk = w.s0 + jj;
+                    const int64_t jj = j + __builtin_ctz(bits), sk = w.s0 + w.j0[a] + jj;
                     bits &= bits - 1;
                     axpy(x->dvs + sk * D, row[jj], dorow, D);
-                    if (t->k) axpy(dqrow, ds[jj], x->ks + sk * D, D);
-                    else axpy(dqrow, ds[jj] * w.invn[jj], x->qs + sk * D, D);
+                    axpy(dqrow, ds[jj], x->ks + sk * D, D);
                     axpy(x->dks + sk * D, ds[jj], qrow, D);
                 }
             }
@@ -661,6 +716,15 @@ void seq_attn_backward(const float *q, const float *k, const float *v, const int
     init_layout(&t, q, k, v, perm, buckets, u, R, G, H, L, D, C, back, fwd, band_lo, band_hi, lo, hi, self_fallback,
                 scale);
     const int64_t nC = L / C, P = back + 1 + fwd;
+    if (R > 1) {
+        t.ut = (int32_t *)alloc_bytes(sizeof(int32_t) * G * L * R);
+        parallel_for(G * L, n_threads, transpose_u_range, &t);
+    }
+    t.ld = alloc_f(2 * G * L);
+    for (int64_t gi = 0; gi < G * L; gi++) {
+        t.ld[2 * gi] = lse[gi];
+        t.ld[2 * gi + 1] = delta[gi];
+    }
     round_t x;
     alloc_round(&x, &t, 1);
     x.src_o = dout;
@@ -681,6 +745,8 @@ void seq_attn_backward(const float *q, const float *k, const float *v, const int
         }
     }
     free_round(&x);
+    free(t.ut);
+    free(t.ld);
     if (self_fallback) {
         self_ctx sc = {&t, NULL, lse, dout, dv};
         parallel_for(G * L, n_threads, self_bwd_range, &sc);
