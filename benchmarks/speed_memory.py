@@ -373,6 +373,10 @@ def run_one(model: str, L: int, args) -> dict:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # As the seqformer command sets it (pipelines/cli.py), for every model alike: big tensors on
+    # transparent huge pages. --no-thp measures without.
+    if not args.no_thp:
+        env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -505,7 +509,7 @@ def write_markdown(path: Path, data: dict) -> None:
              "",
              f"{m.get('date', '')} · {m.get('cpu', '')} · {m.get('cpu_count', '?')} cores · torch "
              f"{m.get('torch', '?')} · median of {m.get('repeats', '?')} steps after 1 warm-up · "
-             f"memory: {mem}",
+             f"memory: {mem}" + (" · THP_MEM_ALLOC_ENABLE=1 for every model" if m.get("thp_mem_alloc") else ""),
              "",
              "| L | model | s/step | tok/s | peak memory | status | tok/s vs HF |",
              "|---|---|---:|---:|---:|---|---:|"]
@@ -619,6 +623,8 @@ def main(argv=None) -> int:
     p.add_argument("--merge", action="store_true",
                    help="keep results of other (model, L) pairs already in the output JSON")
     p.add_argument("--no-skip", action="store_true", help="try larger L even after a failure")
+    p.add_argument("--no-thp", action="store_true",
+                   help="do not set THP_MEM_ALLOC_ENABLE=1 (PyTorch's huge pages for big tensors) in the children")
     p.add_argument("--verbose", "-v", action="store_true")
     # child mode (internal)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -640,7 +646,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
 
     meta = machine_info(args)
-    meta.update(repeats=args.repeats, timeout_s=args.timeout, mem_cap_gb=args.mem_cap_gb,
+    meta.update(repeats=args.repeats, thp_mem_alloc=not args.no_thp, timeout_s=args.timeout, mem_cap_gb=args.mem_cap_gb,
                 models=models, lengths=lengths)
     try:
         import torch

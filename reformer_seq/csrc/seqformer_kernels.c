@@ -13,10 +13,14 @@
  * (chunk x window) temporaries, linear time and memory in L. Work goes one (round, g) at a
  * time: keys, values and window keys are first copied into the round's sorted order (so each
  * window is contiguous memory), then chunks run in parallel; each position is one query per
- * round, so output rows never collide. The backward accumulates key gradients in sorted
- * order, one residue class of chunks mod (back+1+fwd) at a time (their windows are
- * disjoint, so no two threads add into one row), then adds them back to original positions. Threads: plain pthreads, so the library does
- * not bring a second OpenMP runtime into a process that already has torch's.
+ * round, so output rows never collide. A query computes logits only over the span of slots
+ * its static band admits (for causal LSH: the C slots before it, one 16-wide vector), and
+ * sums its output (or, backward, its dq) in registers. The backward accumulates key and
+ * value gradients in sorted order, one residue class of chunks mod (back+1+fwd) at a time
+ * (their windows are disjoint, so no two threads add into one row), stores each query's dq
+ * over its own gathered output-gradient row, then adds all three back at original positions.
+ * Threads: plain pthreads, so the library does not bring a second OpenMP runtime into a
+ * process that already has torch's.
  *
  * With k == NULL the keys are the unit-normalised queries (shared-QK, section 2), computed on
  * the fly, and the key gradient is chained into dq (dk is then NULL too).
@@ -185,7 +189,8 @@ typedef struct {
     int32_t *us;                      /* (R, L) other rounds' window keys, gathered */
     float *os, *ls;                   /* forward results (L, D), (L); backward: dout (L, D), lse (L) */
     float *dl;                        /* backward: delta (L) */
-    float *dqs, *dks, *dvs;           /* backward query/key/value gradients in sorted order (L, D) */
+    float *dks, *dvs;                 /* backward key/value gradients in sorted order (L, D); dq goes
+                                       * over os, row by row, as each query finishes */
     /* sources of the gather */
     const float *src_o, *src_l, *src_d;
 } round_t;
@@ -452,13 +457,13 @@ static void alloc_round(round_t *x, const layout_t *t, int backward) {
     x->us = (int32_t *)alloc_bytes(sizeof(int32_t) * L * (t->R > 1 ? t->R : 1));
     if (backward) {
         x->dl = alloc_f(L);
-        x->dqs = alloc_f(L * D); x->dks = alloc_f(L * D); x->dvs = alloc_f(L * D);
+        x->dks = alloc_f(L * D); x->dvs = alloc_f(L * D);
     }
 }
 
 static void free_round(round_t *x) {
     free(x->qs); free(x->ks); free(x->vs); free(x->os); free(x->ls); free(x->us);
-    free(x->dl); free(x->dqs); free(x->dks); free(x->dvs);
+    free(x->dl); free(x->dks); free(x->dvs);
 }
 
 /* ---------------------------------------------------------------- forward */
@@ -606,8 +611,10 @@ INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t
         for (int64_t a = 0; a < C; a++) {
             const int64_t sq = ch * C + a;
             const float lq = x->ls[sq];
-            if (lq == -INFINITY) continue;
-            if (chunk_logits(&w, x, sq, a, row, D) == -INFINITY) continue;
+            if (lq == -INFINITY || chunk_logits(&w, x, sq, a, row, D) == -INFINITY) {
+                memset(x->os + sq * D, 0, sizeof(float) * D);  /* no dq from this round */
+                continue;
+            }
             const float *qrow = x->qs + sq * D, *dorow = x->os + sq * D;
             const v16f dl = splat(x->dl[sq]);
             const float *vt = w.vt + w.j0[a];  /* the query's span of the transposed values */
@@ -625,8 +632,9 @@ INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t
                 st16(ds + j, p * (dp - dl) * splat(t->scale));
             }
             /* a query is one row per round: its gradient is summed in registers and stored in
-             * sorted order; the scatter pass adds it at the original row */
-            float *dqrow = x->dqs + sq * D;
+             * sorted order, over the query's own output-gradient row (read for the last time
+             * above); the scatter pass adds it at the original row */
+            float *dqrow = x->os + sq * D;
             if (acc_ok(D)) {
                 v8f acc[MAXV];
                 acc_zero(acc, D);
@@ -643,16 +651,19 @@ INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t
                 acc_store(dqrow, acc, 1.f, D);
                 continue;
             }
+            float dqt[D];  /* any other D: summed here first, since dqrow is dorow */
+            memset(dqt, 0, sizeof(dqt));
             for (int64_t j = 0; j < QW; j += 16) {  /* only the visible slots */
                 uint32_t bits = nonzero_mask(ld16(row + j));
                 while (bits) {
                     const int64_t jj = j + __builtin_ctz(bits), sk = w.s0 + w.j0[a] + jj;
                     bits &= bits - 1;
                     axpy(x->dvs + sk * D, row[jj], dorow, D);
-                    axpy(dqrow, ds[jj], x->ks + sk * D, D);
+                    axpy(dqt, ds[jj], x->ks + sk * D, D);
                     axpy(x->dks + sk * D, ds[jj], qrow, D);
                 }
             }
+            memcpy(dqrow, dqt, sizeof(dqt));
         }
     }
     free(row);
@@ -681,7 +692,7 @@ static void scatter_range(void *arg, int64_t begin, int64_t end) {
             __builtin_prefetch(c->dv + ahead, 1);
         }
         axpy(c->dv + ro, 1.f, x->dvs + s * D, D);
-        axpy(c->dq + ro, 1.f, x->dqs + s * D, D);
+        axpy(c->dq + ro, 1.f, x->os + s * D, D);  /* the query's dq (stored over its dout row) */
         if (c->dk) {
             axpy(c->dk + ro, 1.f, x->dks + s * D, D);
         } else {  /* keys are q / |q|: chain the key gradient into dq */
@@ -733,7 +744,6 @@ void seq_attn_backward(const float *q, const float *k, const float *v, const int
     for (int64_t r = 0; r < R; r++) {
         for (int64_t g = 0; g < G; g++) {
             setup_round(&x, r, g, n_threads);
-            memset(x.dqs, 0, sizeof(float) * L * D);
             memset(x.dks, 0, sizeof(float) * L * D);
             memset(x.dvs, 0, sizeof(float) * L * D);
             for (int64_t phase = 0; phase < P && phase < nC; phase++) {  /* disjoint windows per phase */
