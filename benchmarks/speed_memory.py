@@ -57,6 +57,7 @@ LABELS = {
 
 # The shared small config (issue 7).
 VOCAB, DIM, DEPTH, HEADS, HEAD_DIM, FF_MULT = 16, 64, 2, 4, 16, 4
+THP_MIN_ELEMS = 1 << 24  # L * dim from which children run with THP_MEM_ALLOC_ENABLE=1 (256K tokens)
 BUCKET, N_HASHES = 16, 4
 FF_CHUNK = 16384  # positions per feed-forward chunk (seqformer's default ff_chunk_size)
 
@@ -373,10 +374,12 @@ def run_one(model: str, L: int, args) -> dict:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    # As the seqformer command sets it (pipelines/cli.py), for every model alike: big tensors on
-    # transparent huge pages. --no-thp measures without.
-    if not args.no_thp:
-        env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    # Long inputs (the library's own rule, B * L * dim >= 2**24): big tensors on transparent huge
+    # pages, for every model alike, as README recommends for such runs. Its heap settings return
+    # freed buffers to the OS there, and 2 MB pages cut the faults of re-allocating them ~500x.
+    # Short inputs run without: PyTorch's 2 MB alignment then defeats glibc's buffer reuse.
+    if not args.no_thp and L * DIM >= THP_MIN_ELEMS:
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -509,7 +512,7 @@ def write_markdown(path: Path, data: dict) -> None:
              "",
              f"{m.get('date', '')} · {m.get('cpu', '')} · {m.get('cpu_count', '?')} cores · torch "
              f"{m.get('torch', '?')} · median of {m.get('repeats', '?')} steps after 1 warm-up · "
-             f"memory: {mem}" + (" · THP_MEM_ALLOC_ENABLE=1 for every model" if m.get("thp_mem_alloc") else ""),
+             f"memory: {mem}" + (f" · THP_MEM_ALLOC_ENABLE=1 for every model at L >= {fmt_length(THP_MIN_ELEMS // DIM)}" if m.get("thp_mem_alloc") else ""),
              "",
              "| L | model | s/step | tok/s | peak memory | status | tok/s vs HF |",
              "|---|---|---:|---:|---:|---|---:|"]
@@ -624,7 +627,8 @@ def main(argv=None) -> int:
                    help="keep results of other (model, L) pairs already in the output JSON")
     p.add_argument("--no-skip", action="store_true", help="try larger L even after a failure")
     p.add_argument("--no-thp", action="store_true",
-                   help="do not set THP_MEM_ALLOC_ENABLE=1 (PyTorch's huge pages for big tensors) in the children")
+                   help="never set THP_MEM_ALLOC_ENABLE=1 (PyTorch's huge pages for big tensors); by default "
+                        "children at L * dim >= 2**24 get it")
     p.add_argument("--verbose", "-v", action="store_true")
     # child mode (internal)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

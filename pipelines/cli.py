@@ -2,19 +2,12 @@
 calls one library function and prints; errors a user can fix print one line and exit 2."""
 from __future__ import annotations
 
-import os
 import sys
 
-# Big tensors on 2 MB transparent huge pages. Long inputs return freed buffers to the OS
-# (reformer_seq.heap), so every large buffer is a fresh mapping that faults in page by page;
-# huge pages cut those faults ~500x (1M tokens: ~30% faster steps, same peak memory). PyTorch
-# reads this once, at its first allocation, so it is set before torch is imported.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+import click
 
-import click  # noqa: E402
-
-from reformer_seq import __version__  # noqa: E402
-from reformer_seq.errors import SeqformerError  # noqa: E402
+from reformer_seq import __version__
+from reformer_seq.errors import SeqformerError
 
 
 class _Group(click.Group):
