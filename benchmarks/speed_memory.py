@@ -289,6 +289,10 @@ def child_main(args) -> int:
     tokens = torch.randint(0, VOCAB, (1, args.length), generator=g).to(dev)
     targets = torch.randint(0, VOCAB, (1, args.length), generator=g).to(dev)
     rec["rss_after_build_bytes"] = _rss_bytes(os.getpid())
+    import gc  # as seqformer's training loop does, for every model: long-lived objects out of the GC's way
+
+    gc.collect()
+    gc.freeze()
 
     def sync():
         if dev.type == "cuda":

@@ -78,6 +78,8 @@ def _build() -> ctypes.CDLL:
     lib.seq_lsh_codes.argtypes = [p, i, i, i, i, p, ctypes.c_int]
     lib.seq_lsh_sort.argtypes = [p, p, i, i, i, i, ctypes.c_int, p, p, p, ctypes.c_int]
     lib.seq_lsh_codes.restype = lib.seq_lsh_sort.restype = None
+    lib.seq_release_buffers.argtypes = []
+    lib.seq_release_buffers.restype = None
     return lib
 
 
@@ -176,3 +178,10 @@ def lsh_sort(buckets: torch.Tensor, n_real_buckets: torch.Tensor, chunk: int, ca
     library().seq_lsh_sort(buckets.data_ptr(), nb.data_ptr(), R, G, L, chunk, int(causal), perm.data_ptr(),
                            srt.data_ptr(), u.data_ptr(), torch.get_num_threads())
     return perm, srt, u
+
+
+def release_buffers() -> None:
+    """Free the kernel's kept work buffers (an arena reused from call to call, as large as the
+    largest call so far: ~0.4 GB after a 1M-token backward). The next call allocates again."""
+    if _lib is not None:
+        _lib.seq_release_buffers()

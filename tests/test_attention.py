@@ -242,6 +242,48 @@ def test_compiled_kernel_equals_reference(causal, D):
         torch.testing.assert_close(dq3.transpose(1, 2).reshape(G, L, D), dq1, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_compiled_kernel_from_several_threads_and_after_release():
+    """The kernel keeps its work buffers between calls (one arena); calls from several threads at
+    once (one gets the arena, the others their own buffers), calls of other sizes, and a call
+    after release_buffers() all give the single-threaded result."""
+    import threading
+
+    from reformer_seq import kernels
+
+    if kernels.library() is None:
+        pytest.skip("no C compiler on this machine: the reference path is the only one")
+    B, H, L, D, C = 2, 2, 256, 16, 8
+    jobs = []
+    for n, (name, qk, lay) in enumerate(_layouts(B, H, L, D, C, causal=True)):
+        g = torch.Generator().manual_seed(11 + n)
+        q = qk.transpose(1, 2).contiguous()  # (B, L, H, D)
+        v, dout = torch.randn(B, L, H, D, generator=g), torch.randn(B, L, H, D, generator=g)
+        k = None if name == "lsh" else F.normalize(torch.randn(B, L, H, D, generator=g), dim=-1)
+        jobs.append((q, k, v, dout, lay))
+
+    def run(job):
+        q, k, v, dout, lay = job
+        out, lse = kernels.forward(q, k, v, lay, 0.25)
+        return (out, lse) + tuple(t for t in kernels.backward(q, k, v, out, lse, dout, lay, 0.25) if t is not None)
+
+    expected = [run(j) for j in jobs]
+    kernels.release_buffers()
+    results: dict = {}
+
+    def worker(i):
+        results[i] = [run(jobs[(i + r) % len(jobs)]) for r in range(4)]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        for r in range(4):
+            for got, want in zip(results[i][r], expected[(i + r) % len(jobs)]):
+                assert torch.equal(got, want), (i, r)
+
+
 def test_compiled_hashing_and_sort_equal_reference(monkeypatch):
     from reformer_seq import kernels
 

@@ -191,6 +191,8 @@ typedef struct {
     float *dl;                        /* backward: delta (L) */
     float *dks, *dvs;                 /* backward key/value gradients in sorted order (L, D); dq goes
                                        * over os, row by row, as each query finishes */
+    char *block;                      /* the buffers above, carved from one block */
+    int owned;                        /* the block is the arena (else our own) */
     /* sources of the gather */
     const float *src_o, *src_l, *src_d;
 } round_t;
@@ -447,23 +449,79 @@ static void setup_round(round_t *x, int64_t r, int64_t g, int n_threads) {
     parallel_for(t->L, n_threads, gather_range, x);
 }
 
+/* ---- the round buffers live in one block that is kept between calls (an arena): at long
+ * inputs they are hundreds of MB per call, and a fresh mapping for each call would be faulted
+ * in and zeroed by the kernel every time. A call that finds the arena in use (another thread)
+ * takes a block of its own. seq_release_buffers() hands the arena back. */
+static pthread_mutex_t arena_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *arena = NULL;
+static size_t arena_cap = 0;
+
+static char *arena_take(size_t bytes, int *owned) {
+    if (pthread_mutex_trylock(&arena_lock) == 0) {
+        if (arena_cap < bytes) {
+            free(arena);
+            arena = (char *)alloc_bytes(bytes);
+            arena_cap = arena ? bytes : 0;
+        }
+        if (arena) {
+            *owned = 1;
+            return arena;
+        }
+        pthread_mutex_unlock(&arena_lock);
+    }
+    *owned = 0;
+    return (char *)alloc_bytes(bytes);
+}
+
+static void arena_give(char *p, int owned) {
+    if (owned) pthread_mutex_unlock(&arena_lock);
+    else free(p);
+}
+
+void seq_release_buffers(void) {
+    pthread_mutex_lock(&arena_lock);
+    free(arena);
+    arena = NULL;
+    arena_cap = 0;
+    pthread_mutex_unlock(&arena_lock);
+}
+
+/* carve n bytes (rounded up to 64) from *cur; with base NULL only count them */
+static void *carve(char *base, size_t *cur, size_t n) {
+    void *p = base ? base + *cur : NULL;
+    *cur += (n + 63) / 64 * 64;
+    return p;
+}
+
+static size_t layout_round(round_t *x, char *base, int backward) {
+    const layout_t *t = x->t;
+    const size_t L = (size_t)t->L, D = (size_t)t->D, F = sizeof(float);
+    size_t cur = 0;
+    x->qs = (float *)carve(base, &cur, L * D * F);
+    x->vs = (float *)carve(base, &cur, L * D * F);
+    x->ks = (float *)carve(base, &cur, L * D * F);  /* given keys, or (shared-QK) the normalised queries */
+    x->os = (float *)carve(base, &cur, L * D * F);
+    x->ls = (float *)carve(base, &cur, L * F);
+    x->us = (int32_t *)carve(base, &cur, sizeof(int32_t) * L * (size_t)(t->R > 1 ? t->R : 1));
+    if (backward) {
+        x->dl = (float *)carve(base, &cur, L * F);
+        x->dks = (float *)carve(base, &cur, L * D * F);
+        x->dvs = (float *)carve(base, &cur, L * D * F);
+    }
+    return cur;
+}
+
 static void alloc_round(round_t *x, const layout_t *t, int backward) {
-    const int64_t L = t->L, D = t->D;
     memset(x, 0, sizeof(*x));
     x->t = t;
-    x->qs = alloc_f(L * D); x->vs = alloc_f(L * D);
-    x->ks = alloc_f(L * D);  /* given keys, or (shared-QK) the normalised queries */
-    x->os = alloc_f(L * D); x->ls = alloc_f(L);
-    x->us = (int32_t *)alloc_bytes(sizeof(int32_t) * L * (t->R > 1 ? t->R : 1));
-    if (backward) {
-        x->dl = alloc_f(L);
-        x->dks = alloc_f(L * D); x->dvs = alloc_f(L * D);
-    }
+    const size_t bytes = layout_round(x, NULL, backward);
+    x->block = arena_take(bytes, &x->owned);
+    layout_round(x, x->block, backward);
 }
 
 static void free_round(round_t *x) {
-    free(x->qs); free(x->ks); free(x->vs); free(x->os); free(x->ls); free(x->us);
-    free(x->dl); free(x->dks); free(x->dvs);
+    arena_give(x->block, x->owned);
 }
 
 /* ---------------------------------------------------------------- forward */
