@@ -150,6 +150,8 @@ static int64_t window_len(const layout_t *t) { return (t->back + 1 + t->fwd) * t
 #define PREFETCH 12  /* rows ahead to prefetch in gathers and scatters */
 
 /* offset of row (g, i) of a (B, L, H, D) tensor */
+/* roff(t, g, i) = rbase(t, g) + i * H * D: loops over rows hoist the division out */
+INLINE int64_t rbase(const layout_t *t, int64_t g) { return ((g / t->H) * t->L * t->H + g % t->H) * t->D; }
 INLINE int64_t roff(const layout_t *t, int64_t g, int64_t i) {
     return (((g / t->H) * t->L + i) * t->H + g % t->H) * t->D;
 }
@@ -399,11 +401,11 @@ INLINE float chunk_logits(const chunk_t *w, const round_t *x, int64_t sq, int64_
 /* ---- gathering into sorted order (parallel over positions) */
 INLINE void gather_impl(round_t *x, int64_t begin, int64_t end, const int64_t D) {
     const layout_t *t = x->t;
-    const int64_t L = t->L, g = x->g;
+    const int64_t L = t->L, g = x->g, rb = rbase(t, g), rs = t->H * D;
     for (int64_t s = begin; s < end; s++) {
-        const int64_t i = x->pm ? x->pm[s] : s, gi = g * L + i, ro = roff(t, g, i);
+        const int64_t i = x->pm ? x->pm[s] : s, gi = g * L + i, ro = rb + i * rs;
         if (x->pm && s + PREFETCH < end) {  /* random rows: ask for them early */
-            const int64_t ahead = roff(t, g, x->pm[s + PREFETCH]);
+            const int64_t ahead = rb + x->pm[s + PREFETCH] * rs;
             __builtin_prefetch(t->q + ahead);
             __builtin_prefetch(t->k + ahead);
             __builtin_prefetch(t->v + ahead);
@@ -592,11 +594,11 @@ typedef struct { const round_t *x; float *out, *lse; } merge_ctx;
 static void merge_range(void *arg, int64_t begin, int64_t end) {
     const merge_ctx *c = (const merge_ctx *)arg;
     const round_t *x = c->x;
-    const int64_t L = x->t->L, D = x->t->D, g = x->g;
+    const int64_t L = x->t->L, D = x->t->D, g = x->g, rb = rbase(x->t, g), rs = x->t->H * D;
     for (int64_t s = begin; s < end; s++) {
         const int64_t i = x->pm ? x->pm[s] : s, gi = g * L + i;
-        if (x->pm && s + PREFETCH < end) __builtin_prefetch(c->out + roff(x->t, g, x->pm[s + PREFETCH]), 1);
-        float *o = c->out + roff(x->t, g, i), *l = c->lse + gi;
+        if (x->pm && s + PREFETCH < end) __builtin_prefetch(c->out + rb + x->pm[s + PREFETCH] * rs, 1);
+        float *o = c->out + rb + i * rs, *l = c->lse + gi;
         const float *orow = x->os + s * D, blse = x->ls[s];
         if (x->r == 0 || *l == -INFINITY) {
             copy_row(o, orow, D);
@@ -740,11 +742,11 @@ typedef struct { const round_t *x; float *dq, *dk, *dv; } scatter_ctx;
 static void scatter_range(void *arg, int64_t begin, int64_t end) {
     const scatter_ctx *c = (const scatter_ctx *)arg;
     const round_t *x = c->x;
-    const int64_t D = x->t->D, g = x->g;
+    const int64_t D = x->t->D, g = x->g, rb = rbase(x->t, g), rs = x->t->H * D;
     for (int64_t s = begin; s < end; s++) {
-        const int64_t ro = roff(x->t, g, x->pm ? x->pm[s] : s);
+        const int64_t ro = rb + (x->pm ? x->pm[s] : s) * rs;
         if (x->pm && s + PREFETCH < end) {
-            const int64_t ahead = roff(x->t, g, x->pm[s + PREFETCH]);
+            const int64_t ahead = rb + x->pm[s + PREFETCH] * rs;
             __builtin_prefetch(c->dq + ahead, 1);
             __builtin_prefetch(c->dk + ahead, 1);
             __builtin_prefetch(c->dv + ahead, 1);
