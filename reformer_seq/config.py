@@ -59,7 +59,10 @@ class ReformerConfig:
     attn_layers: Optional[list[str]] = None
     local_window: int = 64  # local attention: each query sees this many previous positions
     ff_mult: int = 4  # feed-forward hidden width = ff_mult * dim
-    ff_chunk_size: int = 16384  # feed-forward runs over this many positions at a time (section 3)
+    # Feed-forward runs over this many positions at a time (section 3). 0 = auto: 4096 while
+    # B * L * dim < 2**24 (smaller hidden buffers are reused from the heap: less memory at 64K
+    # tokens), 16384 above (fewer, larger buffers where freed ones go back to the OS).
+    ff_chunk_size: int = 0
     # Short depthwise causal convolution over the embeddings (kernel width; 0 disables): gives
     # every position its immediate left context (k-mer features) before any attention.
     conv_kernel: int = 0
@@ -76,10 +79,12 @@ class ReformerConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         for name in ("vocab_size", "dim", "depth", "heads", "bucket_size", "n_hashes",
-                     "max_seq_len", "ff_mult", "ff_chunk_size", "local_window"):
+                     "max_seq_len", "ff_mult", "local_window"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"model.{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.ff_chunk_size, int) or isinstance(self.ff_chunk_size, bool) or self.ff_chunk_size < 0:
+            raise ConfigError(f"model.ff_chunk_size must be 0 (auto) or a positive integer, got {self.ff_chunk_size!r}")
         if self.dim_head is None and self.dim % self.heads:
             raise ConfigError(
                 f"model.dim ({self.dim}) is not divisible by model.heads ({self.heads}); "

@@ -81,7 +81,7 @@ class ReversibleBlock(nn.Module):
         with torch.random.fork_rng(devices=[y1.device] if y1.device.type == "cuda" else [], enabled=rng_g is not None):
             if rng_g is not None:
                 rng_g.restore()
-            for sl in self.ff.slices(y1.shape[1]):
+            for sl in self.ff.slices(y1.shape[1], y1.shape[0]):
                 y1c = y1[:, sl].detach().requires_grad_(True)
                 with torch.enable_grad(), autocast():
                     gc = self.ff.net(y1c)

@@ -134,6 +134,18 @@ def test_chunked_feedforward_equals_unchunked():
     assert len(ff.slices(50)) == 8
 
 
+def test_feedforward_auto_chunks_follow_input_size():
+    """chunk_size 0 (the config default): 4096 positions below 2**24 elements, 16384 from there;
+    the slices tile the sequence exactly."""
+    ff = FeedForward(64, 4)
+    for B, L, want in [(1, 65536, 4096), (4, 65536, 16384), (1, 262144, 16384), (1, 5000, 4096)]:
+        sl = ff.slices(L, B)
+        assert sl[0] == slice(0, min(want, L)), (B, L)
+        assert sl[-1].stop == L and all(a.stop == b.start for a, b in zip(sl, sl[1:]))
+    with pytest.raises(ConfigError, match="ff_chunk_size must be 0"):
+        ReformerConfig(ff_chunk_size=-1)
+
+
 def test_axial_positions_factor_and_errors():
     cfg = ReformerConfig(max_seq_len=65536)
     assert cfg.axial == (256, 256)
