@@ -161,9 +161,15 @@ class _Dist:
             for p in model.parameters():
                 torch.distributed.broadcast(p.data, 0)
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
         if self.started_here:
-            torch.distributed.destroy_process_group()
+            try:
+                if finished:  # every rank arrives before any tears the group down: a rank that
+                    # destroyed its gloo group while a peer still used it could end the peer with
+                    # std::terminate at exit (seen once in 8 two-process runs)
+                    torch.distributed.barrier()
+            finally:
+                torch.distributed.destroy_process_group()
 
 
 class _StopFlag:
@@ -327,9 +333,12 @@ def pretrain(fasta: Sequence[str | Path], config: RunConfig, out_dir: str | Path
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     dist = _Dist(device.type)
     try:
-        return _train(fasta, config, run, files, resume, device, dist, tokenizer, progress, echo, t_start, on_step)
-    finally:
-        dist.close()
+        result = _train(fasta, config, run, files, resume, device, dist, tokenizer, progress, echo, t_start, on_step)
+    except BaseException:
+        dist.close()  # no barrier: the other ranks may never get there
+        raise
+    dist.close(finished=True)
+    return result
 
 
 def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, device: torch.device, dist: _Dist,
