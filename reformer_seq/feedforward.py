@@ -14,7 +14,7 @@ import torch
 # ``chunk_size=0`` (auto). Below 2**24 elements (64K tokens at dim 64 and less) 4096-position
 # chunks keep the hidden buffers small enough for the allocator to reuse: ~100 MB less peak
 # memory at 64K tokens. Long inputs return freed buffers to the OS (heap.py); there 16384 means
-# fewer, larger buffers and less memory (1M tokens: 3.73 vs 3.94 GB with 4096).
+# fewer, larger buffers and less memory (1M tokens: 3.64 vs 3.84 GiB peak with 4096).
 AUTO_SHORT, AUTO_LONG, AUTO_LONG_ELEMS = 4096, 16384, 1 << 24
 
 
