@@ -187,7 +187,8 @@ typedef struct {
     int64_t r, g;
     const int32_t *pm;                /* (L) sorted -> original position, NULL for identity */
     const int32_t *bk;                /* (L) buckets in sorted order */
-    float *qs, *ks, *vs;              /* (L, D) gathered */
+    float *qs, *ks, *vs;              /* (L, D) gathered; ks only for given keys */
+    float *invn;                      /* (L) shared-QK: 1 / |q| of each row (the key is q * invn) */
     int32_t *us;                      /* (R, L) other rounds' window keys, gathered */
     float *os, *ls;                   /* forward results (L, D), (L); backward: dout (L, D), lse (L) */
     float *dl;                        /* backward: delta (L) */
@@ -352,9 +353,11 @@ INLINE void chunk_load(chunk_t *w, const round_t *x, int64_t ch, int with_values
         const int64_t sk = w->s0 + j;
         const int in = sk >= 0 && sk < L;
         w->bw[j] = in ? x->bk[sk] : -1;
-        const float *krow = in ? x->ks + sk * D : NULL;
+        /* the key: given, or (shared-QK) the query scaled to unit length */
+        const float *krow = in ? (t->k ? x->ks + sk * D : x->qs + sk * D) : NULL;
+        const float sc = (in && !t->k) ? x->invn[sk] : 1.f;
         for (int64_t d = 0; d < D; d++) {
-            w->kt[d * KP + j] = in ? krow[d] : 0.f;
+            w->kt[d * KP + j] = in ? krow[d] * sc : 0.f;
             if (with_values) w->vt[d * KP + j] = in ? x->vs[sk * D + d] : 0.f;
         }
         if (t->R > 1)
@@ -416,13 +419,8 @@ INLINE void gather_impl(round_t *x, int64_t begin, int64_t end, const int64_t D)
             }
         }
         copy_row(x->qs + s * D, t->q + ro, D);
-        if (t->k) {
-            copy_row(x->ks + s * D, t->k + ro, D);
-        } else {  /* shared-QK: the key is the query scaled to unit length */
-            const float *qr = x->qs + s * D;
-            const float sc = inv_norm(qr, D);
-            for (int64_t d = 0; d < D; d++) x->ks[s * D + d] = qr[d] * sc;
-        }
+        if (t->k) copy_row(x->ks + s * D, t->k + ro, D);
+        else x->invn[s] = inv_norm(x->qs + s * D, D);  /* shared-QK: the key is q / |q| */
         copy_row(x->vs + s * D, t->v + ro, D);
         if (t->R > 1) {
             const int32_t *up = t->ut + gi * t->R;
@@ -502,7 +500,8 @@ static size_t layout_round(round_t *x, char *base, int backward) {
     size_t cur = 0;
     x->qs = (float *)carve(base, &cur, L * D * F);
     x->vs = (float *)carve(base, &cur, L * D * F);
-    x->ks = (float *)carve(base, &cur, L * D * F);  /* given keys, or (shared-QK) the normalised queries */
+    if (t->k) x->ks = (float *)carve(base, &cur, L * D * F);  /* given keys */
+    else x->invn = (float *)carve(base, &cur, L * F);         /* shared-QK: 1 / |q| per row */
     x->os = (float *)carve(base, &cur, L * D * F);
     x->ls = (float *)carve(base, &cur, L * F);
     x->us = (int32_t *)carve(base, &cur, sizeof(int32_t) * L * (size_t)(t->R > 1 ? t->R : 1));
@@ -704,7 +703,8 @@ INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t
                         const int64_t jj = j + __builtin_ctz(bits), sk = w.s0 + w.j0[a] + jj;
                         bits &= bits - 1;
                         axpy(x->dvs + sk * D, row[jj], dorow, D);
-                        acc_axpy(acc, ds[jj], x->ks + sk * D, D);
+                        if (t->k) acc_axpy(acc, ds[jj], x->ks + sk * D, D);
+                        else acc_axpy(acc, ds[jj] * x->invn[sk], x->qs + sk * D, D);
                         axpy(x->dks + sk * D, ds[jj], qrow, D);
                     }
                 }
@@ -719,7 +719,8 @@ INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t
                     const int64_t jj = j + __builtin_ctz(bits), sk = w.s0 + w.j0[a] + jj;
                     bits &= bits - 1;
                     axpy(x->dvs + sk * D, row[jj], dorow, D);
-                    axpy(dqt, ds[jj], x->ks + sk * D, D);
+                    if (t->k) axpy(dqt, ds[jj], x->ks + sk * D, D);
+                    else axpy(dqt, ds[jj] * x->invn[sk], x->qs + sk * D, D);
                     axpy(x->dks + sk * D, ds[jj], qrow, D);
                 }
             }
