@@ -57,7 +57,8 @@ LABELS = {
 
 # The shared small config (issue 7).
 VOCAB, DIM, DEPTH, HEADS, HEAD_DIM, FF_MULT = 16, 64, 2, 4, 16, 4
-THP_MIN_ELEMS = 1 << 24  # L * dim from which children run with THP_MEM_ALLOC_ENABLE=1 (256K tokens)
+THP_MIN_ELEMS = 1 << 24  # L * dim from which children run with THP_MEM_ALLOC_ENABLE=1: the library's
+# long-input rule (reformer_seq.heap.LONG_INPUT_ELEMS); the parent does not import the library
 BUCKET, N_HASHES = 16, 4
 FF_CHUNK = 16384  # positions per feed-forward chunk (seqformer's default ff_chunk_size)
 

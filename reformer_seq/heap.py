@@ -17,6 +17,9 @@ import ctypes.util
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+# B * L * dim from which an input counts as long (256K tokens at dim 64): the model switches the
+# heap thresholds, recomputes its final norm, and the feed-forward takes larger chunks
+LONG_INPUT_ELEMS = 1 << 24
 _done = False
 
 

@@ -18,10 +18,10 @@ from .attention import SelfAttention
 from .axial_positions import AxialPositionalEncoding
 from .config import ReformerConfig
 from .feedforward import FeedForward
-from .heap import limit_heap_fragmentation
+from .heap import LONG_INPUT_ELEMS, limit_heap_fragmentation
 from .reversible import ReversibleBlock, run_blocks
 
-HEAD_CHECKPOINT_ELEMS = 1 << 24  # (B, L, dim) sizes from which the final norm is recomputed
+HEAD_CHECKPOINT_ELEMS = LONG_INPUT_ELEMS  # (B, L, dim) sizes from which the final norm is recomputed
 
 
 class CausalConv(nn.Module):
