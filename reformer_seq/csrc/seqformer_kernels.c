@@ -410,7 +410,7 @@ INLINE void gather_impl(round_t *x, int64_t begin, int64_t end, const int64_t D)
         if (x->pm && s + PREFETCH < end) {  /* random rows: ask for them early */
             const int64_t ahead = rb + x->pm[s + PREFETCH] * rs;
             __builtin_prefetch(t->q + ahead);
-            __builtin_prefetch(t->k + ahead);
+            if (t->k) __builtin_prefetch(t->k + ahead);
             __builtin_prefetch(t->v + ahead);
             if (t->R > 1) __builtin_prefetch(t->ut + (g * L + x->pm[s + PREFETCH]) * t->R);
             if (x->src_o) {
