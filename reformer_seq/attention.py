@@ -73,7 +73,7 @@ class SelfAttention(nn.Module):
         B, L, _ = h.shape
         chunk = {"lsh": self.bucket_size, "local": self.local_window}.get(self.kind, 1)
         Lp = math.ceil(L / chunk) * chunk
-        real_p = None
+        real_p, shared_qk = None, None
         if self.kind != "full":
             real_p = torch.ones(B, L, dtype=torch.bool, device=h.device) if real is None else real
             real_p = F.pad(real_p, (0, Lp - L), value=False)  # (B, Lp)
@@ -86,10 +86,13 @@ class SelfAttention(nn.Module):
             lay = cache.get("layout") if cache is not None else None
             if lay is None:
                 with torch.no_grad():
-                    q = self._rows(F.linear(h.detach(), self.to_qk.weight), Lp)  # (B, Lp, H, D)
-                    lay = lsh_layout(q.transpose(1, 2), real_p, bits, rot, self.n_hashes, self.bucket_size,
-                                     self.causal)
-                    del q
+                    qk = F.linear(h.detach(), self.to_qk.weight)  # (B, L, H*D)
+                    lay = lsh_layout(self._rows(qk, Lp).transpose(1, 2), real_p, bits, rot, self.n_hashes,
+                                     self.bucket_size, self.causal)
+                # without autograd and with one head group, attend() reuses this projection
+                if not torch.is_grad_enabled() and len(self.head_groups(B, Lp)) == 1:
+                    shared_qk = qk
+                del qk
                 if cache is not None:
                     cache["layout"] = lay
         elif self.kind == "local":
@@ -97,7 +100,7 @@ class SelfAttention(nn.Module):
         mask = None
         if self.training and self.drop.p > 0:  # dropout on the layer's output, one mask for all heads
             mask = torch.rand(B, L, self.to_out.out_features, device=h.device) >= self.drop.p
-        return {"L": L, "Lp": Lp, "real": real, "real_p": real_p, "layout": lay, "mask": mask}
+        return {"L": L, "Lp": Lp, "real": real, "real_p": real_p, "layout": lay, "mask": mask, "qk": shared_qk}
 
     def head_groups(self, B: int, Lp: int) -> list[slice]:
         """Heads attended together: all of them, unless one head's (B, Lp, D) tensors are large;
@@ -112,7 +115,8 @@ class SelfAttention(nn.Module):
         B, L = h.shape[0], plan["L"]
         D = self.dim_head
         rows = slice(heads.start * D, heads.stop * D)
-        qk = F.linear(h, self.to_qk.weight[rows])  # (B, L, hg*D)
+        reuse = plan.get("qk") is not None and heads == slice(0, self.heads) and not torch.is_grad_enabled()
+        qk = plan["qk"] if reuse else F.linear(h, self.to_qk.weight[rows])  # (B, L, hg*D)
         v = F.linear(h, self.to_v.weight[rows])
         if self.kind == "full":
             q = qk.view(B, L, -1, D).transpose(1, 2)  # (B, hg, L, D)
