@@ -149,11 +149,11 @@ def backward(q, k, v, out, lse, dout, lay, scale) -> tuple[torch.Tensor, Optiona
     q, v, dout, lse = q.contiguous(), v.contiguous(), dout.contiguous(), lse.contiguous()
     k = None if k is None else k.contiguous()
     B, L, H, D = q.shape
-    delta = (dout * out).sum(-1).transpose(1, 2).reshape(B * H, L)  # (G, L) rowsum(dO * O)
-    dq, dv = torch.zeros_like(q), torch.zeros_like(v)
-    dk = None if k is None else torch.zeros_like(k)
+    out = out.contiguous()
+    dq, dv = torch.empty_like(q), torch.empty_like(v)  # every row is written (round 0 stores)
+    dk = None if k is None else torch.empty_like(k)
     args, keep = _args(q, k, v, lay, scale)
-    library().seq_attn_backward(*args, lse.data_ptr(), delta.data_ptr(), dout.data_ptr(), dq.data_ptr(),
+    library().seq_attn_backward(*args, lse.data_ptr(), out.data_ptr(), dout.data_ptr(), dq.data_ptr(),
                                 _ptr(dk), dv.data_ptr(), torch.get_num_threads())
     del keep
     return dq, dk, dv

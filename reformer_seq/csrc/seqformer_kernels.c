@@ -26,8 +26,8 @@
  * the fly, and the key gradient is chained into dq (dk is then NULL too).
  *
  * Letters: B batch, H heads, G = B x H, L = padded length, D = head width, R = rounds,
- * C = chunk length. Tensors are float32 / int32, contiguous: q, k, v, out, dq, dk, dv
- * (B, L, H, D) (the projections' own layout, so no transposes); lse, delta (G, L);
+ * C = chunk length. Tensors are float32 / int32, contiguous: q, k, v, out, dout, dq, dk, dv
+ * (B, L, H, D) (the projections' own layout, so no transposes); lse (G, L);
  * perm (R, G, L) (NULL: identity), buckets (R, G, L), u (R, G, L) (NULL when R == 1);
  * row g = b * H + h.
  */
@@ -196,8 +196,7 @@ typedef struct {
                                        * over os, row by row, as each query finishes */
     char *block;                      /* the buffers above, carved from one block */
     int owned;                        /* the block is the arena (else our own) */
-    /* sources of the gather */
-    const float *src_o, *src_l, *src_d;
+    const float *src_o;               /* backward: the output gradient, gathered into os */
 } round_t;
 
 /* copy one row of D floats */
@@ -752,11 +751,16 @@ static void scatter_range(void *arg, int64_t begin, int64_t end) {
             __builtin_prefetch(c->dk + ahead, 1);
             __builtin_prefetch(c->dv + ahead, 1);
         }
-        axpy(c->dv + ro, 1.f, x->dvs + s * D, D);
-        axpy(c->dq + ro, 1.f, x->os + s * D, D);  /* the query's dq (stored over its dout row) */
-        if (c->dk) {
-            axpy(c->dk + ro, 1.f, x->dks + s * D, D);
-        } else {  /* keys are q / |q|: chain the key gradient into dq */
+        if (x->r == 0) {  /* the first round stores: every position is visited once per round */
+            copy_row(c->dv + ro, x->dvs + s * D, D);
+            copy_row(c->dq + ro, x->os + s * D, D);
+            if (c->dk) copy_row(c->dk + ro, x->dks + s * D, D);
+        } else {
+            axpy(c->dv + ro, 1.f, x->dvs + s * D, D);
+            axpy(c->dq + ro, 1.f, x->os + s * D, D);  /* the query's dq (stored over its dout row) */
+            if (c->dk) axpy(c->dk + ro, 1.f, x->dks + s * D, D);
+        }
+        if (!c->dk) {  /* keys are q / |q|: chain the key gradient into dq */
             const float *q = x->qs + s * D, *g = x->dks + s * D;
             const float n = sqrtf(dot(q, q, D));
             if (n > 1e-12f) {
@@ -779,10 +783,24 @@ static void self_bwd_range(void *arg, int64_t begin, int64_t end) {
         }
 }
 
+/* ld (G, L, 2): each row's lse beside its delta = rowsum(dout * out) */
+typedef struct { layout_t *t; const float *lse, *out, *dout; } ld_ctx;
+
+static void ld_range(void *arg, int64_t begin, int64_t end) {
+    const ld_ctx *c = (const ld_ctx *)arg;
+    const layout_t *t = c->t;
+    for (int64_t gi = begin; gi < end; gi++) {
+        const int64_t ro = roff(t, gi / t->L, gi % t->L);
+        t->ld[2 * gi] = c->lse[gi];
+        t->ld[2 * gi + 1] = dot(c->dout + ro, c->out + ro, t->D);
+    }
+}
+
+/* dq, dk, dv need no initialisation: round 0 visits every position of every g and stores. */
 void seq_attn_backward(const float *q, const float *k, const float *v, const int32_t *perm, const int32_t *buckets,
                        const int32_t *u, int64_t R, int64_t G, int64_t H, int64_t L, int64_t D, int64_t C,
                        int64_t back, int64_t fwd, int64_t band_lo, int64_t band_hi, int64_t lo, int64_t hi,
-                       int self_fallback, float scale, const float *lse, const float *delta, const float *dout,
+                       int self_fallback, float scale, const float *lse, const float *out, const float *dout,
                        float *dq, float *dk, float *dv, int n_threads) {
     layout_t t;
     init_layout(&t, q, k, v, perm, buckets, u, R, G, H, L, D, C, back, fwd, band_lo, band_hi, lo, hi, self_fallback,
@@ -793,15 +811,11 @@ void seq_attn_backward(const float *q, const float *k, const float *v, const int
         parallel_for(G * L, n_threads, transpose_u_range, &t);
     }
     t.ld = alloc_f(2 * G * L);
-    for (int64_t gi = 0; gi < G * L; gi++) {
-        t.ld[2 * gi] = lse[gi];
-        t.ld[2 * gi + 1] = delta[gi];
-    }
+    ld_ctx lc = {&t, lse, out, dout};
+    parallel_for(G * L, n_threads, ld_range, &lc);
     round_t x;
     alloc_round(&x, &t, 1);
     x.src_o = dout;
-    x.src_l = lse;
-    x.src_d = delta;
     for (int64_t r = 0; r < R; r++) {
         for (int64_t g = 0; g < G; g++) {
             setup_round(&x, r, g, n_threads);
