@@ -602,10 +602,11 @@ static void merge_range(void *arg, int64_t begin, int64_t end) {
             copy_row(o, orow, D);
             *l = blse;
         } else if (blse > -INFINITY) {
-            const float prev = *l, mx = prev > blse ? prev : blse;
-            const float nl = mx + logf(expf(prev - mx) + expf(blse - mx));
-            blend(o, expf(prev - nl), orow, expf(blse - nl), D);
-            *l = nl;
+            /* one exp and one log: w = e^-|prev - blse| <= 1 weighs the smaller side */
+            const float prev = *l, w = expf(-fabsf(prev - blse)), inv = 1.f / (1.f + w);
+            if (prev >= blse) blend(o, inv, orow, w * inv, D);
+            else blend(o, w * inv, orow, inv, D);
+            *l = (prev >= blse ? prev : blse) + log1pf(w);
         }
     }
 }
