@@ -98,16 +98,33 @@ static void parallel_for(int64_t n, int n_threads, range_fn fn, void *ctx) {
         default: IMPL(__VA_ARGS__, D); break;                       \
     }
 
-/* 8-wide vectors (GCC/Clang vector extensions); loads and stores through memcpy need no alignment. */
+/* 16- and 8-wide vectors (GCC/Clang vector extensions); loads and stores through memcpy need no
+ * alignment. Rows of D floats (D a multiple of 8) go 16 at a time with an 8-wide tail, so a row
+ * of 16 (the small config's head width) is one AVX-512 register. */
 typedef float v8f __attribute__((vector_size(32)));
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
 INLINE v8f ld8(const float *p) { v8f v; memcpy(&v, p, sizeof(v)); return v; }
 INLINE void st8(float *p, v8f v) { memcpy(p, &v, sizeof(v)); }
+INLINE v16f ld16(const float *p) { v16f v; memcpy(&v, p, sizeof(v)); return v; }
+INLINE v16i ld16i(const int32_t *p) { v16i v; memcpy(&v, p, sizeof(v)); return v; }
+INLINE void st16(float *p, v16f v) { memcpy(p, &v, sizeof(v)); }
+INLINE v8f splat8(float a) { return (v8f){a, a, a, a, a, a, a, a}; }
+INLINE v16f splat(float a) { return (v16f){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
+INLINE v16i splati(int32_t a) { return (v16i){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
+INLINE float hsum8(v8f v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 
 INLINE float dot(const float *a, const float *b, const int64_t D) {
     if (D % 8 == 0) {
-        v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (int64_t d = 0; d < D; d += 8) acc += ld8(a + d) * ld8(b + d);
-        return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        v8f acc = splat8(0.f);
+        int64_t d = 0;
+        for (; d + 16 <= D; d += 16) {
+            const v16f p = ld16(a + d) * ld16(b + d);
+            acc += __builtin_shufflevector(p, p, 0, 1, 2, 3, 4, 5, 6, 7)
+                 + __builtin_shufflevector(p, p, 8, 9, 10, 11, 12, 13, 14, 15);
+        }
+        if (d < D) acc += ld8(a + d) * ld8(b + d);
+        return hsum8(acc);
     }
     float s = 0.f;
     for (int64_t d = 0; d < D; d++) s += a[d] * b[d];
@@ -117,8 +134,9 @@ INLINE float dot(const float *a, const float *b, const int64_t D) {
 /* y += a * x over D floats */
 INLINE void axpy(float *y, const float a, const float *x, const int64_t D) {
     if (D % 8 == 0) {
-        const v8f av = {a, a, a, a, a, a, a, a};
-        for (int64_t d = 0; d < D; d += 8) st8(y + d, ld8(y + d) + av * ld8(x + d));
+        int64_t d = 0;
+        for (; d + 16 <= D; d += 16) st16(y + d, ld16(y + d) + splat(a) * ld16(x + d));
+        if (d < D) st8(y + d, ld8(y + d) + splat8(a) * ld8(x + d));
         return;
     }
     for (int64_t d = 0; d < D; d++) y[d] += a * x[d];
@@ -128,16 +146,19 @@ INLINE void axpy(float *y, const float a, const float *x, const int64_t D) {
  * updates of one query's output or gradient row then never go through memory, where each
  * read-modify-write would wait on the previous store. */
 #define MAXV 8
-INLINE v8f splat8(float a) { return (v8f){a, a, a, a, a, a, a, a}; }
+typedef struct { v16f a[MAXV / 2]; v8f tail; } acc_t;
 INLINE int acc_ok(const int64_t D) { return D % 8 == 0 && D <= 8 * MAXV; }
-INLINE void acc_zero(v8f *acc, const int64_t D) { for (int64_t i = 0; i < D / 8; i++) acc[i] = splat8(0.f); }
-INLINE void acc_axpy(v8f *acc, const float a, const float *x, const int64_t D) {
-    const v8f av = splat8(a);
-    for (int64_t i = 0; i < D / 8; i++) acc[i] += av * ld8(x + 8 * i);
+INLINE void acc_zero(acc_t *acc, const int64_t D) {
+    for (int64_t i = 0; i < D / 16; i++) acc->a[i] = splat(0.f);
+    acc->tail = splat8(0.f);
 }
-INLINE void acc_store(float *y, const v8f *acc, const float scale, const int64_t D) {
-    const v8f sv = splat8(scale);
-    for (int64_t i = 0; i < D / 8; i++) st8(y + 8 * i, acc[i] * sv);
+INLINE void acc_axpy(acc_t *acc, const float a, const float *x, const int64_t D) {
+    for (int64_t i = 0; i < D / 16; i++) acc->a[i] += splat(a) * ld16(x + 16 * i);
+    if (D % 16) acc->tail += splat8(a) * ld8(x + D - 8);
+}
+INLINE void acc_store(float *y, const acc_t *acc, const float scale, const int64_t D) {
+    for (int64_t i = 0; i < D / 16; i++) st16(y + 16 * i, acc->a[i] * splat(scale));
+    if (D % 16) st8(y + D - 8, acc->tail * splat8(scale));
 }
 
 /* y = y * a + x * b over D floats */
@@ -202,7 +223,9 @@ typedef struct {
 /* copy one row of D floats */
 INLINE void copy_row(float *dst, const float *src, const int64_t D) {
     if (D % 8 == 0) {
-        for (int64_t d = 0; d < D; d += 8) st8(dst + d, ld8(src + d));
+        int64_t d = 0;
+        for (; d + 16 <= D; d += 16) st16(dst + d, ld16(src + d));
+        if (d < D) st8(dst + d, ld8(src + d));
         return;
     }
     memcpy(dst, src, sizeof(float) * D);
@@ -230,13 +253,6 @@ static float *alloc_f(int64_t n) { return (float *)alloc_bytes(sizeof(float) * (
  * static band admits, j0[a] .. j0[a] + QW - 1 (QW a multiple of 16; for causal LSH, QW = C =
  * 16: one vector, half the window); its logits are D broadcast-multiply-adds of 16-wide
  * vectors over that span. KP has QW slots of zero slack past the window for those loads. */
-typedef float v16f __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-INLINE v16f ld16(const float *p) { v16f v; memcpy(&v, p, sizeof(v)); return v; }
-INLINE v16i ld16i(const int32_t *p) { v16i v; memcpy(&v, p, sizeof(v)); return v; }
-INLINE void st16(float *p, v16f v) { memcpy(p, &v, sizeof(v)); }
-INLINE v16f splat(float a) { return (v16f){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
-INLINE v16i splati(int32_t a) { return (v16i){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
 INLINE v16f vsel(v16i m, v16f a, v16f b) { return (v16f)(((v16i)a & m) | ((v16i)b & ~m)); }
 /* bit i set where lane i is nonzero (AVX-512: one compare into a mask register; otherwise the
  * compiler's lane-by-lane extraction) */
@@ -554,17 +570,17 @@ INLINE void fwd_impl(const round_t *x, int64_t begin, int64_t end, const int64_t
             const float inv = 1.f / total;
             /* only the visible slots (p > 0), found through a bit mask per 16 slots */
             if (acc_ok(D)) {
-                v8f acc[MAXV];
-                acc_zero(acc, D);
+                acc_t acc;
+                acc_zero(&acc, D);
                 for (int64_t j = 0; j < QW; j += 16) {
                     uint32_t bits = nonzero_mask(ld16(row + j));
                     while (bits) {
                         const int64_t jj = j + __builtin_ctz(bits);
                         bits &= bits - 1;
-                        acc_axpy(acc, row[jj], x->vs + (w.s0 + w.j0[a] + jj) * D, D);
+                        acc_axpy(&acc, row[jj], x->vs + (w.s0 + w.j0[a] + jj) * D, D);
                     }
                 }
-                acc_store(orow, acc, inv, D);
+                acc_store(orow, &acc, inv, D);
                 continue;
             }
             for (int64_t j = 0; j < QW; j += 16) {
@@ -695,20 +711,20 @@ INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t
              * above); the scatter pass adds it at the original row */
             float *dqrow = x->os + sq * D;
             if (acc_ok(D)) {
-                v8f acc[MAXV];
-                acc_zero(acc, D);
+                acc_t acc;
+                acc_zero(&acc, D);
                 for (int64_t j = 0; j < QW; j += 16) {
                     uint32_t bits = nonzero_mask(ld16(row + j));
                     while (bits) {
                         const int64_t jj = j + __builtin_ctz(bits), sk = w.s0 + w.j0[a] + jj;
                         bits &= bits - 1;
                         axpy(x->dvs + sk * D, row[jj], dorow, D);
-                        if (t->k) acc_axpy(acc, ds[jj], x->ks + sk * D, D);
-                        else acc_axpy(acc, ds[jj] * x->invn[sk], x->qs + sk * D, D);
+                        if (t->k) acc_axpy(&acc, ds[jj], x->ks + sk * D, D);
+                        else acc_axpy(&acc, ds[jj] * x->invn[sk], x->qs + sk * D, D);
                         axpy(x->dks + sk * D, ds[jj], qrow, D);
                     }
                 }
-                acc_store(dqrow, acc, 1.f, D);
+                acc_store(dqrow, &acc, 1.f, D);
                 continue;
             }
             float dqt[D];  /* any other D: summed here first, since dqrow is dorow */
