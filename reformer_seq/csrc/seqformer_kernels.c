@@ -359,25 +359,79 @@ INLINE float inv_norm(const float *x, const int64_t D) {
     return 1.f / (n > 1e-12f ? n : 1e-12f);
 }
 
-/* Fill the window of chunk ch from the round's sorted copies. */
+#ifdef __AVX512F__
+/* dst[i * ldd + j] = src[j * lds + i] * (scale ? scale[j] : 1) for i, j < 16: a 16 x 16 block of
+ * rows turned into columns with 64 shuffles (unpack, then 128-bit lane shuffles). */
+INLINE void transpose16(const float *src, int64_t lds, const float *scale, float *dst, int64_t ldd) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) {
+        r[i] = _mm512_loadu_ps(src + lds * i);
+        if (scale) r[i] = _mm512_mul_ps(r[i], _mm512_set1_ps(scale[i]));
+    }
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    }
+    for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + ldd * i, r[i]);
+}
+#define HAVE_TRANSPOSE16 1
+#else
+#define HAVE_TRANSPOSE16 0
+INLINE void transpose16(const float *src, int64_t lds, const float *scale, float *dst, int64_t ldd) {
+    (void)src; (void)lds; (void)scale; (void)dst; (void)ldd;
+}
+#endif
+
+/* Fill the window of chunk ch from the round's sorted copies, 16 slots at a time: blocks that
+ * lie inside [0, L) are transposed in registers (D a multiple of 16), the rest slot by slot. */
 INLINE void chunk_load(chunk_t *w, const round_t *x, int64_t ch, int with_values, const int64_t D) {
     const layout_t *t = x->t;
     const int64_t L = t->L, KP = w->KP, K = window_len(t);
+    const float *kbase = t->k ? x->ks : x->qs, *ksc = t->k ? NULL : x->invn;  /* shared-QK: q / |q| */
     w->s0 = (ch - t->back) * t->C;
-    for (int64_t j = 0; j < K; j++) {  /* slots K .. KP-1 keep their zeros and -1 buckets */
-        const int64_t sk = w->s0 + j;
-        const int in = sk >= 0 && sk < L;
-        w->bw[j] = in ? x->bk[sk] : -1;
-        /* the key: given, or (shared-QK) the query scaled to unit length */
-        const float *krow = in ? (t->k ? x->ks + sk * D : x->qs + sk * D) : NULL;
-        const float sc = (in && !t->k) ? x->invn[sk] : 1.f;
-        for (int64_t d = 0; d < D; d++) {
-            w->kt[d * KP + j] = in ? krow[d] * sc : 0.f;
-            if (with_values) w->vt[d * KP + j] = in ? x->vs[sk * D + d] : 0.f;
+    for (int64_t jb = 0; jb < K; jb += 16) {  /* slots K .. KP-1 keep their zeros and -1 buckets */
+        const int64_t sb = w->s0 + jb;
+        if (HAVE_TRANSPOSE16 && D % 16 == 0 && jb + 16 <= K && sb >= 0 && sb + 16 <= L) {
+            for (int64_t db = 0; db < D; db += 16) {
+                transpose16(kbase + sb * D + db, D, ksc ? ksc + sb : NULL, w->kt + db * KP + jb, KP);
+                if (with_values) transpose16(x->vs + sb * D + db, D, NULL, w->vt + db * KP + jb, KP);
+            }
+            memcpy(w->bw + jb, x->bk + sb, sizeof(int32_t) * 16);
+            if (t->R > 1)
+                for (int64_t r2 = 0; r2 < t->R; r2++)
+                    if (r2 != x->r) memcpy(w->uw + r2 * KP + jb, x->us + r2 * L + sb, sizeof(int32_t) * 16);
+            continue;
         }
-        if (t->R > 1)
-            for (int64_t r2 = 0; r2 < t->R; r2++)
-                if (r2 != x->r) w->uw[r2 * KP + j] = in ? x->us[r2 * L + sk] : 0;
+        for (int64_t j = jb; j < K && j < jb + 16; j++) {
+            const int64_t sk = w->s0 + j;
+            const int in = sk >= 0 && sk < L;
+            w->bw[j] = in ? x->bk[sk] : -1;
+            const float *krow = in ? kbase + sk * D : NULL;
+            const float sc = (in && ksc) ? ksc[sk] : 1.f;
+            for (int64_t d = 0; d < D; d++) {
+                w->kt[d * KP + j] = in ? krow[d] * sc : 0.f;
+                if (with_values) w->vt[d * KP + j] = in ? x->vs[sk * D + d] : 0.f;
+            }
+            if (t->R > 1)
+                for (int64_t r2 = 0; r2 < t->R; r2++)
+                    if (r2 != x->r) w->uw[r2 * KP + j] = in ? x->us[r2 * L + sk] : 0;
+        }
     }
 }
 
