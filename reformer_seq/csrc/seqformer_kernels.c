@@ -819,7 +819,7 @@ static void scatter_range(void *arg, int64_t begin, int64_t end) {
         if (x->pm && s + PREFETCH < end) {
             const int64_t ahead = rb + x->pm[s + PREFETCH] * rs;
             __builtin_prefetch(c->dq + ahead, 1);
-            __builtin_prefetch(c->dk + ahead, 1);
+            if (c->dk) __builtin_prefetch(c->dk + ahead, 1);
             __builtin_prefetch(c->dv + ahead, 1);
         }
         if (x->r == 0) {  /* the first round stores: every position is visited once per round */
