@@ -85,6 +85,33 @@ static void parallel_for(int64_t n, int n_threads, range_fn fn, void *ctx) {
     }
 }
 
+/* The same, but threads take blocks of `grain` indices from a shared counter as they finish, so
+ * that work of uneven cost (chunks whose buckets differ in size) and a thread that the OS
+ * pauses do not leave the other threads idle at the end. */
+typedef struct { range_fn fn; void *ctx; int64_t n, grain; int64_t next; } dyn_t;
+
+static void dyn_body(void *arg, int64_t begin, int64_t end) {
+    (void)begin; (void)end;
+    dyn_t *d = (dyn_t *)arg;
+    for (;;) {
+        const int64_t a = __atomic_fetch_add(&d->next, d->grain, __ATOMIC_RELAXED);
+        if (a >= d->n) return;
+        d->fn(d->ctx, a, a + d->grain < d->n ? a + d->grain : d->n);
+    }
+}
+
+static void parallel_for_dynamic(int64_t n, int n_threads, int64_t grain, range_fn fn, void *ctx) {
+    if (n_threads < 1) n_threads = 1;
+    if (grain < 1) grain = 1;
+    const int64_t blocks = (n + grain - 1) / grain;
+    if (n_threads == 1 || blocks < 2) {
+        fn(ctx, 0, n);
+        return;
+    }
+    dyn_t d = {fn, ctx, n, grain, 0};
+    parallel_for(n_threads < blocks ? n_threads : blocks, n_threads, dyn_body, &d);
+}
+
 #define INLINE static inline __attribute__((always_inline))
 
 /* Call IMPL(args..., D) with D a compile-time constant for the common head widths, so the
@@ -169,6 +196,7 @@ INLINE void blend(float *y, const float a, const float *x, const float b, const 
 static int64_t window_len(const layout_t *t) { return (t->back + 1 + t->fwd) * t->C; }
 
 #define PREFETCH 12  /* rows ahead to prefetch in gathers and scatters */
+#define DYN_GRAIN 32  /* chunks a thread takes at a time in the attention loops */
 
 /* offset of row (g, i) of a (B, L, H, D) tensor */
 /* roff(t, g, i) = rbase(t, g) + i * H * D: loops over rows hoist the division out */
@@ -507,6 +535,10 @@ INLINE void gather_impl(round_t *x, int64_t begin, int64_t end, const int64_t D)
 static void gather_range(void *arg, int64_t begin, int64_t end) {
     round_t *x = (round_t *)arg;
     DISPATCH_D(x->t->D, gather_impl, x, begin, end)
+    if (x->dks) {  /* backward: this range's key and value gradient rows start at zero */
+        memset(x->dks + begin * x->t->D, 0, sizeof(float) * (size_t)((end - begin) * x->t->D));
+        memset(x->dvs + begin * x->t->D, 0, sizeof(float) * (size_t)((end - begin) * x->t->D));
+    }
 }
 
 static void setup_round(round_t *x, int64_t r, int64_t g, int n_threads) {
@@ -890,11 +922,9 @@ void seq_attn_backward(const float *q, const float *k, const float *v, const int
     for (int64_t r = 0; r < R; r++) {
         for (int64_t g = 0; g < G; g++) {
             setup_round(&x, r, g, n_threads);
-            memset(x.dks, 0, sizeof(float) * L * D);
-            memset(x.dvs, 0, sizeof(float) * L * D);
             for (int64_t phase = 0; phase < P && phase < nC; phase++) {  /* disjoint windows per phase */
                 bwd_ctx c = {&x, phase, P, dq};
-                parallel_for((nC - phase + P - 1) / P, n_threads, bwd_range, &c);
+                parallel_for_dynamic((nC - phase + P - 1) / P, n_threads, DYN_GRAIN, bwd_range, &c);
             }
             scatter_ctx sc = {&x, dq, dk, dv};
             parallel_for(L, n_threads, scatter_range, &sc);
