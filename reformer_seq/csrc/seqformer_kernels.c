@@ -9,15 +9,16 @@
  * rounds whose window holds the pair (window keys u: lo <= u_q - u_k <= hi). Rounds merge by
  * log-sum-exp; a query that sees nothing in any round takes its own value.
  *
- * Unlike the dense reference, this visits only the visible pairs, one query at a time: no
- * (chunk x window) temporaries, linear time and memory in L. Work goes one (round, g) at a
- * time: keys, values and window keys are first copied into the round's sorted order (so each
- * window is contiguous memory), then chunks run in parallel; each position is one query per
- * round, so output rows never collide. A query computes logits only over the span of slots
- * its static band admits (for causal LSH: the C slots before it, one 16-wide vector), and
- * sums its output (or, backward, its dq) in registers. The backward accumulates key and
- * value gradients in sorted order, one residue class of chunks mod (back+1+fwd) at a time
- * (their windows are disjoint, so no two threads add into one row), stores each query's dq
+ * Unlike the dense reference, this works one chunk at a time with no (chunk x window)
+ * temporaries: linear time and memory in L. Work goes one (round, g) at a time: keys, values
+ * and window keys are first copied into the round's sorted order (so each window is contiguous
+ * memory), then chunks run in parallel; each position is one query per round, so output rows
+ * never collide. A query computes logits only over the span of slots its static band admits
+ * (for causal LSH: the C slots before it, one 16-wide vector), and sums its output (or,
+ * backward, its dq) over that span in registers. The backward then sums each window slot's key
+ * and value gradients over the queries that see it, in registers, and adds them to the slot's
+ * sorted-order row once per chunk, one residue class of chunks mod (back+1+fwd) at a time
+ * (their windows are disjoint, so no two threads add into one row); it stores each query's dq
  * over its own gathered output-gradient row, then adds all three back at original positions.
  * Threads: plain pthreads, so the library does not bring a second OpenMP runtime into a
  * process that already has torch's.
@@ -187,6 +188,10 @@ INLINE void acc_store(float *y, const acc_t *acc, const float scale, const int64
     for (int64_t i = 0; i < D / 16; i++) st16(y + 16 * i, acc->a[i] * splat(scale));
     if (D % 16) st8(y + D - 8, acc->tail * splat8(scale));
 }
+INLINE void acc_add_store(float *y, const acc_t *acc, const float scale, const int64_t D) {
+    for (int64_t i = 0; i < D / 16; i++) st16(y + 16 * i, ld16(y + 16 * i) + acc->a[i] * splat(scale));
+    if (D % 16) st8(y + D - 8, ld8(y + D - 8) + acc->tail * splat8(scale));
+}
 
 /* y = y * a + x * b over D floats */
 INLINE void blend(float *y, const float a, const float *x, const float b, const int64_t D) {
@@ -282,19 +287,6 @@ static float *alloc_f(int64_t n) { return (float *)alloc_bytes(sizeof(float) * (
  * 16: one vector, half the window); its logits are D broadcast-multiply-adds of 16-wide
  * vectors over that span. KP has QW slots of zero slack past the window for those loads. */
 INLINE v16f vsel(v16i m, v16f a, v16f b) { return (v16f)(((v16i)a & m) | ((v16i)b & ~m)); }
-/* bit i set where lane i is nonzero (AVX-512: one compare into a mask register; otherwise the
- * compiler's lane-by-lane extraction) */
-INLINE uint32_t nonzero_mask(v16f v) {
-#ifdef __AVX512F__
-    return (uint32_t)_mm512_cmp_ps_mask((__m512)v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
-#else
-    const v16i nz = v != splat(0.f);
-    uint32_t m = 0;
-    for (int i = 0; i < 16; i++) m |= (uint32_t)(nz[i] & 1) << i;
-    return m;
-#endif
-}
-
 INLINE float hmax16(v16f v) {
 #ifdef __AVX512F__
     return _mm512_reduce_max_ps((__m512)v);
@@ -341,6 +333,10 @@ typedef struct {
     int32_t *bw;           /* (KP) buckets of the window's slots, -1 outside [0, L) */
     int32_t *uw;           /* (R, KP) other rounds' window keys of the slots */
     int32_t *band;         /* (C, QW) -1 where the static band (and self rule) admits slot j0[a] + i */
+    int64_t *alo, *ahi;    /* (K) the queries a whose span j0[a] .. j0[a] + QW - 1 holds slot k: alo..ahi */
+    float *pm, *dsm;       /* backward: (C, QW) each query's probabilities and logit gradients */
+    float *dqb, *cf;       /* backward: (C, D) the chunk's dq rows; (2C) coefficients of one slot */
+    int diag;              /* j0[a] = j0[0] + a for every a */
 } chunk_t;
 
 /* does the static band (and the self rule) let query a of a chunk see window slot j? */
@@ -375,10 +371,54 @@ static void chunk_alloc(chunk_t *w, const layout_t *t) {
     w->band = (int32_t *)malloc(sizeof(int32_t) * C * QW);
     for (int64_t a = 0; a < C; a++)
         for (int64_t i = 0; i < QW; i++) w->band[a * QW + i] = band_ok(t, a, w->j0[a] + i) ? -1 : 0;
+    w->alo = (int64_t *)malloc(sizeof(int64_t) * K);
+    w->ahi = (int64_t *)malloc(sizeof(int64_t) * K);
+    for (int64_t k = 0; k < K; k++) {  /* j0 grows with a, so the queries are a contiguous range */
+        w->alo[k] = C;
+        w->ahi[k] = -1;
+        for (int64_t a = 0; a < C; a++)
+            if (w->j0[a] <= k && k < w->j0[a] + QW) {
+                if (w->alo[k] == C) w->alo[k] = a;
+                w->ahi[k] = a;
+            }
+    }
+    w->diag = 1;
+    for (int64_t a = 0; a < C; a++) w->diag &= w->j0[a] == w->j0[0] + a;
+    w->pm = alloc_f(C * QW);
+    w->dsm = alloc_f(C * QW);
+    w->dqb = alloc_f(C * t->D);
+    w->cf = alloc_f(2 * C);
 }
 
 static void chunk_free(chunk_t *w) {
     free(w->kt); free(w->vt); free(w->bw); free(w->uw); free(w->band); free(w->j0);
+    free(w->alo); free(w->ahi); free(w->pm); free(w->dsm); free(w->dqb); free(w->cf);
+}
+
+/* dst (D) = scale * sum_i coef[i * cs] * rs[i] * rows[i * D] over n consecutive rows (rs NULL: 1),
+ * or, with add, dst += that. Dense: the callers' coefficients are 0 where a pair is not visible,
+ * which is cheaper than finding the visible ones (about 12 of 16 slots are, in a causal LSH
+ * window). Two accumulators halve the FMA latency chain. */
+INLINE void combo(float *dst, const float *coef, int64_t cs, const float *rs, const float *rows, int64_t n,
+                  float scale, int add, const int64_t D) {
+    if (acc_ok(D)) {
+        acc_t a0, a1;
+        acc_zero(&a0, D);
+        acc_zero(&a1, D);
+        int64_t i = 0;
+        for (; i + 1 < n; i += 2) {
+            acc_axpy(&a0, rs ? coef[i * cs] * rs[i] : coef[i * cs], rows + i * D, D);
+            acc_axpy(&a1, rs ? coef[(i + 1) * cs] * rs[i + 1] : coef[(i + 1) * cs], rows + (i + 1) * D, D);
+        }
+        if (i < n) acc_axpy(&a0, rs ? coef[i * cs] * rs[i] : coef[i * cs], rows + i * D, D);
+        for (int64_t b = 0; b < D / 16; b++) a0.a[b] += a1.a[b];
+        a0.tail += a1.tail;
+        if (add) acc_add_store(dst, &a0, scale, D);
+        else acc_store(dst, &a0, scale, D);
+        return;
+    }
+    if (!add) memset(dst, 0, sizeof(float) * D);
+    for (int64_t i = 0; i < n; i++) axpy(dst, scale * (rs ? coef[i * cs] * rs[i] : coef[i * cs]), rows + i * D, D);
 }
 
 /* 1 / max(|x|, 1e-12), as F.normalize */
@@ -461,6 +501,14 @@ INLINE void chunk_load(chunk_t *w, const round_t *x, int64_t ch, int with_values
                     if (r2 != x->r) w->uw[r2 * KP + j] = in ? x->us[r2 * L + sk] : 0;
         }
     }
+}
+
+/* one past the last slot of query a's span (from sorted index base) inside both the window and [0, L) */
+INLINE int64_t span_end(const chunk_t *w, const layout_t *t, int64_t a, int64_t base) {
+    int64_t e = w->QW;
+    if (window_len(t) - w->j0[a] < e) e = window_len(t) - w->j0[a];
+    if (t->L - base < e) e = t->L - base;
+    return e;
 }
 
 /* Masked, duplicate-corrected logits of query sq (slot a of its chunk) against window slots
@@ -653,30 +701,10 @@ INLINE void fwd_impl(const round_t *x, int64_t begin, int64_t end, const int64_t
             }
             const float total = hsum16(sum);
             x->ls[sq] = m + logf(total);
-            const float inv = 1.f / total;
-            /* only the visible slots (p > 0), found through a bit mask per 16 slots */
-            if (acc_ok(D)) {
-                acc_t acc;
-                acc_zero(&acc, D);
-                for (int64_t j = 0; j < QW; j += 16) {
-                    uint32_t bits = nonzero_mask(ld16(row + j));
-                    while (bits) {
-                        const int64_t jj = j + __builtin_ctz(bits);
-                        bits &= bits - 1;
-                        acc_axpy(&acc, row[jj], x->vs + (w.s0 + w.j0[a] + jj) * D, D);
-                    }
-                }
-                acc_store(orow, &acc, inv, D);
-                continue;
-            }
-            for (int64_t j = 0; j < QW; j += 16) {
-                uint32_t bits = nonzero_mask(ld16(row + j));
-                while (bits) {
-                    const int64_t jj = j + __builtin_ctz(bits);
-                    bits &= bits - 1;
-                    axpy(orow, row[jj] * inv, x->vs + (w.s0 + w.j0[a] + jj) * D, D);
-                }
-            }
+            /* the in-range slots of the query's span; the others have p = 0 */
+            const int64_t base = w.s0 + w.j0[a];
+            const int64_t ilo = base < 0 ? -base : 0, ihi = span_end(&w, t, a, base);
+            combo(orow, row + ilo, 1, NULL, x->vs + (base + ilo) * D, ihi - ilo, 1.f / total, 0, D);
         }
     }
     free(row);
@@ -758,25 +786,30 @@ void seq_attn_forward(const float *q, const float *k, const float *v, const int3
 /* ---------------------------------------------------------------- backward */
 typedef struct { const round_t *x; int64_t phase, P; float *dq; } bwd_ctx;
 
+/* One chunk at a time: first each query's probabilities p and logit gradients ds over its span
+ * (kept in pm, dsm) and its dq; then each window slot's key and value gradients, summed in
+ * registers over the queries that see it and added to the slot's row once per chunk. */
 INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t D) {
     const round_t *x = c->x;
     const layout_t *t = x->t;
-    const int64_t C = t->C, P = c->P;
+    const int64_t C = t->C, P = c->P, L = t->L, K = window_len(t);
     chunk_t w;
     chunk_alloc(&w, t);
     const int64_t KP = w.KP, QW = w.QW;
-    float *row = alloc_f(QW), *ds = alloc_f(QW);
     for (int64_t task = begin; task < end; task++) {
         const int64_t ch = c->phase + task * P;
         chunk_load(&w, x, ch, 1, D);
         for (int64_t a = 0; a < C; a++) {
             const int64_t sq = ch * C + a;
             const float lq = x->ls[sq];
+            float *row = w.pm + a * QW, *ds = w.dsm + a * QW;
             if (lq == -INFINITY || chunk_logits(&w, x, sq, a, row, D) == -INFINITY) {
-                memset(x->os + sq * D, 0, sizeof(float) * D);  /* no dq from this round */
+                memset(row, 0, sizeof(float) * QW);  /* no gradient from this query this round */
+                memset(ds, 0, sizeof(float) * QW);
+                memset(w.dqb + a * D, 0, sizeof(float) * D);
                 continue;
             }
-            const float *qrow = x->qs + sq * D, *dorow = x->os + sq * D;
+            const float *dorow = x->os + sq * D;
             const v16f dl = splat(x->dl[sq]);
             const float *vt = w.vt + w.j0[a];  /* the query's span of the transposed values */
             for (int64_t j = 0; j < QW; j += 16) {
@@ -792,45 +825,35 @@ INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t
                 st16(row + j, p);
                 st16(ds + j, p * (dp - dl) * splat(t->scale));
             }
-            /* a query is one row per round: its gradient is summed in registers and stored in
-             * sorted order, over the query's own output-gradient row (read for the last time
-             * above); the scatter pass adds it at the original row */
-            float *dqrow = x->os + sq * D;
-            if (acc_ok(D)) {
-                acc_t acc;
-                acc_zero(&acc, D);
-                for (int64_t j = 0; j < QW; j += 16) {
-                    uint32_t bits = nonzero_mask(ld16(row + j));
-                    while (bits) {
-                        const int64_t jj = j + __builtin_ctz(bits), sk = w.s0 + w.j0[a] + jj;
-                        bits &= bits - 1;
-                        axpy(x->dvs + sk * D, row[jj], dorow, D);
-                        if (t->k) acc_axpy(&acc, ds[jj], x->ks + sk * D, D);
-                        else acc_axpy(&acc, ds[jj] * x->invn[sk], x->qs + sk * D, D);
-                        axpy(x->dks + sk * D, ds[jj], qrow, D);
-                    }
-                }
-                acc_store(dqrow, &acc, 1.f, D);
-                continue;
-            }
-            float dqt[D];  /* any other D: summed here first, since dqrow is dorow */
-            memset(dqt, 0, sizeof(dqt));
-            for (int64_t j = 0; j < QW; j += 16) {  /* only the visible slots */
-                uint32_t bits = nonzero_mask(ld16(row + j));
-                while (bits) {
-                    const int64_t jj = j + __builtin_ctz(bits), sk = w.s0 + w.j0[a] + jj;
-                    bits &= bits - 1;
-                    axpy(x->dvs + sk * D, row[jj], dorow, D);
-                    if (t->k) axpy(dqt, ds[jj], x->ks + sk * D, D);
-                    else axpy(dqt, ds[jj] * x->invn[sk], x->qs + sk * D, D);
-                    axpy(x->dks + sk * D, ds[jj], qrow, D);
-                }
-            }
-            memcpy(dqrow, dqt, sizeof(dqt));
+            /* dq = sum ds * k over the in-range slots (shared-QK: k = q / |q|) */
+            const int64_t base = w.s0 + w.j0[a];
+            const int64_t ilo = base < 0 ? -base : 0, ihi = span_end(&w, t, a, base);
+            combo(w.dqb + a * D, ds + ilo, 1, t->k ? NULL : x->invn + base + ilo,
+                  (t->k ? x->ks : x->qs) + (base + ilo) * D, ihi - ilo, 1.f, 0, D);
         }
+        /* dv_k = sum_a p[a][k] dO_a, dk_k = sum_a ds[a][k] q_a over the queries a that see slot k */
+        const float *dos = x->os + ch * C * D, *qs = x->qs + ch * C * D;
+        for (int64_t k = 0; k < K; k++) {
+            const int64_t sk = w.s0 + k, alo = w.alo[k], n = w.ahi[k] - alo + 1;
+            if (sk < 0 || sk >= L || n <= 0) continue;
+            const float *cp = w.pm + alo * QW + k - w.j0[alo], *cd = w.dsm + alo * QW + k - w.j0[alo];
+            int64_t cs = QW - 1;  /* the spans move one slot per query (causal LSH): a fixed stride */
+            if (!w.diag) {        /* otherwise: copy the coefficients out first */
+                float *gp = w.cf, *gd = w.cf + C;
+                for (int64_t i = 0; i < n; i++) {
+                    const int64_t a = alo + i;
+                    gp[i] = w.pm[a * QW + k - w.j0[a]];
+                    gd[i] = w.dsm[a * QW + k - w.j0[a]];
+                }
+                cp = gp, cd = gd, cs = 1;
+            }
+            combo(x->dvs + sk * D, cp, cs, NULL, dos + alo * D, n, 1.f, 1, D);
+            combo(x->dks + sk * D, cd, cs, NULL, qs + alo * D, n, 1.f, 1, D);
+        }
+        /* each query's dq goes over its output-gradient row, now read for the last time; the
+         * scatter pass adds it at the original row */
+        memcpy(x->os + ch * C * D, w.dqb, sizeof(float) * C * D);
     }
-    free(row);
-    free(ds);
     chunk_free(&w);
 }
 
