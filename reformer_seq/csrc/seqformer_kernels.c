@@ -511,6 +511,16 @@ INLINE int64_t span_end(const chunk_t *w, const layout_t *t, int64_t a, int64_t 
     return e;
 }
 
+/* log N for 16 lanes of round counts N (1 <= N <= R) */
+INLINE v16f log_count(const layout_t *t, v16i cnt) {
+#ifdef __AVX512F__
+    if (t->R < 16) return (v16f)_mm512_permutexvar_ps((__m512i)cnt, (__m512)ld16(t->logtab));  /* one lookup */
+#endif
+    v16f l = splat(0.f);
+    for (int32_t c = 2; c <= t->R && c < 256; c++) l = vsel(cnt == splati(c), splat(t->logtab[c]), l);
+    return l;
+}
+
 /* Masked, duplicate-corrected logits of query sq (slot a of its chunk) against window slots
  * j0[a] .. j0[a] + QW - 1, into row[QW] (-inf where invalid). Returns the row maximum. */
 INLINE float chunk_logits(const chunk_t *w, const round_t *x, int64_t sq, int64_t a, float *row, const int64_t D) {
@@ -537,7 +547,7 @@ INLINE float chunk_logits(const chunk_t *w, const round_t *x, int64_t sq, int64_
                 const v16i du = splati(x->us[r2 * L + sq]) - ld16i(w->uw + r2 * KP + j);
                 cnt -= (du >= splati((int32_t)t->lo)) & (du <= splati((int32_t)t->hi));  /* true is -1 */
             }
-            for (int32_t c = 2; c <= t->R && c < 256; c++) acc = vsel(cnt == splati(c), acc - splat(t->logtab[c]), acc);
+            acc -= log_count(t, cnt);
         }
         acc = vsel(valid, acc, splat(-INFINITY));
         st16(row + i, acc);
