@@ -192,8 +192,9 @@ class SelfAttention(nn.Module):
         B, L, dim = hd.shape
         D = self.dim_head
         h2, g2 = hd.reshape(-1, dim), g.reshape(-1, dim)  # (B*L, dim)
-        dh = torch.zeros_like(hd)
+        dh = torch.empty_like(hd)  # the first product below writes it, the others add
         y2, dh2 = subtract_from.view(-1, dim), dh.view(-1, dim)
+        dh_written = False
         keep = None if plan["mask"] is None else plan["mask"].view(-1, dim).to(hd.dtype) * (1.0 / (1.0 - self.drop.p))
         projections = [self.to_qk, self.to_v] + ([self.to_k] if self.kind == "local" else [])
         for mod in projections + [self.to_out]:
@@ -219,7 +220,11 @@ class SelfAttention(nn.Module):
             del out, q, k, v
             for mod, t in zip(projections, ins):
                 gt = t.grad.view(-1, hg * D)
-                dh2.addmm_(gt, mod.weight[rows])
+                if dh_written:
+                    dh2.addmm_(gt, mod.weight[rows])
+                else:
+                    torch.mm(gt, mod.weight[rows], out=dh2)
+                    dh_written = True
                 mod.weight.grad[rows].addmm_(gt.t(), h2)
             del ins
         bias = self.to_out.bias

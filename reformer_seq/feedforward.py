@@ -48,3 +48,10 @@ class FeedForward(nn.Module):
         if len(sl) == 1:
             return self.net(x)
         return torch.cat([self.net(x[:, s]) for s in sl], dim=1)
+
+    @torch.no_grad()
+    def add_to(self, out: Tensor, x: Tensor) -> Tensor:
+        """``out += self(x)`` in place, slice by slice, without autograd; returns out (B, L, dim)."""
+        for s in self.slices(x.shape[1], x.shape[0]):
+            out[:, s] += self.net(x[:, s])
+        return out

@@ -112,12 +112,15 @@ class ReversibleFunction(torch.autograd.Function):
         states: list[Any] = []
         caches: list[dict] = []
         with torch.no_grad():
-            for blk in blocks:
+            for i, blk in enumerate(blocks):
                 cache: dict = {}
                 rng_f = _RngState(device) if record else None
-                y1 = x1 + blk.attn(x2, real, real_len, cache)
+                fx = blk.attn(x2, real, real_len, cache)
+                y1 = fx.add_(x1) if fx.dtype == x1.dtype else x1 + fx  # fx is fresh: add in place
+                del fx
                 rng_g = _RngState(device) if record else None
-                y2 = x2 + blk.ff(y1)
+                # y2 = x2 + G(y1), in place over x2 once x2 is our own (the first block's is the input)
+                y2 = blk.ff.add_to(x2 if i > 0 else x2.clone(), y1)
                 states.append((rng_f, rng_g))
                 caches.append(cache)
                 x1, x2 = y1, y2
