@@ -60,7 +60,7 @@ class ReformerConfig:
     local_window: int = 64  # local attention: each query sees this many previous positions
     ff_mult: int = 4  # feed-forward hidden width = ff_mult * dim
     # Feed-forward runs over this many positions at a time (section 3). 0 = auto: 4096 while
-    # B * L * dim < 2**24 (smaller hidden buffers are reused from the heap: less memory at 64K
+    # B * L * dim < 2**25 (smaller hidden buffers are reused from the heap: less memory at 64K
     # tokens), 16384 above (fewer, larger buffers where freed ones go back to the OS).
     ff_chunk_size: int = 0
     # Short depthwise causal convolution over the embeddings (kernel width; 0 disables): gives

@@ -13,7 +13,7 @@ import torch
 from .heap import LONG_INPUT_ELEMS
 
 
-# ``chunk_size=0`` (auto). Below 2**24 elements (64K tokens at dim 64 and less) 4096-position
+# ``chunk_size=0`` (auto). Below 2**25 elements (256K tokens at dim 64 and less) 4096-position
 # chunks keep the hidden buffers small enough for the allocator to reuse: ~100 MB less peak
 # memory at 64K tokens. Long inputs return freed buffers to the OS (heap.py); there 16384 means
 # fewer, larger buffers and less memory (1M tokens: 3.64 vs 3.84 GiB peak with 4096).
@@ -38,7 +38,7 @@ class FeedForward(nn.Module):
 
     def slices(self, length: int, batch: int = 1) -> list[slice]:
         """The position slices the forward (and the reversible backward) walk through, in order.
-        ``chunk_size`` 0 (auto): 4096 positions while batch * length * dim < 2**24, else 16384."""
+        ``chunk_size`` 0 (auto): 4096 positions while batch * length * dim < 2**25, else 16384."""
         cs = self.chunk_size or (AUTO_SHORT if batch * length * self.norm.normalized_shape[0] < LONG_INPUT_ELEMS
                                  else AUTO_LONG)
         return [slice(a, min(a + cs, length)) for a in range(0, length, cs)]

@@ -135,10 +135,10 @@ def test_chunked_feedforward_equals_unchunked():
 
 
 def test_feedforward_auto_chunks_follow_input_size():
-    """chunk_size 0 (the config default): 4096 positions below 2**24 elements, 16384 from there;
+    """chunk_size 0 (the config default): 4096 positions below 2**25 elements, 16384 from there;
     the slices tile the sequence exactly."""
     ff = FeedForward(64, 4)
-    for B, L, want in [(1, 65536, 4096), (4, 65536, 16384), (1, 262144, 16384), (1, 5000, 4096)]:
+    for B, L, want in [(1, 65536, 4096), (8, 65536, 16384), (1, 262144, 4096), (1, 524288, 16384), (1, 5000, 4096)]:
         sl = ff.slices(L, B)
         assert sl[0] == slice(0, min(want, L)), (B, L)
         assert sl[-1].stop == L and all(a.stop == b.start for a, b in zip(sl, sl[1:]))
