@@ -82,6 +82,8 @@ def _build() -> ctypes.CDLL:
     lib.seq_lsh_codes.restype = lib.seq_lsh_sort.restype = None
     lib.seq_release_buffers.argtypes = []
     lib.seq_release_buffers.restype = None
+    lib.seq_set_segment_rows.argtypes = [i]
+    lib.seq_set_segment_rows.restype = i
     return lib
 
 
@@ -187,3 +189,12 @@ def release_buffers() -> None:
     largest call so far: ~0.4 GB after a 1M-token backward). The next call allocates again."""
     if _lib is not None:
         _lib.seq_release_buffers()
+
+
+def set_segment_rows(n: int) -> int:
+    """Queries per segment of a hash round's sorted order (default 2**18): the kernel's work
+    buffers hold one segment, not the whole round. Returns the previous value; for tests."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the compiled kernel is not available")
+    return int(lib.seq_set_segment_rows(int(n)))

@@ -250,6 +250,15 @@ typedef struct {
                                        * over os, row by row, as each query finishes */
     char *block;                      /* the buffers above, carved from one block */
     int owned;                        /* the block is the arena (else our own) */
+    /* The sorted order is worked through in segments of at most SEG_ROWS queries, so that the
+     * buffers hold one segment's rows (plus its look-back chunks), not the whole round: at 1M
+     * tokens that is ~0.3 GB less. The buffer pointers above are shifted so that they are
+     * indexed by absolute sorted index s in [lo, hi); the carved ones are kept here. */
+    int64_t lo, hi;                   /* sorted rows gathered: the segment's queries and look-back/ahead */
+    int64_t q0, q1;                   /* the segment's queries (multiples of C) */
+    int64_t nmax, us_stride;          /* rows a buffer holds; row stride of us */
+    float *qs0, *ks0, *vs0, *invn0, *os0, *ls0, *dl0, *dks0, *dvs0;
+    int32_t *us0;
     const float *src_o;               /* backward: the output gradient, gathered into os */
 } round_t;
 
@@ -483,7 +492,7 @@ INLINE void chunk_load(chunk_t *w, const round_t *x, int64_t ch, int with_values
             memcpy(w->bw + jb, x->bk + sb, sizeof(int32_t) * 16);
             if (t->R > 1)
                 for (int64_t r2 = 0; r2 < t->R; r2++)
-                    if (r2 != x->r) memcpy(w->uw + r2 * KP + jb, x->us + r2 * L + sb, sizeof(int32_t) * 16);
+                    if (r2 != x->r) memcpy(w->uw + r2 * KP + jb, x->us + r2 * x->us_stride + sb, sizeof(int32_t) * 16);
             continue;
         }
         for (int64_t j = jb; j < K && j < jb + 16; j++) {
@@ -498,7 +507,7 @@ INLINE void chunk_load(chunk_t *w, const round_t *x, int64_t ch, int with_values
             }
             if (t->R > 1)
                 for (int64_t r2 = 0; r2 < t->R; r2++)
-                    if (r2 != x->r) w->uw[r2 * KP + j] = in ? x->us[r2 * L + sk] : 0;
+                    if (r2 != x->r) w->uw[r2 * KP + j] = in ? x->us[r2 * x->us_stride + sk] : 0;
         }
     }
 }
@@ -525,7 +534,7 @@ INLINE v16f log_count(const layout_t *t, v16i cnt) {
  * j0[a] .. j0[a] + QW - 1, into row[QW] (-inf where invalid). Returns the row maximum. */
 INLINE float chunk_logits(const chunk_t *w, const round_t *x, int64_t sq, int64_t a, float *row, const int64_t D) {
     const layout_t *t = x->t;
-    const int64_t KP = w->KP, QW = w->QW, L = t->L, j0 = w->j0[a];
+    const int64_t KP = w->KP, QW = w->QW, j0 = w->j0[a];
     const float *q = x->qs + sq * D;
     const v16i bq = splati(x->bk[sq]);
     v16f mx = splat(-INFINITY);
@@ -544,7 +553,7 @@ INLINE float chunk_logits(const chunk_t *w, const round_t *x, int64_t sq, int64_
             v16i cnt = splati(1);
             for (int64_t r2 = 0; r2 < t->R; r2++) {
                 if (r2 == x->r) continue;
-                const v16i du = splati(x->us[r2 * L + sq]) - ld16i(w->uw + r2 * KP + j);
+                const v16i du = splati(x->us[r2 * x->us_stride + sq]) - ld16i(w->uw + r2 * KP + j);
                 cnt -= (du >= splati((int32_t)t->lo)) & (du <= splati((int32_t)t->hi));  /* true is -1 */
             }
             acc -= log_count(t, cnt);
@@ -580,7 +589,7 @@ INLINE void gather_impl(round_t *x, int64_t begin, int64_t end, const int64_t D)
         if (t->R > 1) {
             const int32_t *up = t->ut + gi * t->R;
             for (int64_t r2 = 0; r2 < t->R; r2++)
-                if (r2 != x->r) x->us[r2 * L + s] = up[r2];
+                if (r2 != x->r) x->us[r2 * x->us_stride + s] = up[r2];
         }
         if (x->src_o) {  /* backward: the output gradient and softmax statistics of the query */
             copy_row(x->os + s * D, x->src_o + ro, D);
@@ -592,6 +601,8 @@ INLINE void gather_impl(round_t *x, int64_t begin, int64_t end, const int64_t D)
 
 static void gather_range(void *arg, int64_t begin, int64_t end) {
     round_t *x = (round_t *)arg;
+    begin += x->lo;
+    end += x->lo;
     DISPATCH_D(x->t->D, gather_impl, x, begin, end)
     if (x->dks) {  /* backward: this range's key and value gradient rows start at zero */
         memset(x->dks + begin * x->t->D, 0, sizeof(float) * (size_t)((end - begin) * x->t->D));
@@ -599,13 +610,21 @@ static void gather_range(void *arg, int64_t begin, int64_t end) {
     }
 }
 
-static void setup_round(round_t *x, int64_t r, int64_t g, int n_threads) {
+static void point_round(round_t *x, int64_t lo);
+
+/* Gather round r, row g, for the segment of queries [q0, q1) and the keys their windows reach. */
+static void setup_round(round_t *x, int64_t r, int64_t g, int64_t q0, int64_t q1, int n_threads) {
     const layout_t *t = x->t;
     x->r = r;
     x->g = g;
     x->pm = t->perm ? t->perm + (r * t->G + g) * t->L : NULL;
     x->bk = t->buckets + (r * t->G + g) * t->L;
-    parallel_for(t->L, n_threads, gather_range, x);
+    x->q0 = q0;
+    x->q1 = q1;
+    x->lo = q0 - t->back * t->C > 0 ? q0 - t->back * t->C : 0;
+    x->hi = q1 + t->fwd * t->C < t->L ? q1 + t->fwd * t->C : t->L;
+    point_round(x, x->lo);
+    parallel_for(x->hi - x->lo, n_threads, gather_range, x);
 }
 
 /* ---- the round buffers live in one block that is kept between calls (an arena): at long
@@ -653,23 +672,62 @@ static void *carve(char *base, size_t *cur, size_t n) {
     return p;
 }
 
+static int64_t seg_rows = (int64_t)1 << 18;  /* queries per segment of a round's sorted order */
+
+/* Set the segment length (tests use short ones); returns the previous value. */
+int64_t seq_set_segment_rows(int64_t n) {
+    const int64_t prev = seg_rows;
+    if (n > 0) seg_rows = n;
+    return prev;
+}
+
+/* queries per segment: a multiple of C; the whole round when windows look ahead (fwd > 0), since
+ * a later segment's first store would then overwrite gradients added from an earlier one */
+static int64_t segment_len(const layout_t *t) {
+    const int64_t rows = seg_rows;
+    if (t->fwd > 0 || t->L <= rows) return t->L;
+    const int64_t s = rows / t->C * t->C;
+    return s < t->C ? t->C : s;
+}
+
+/* p - n elements, as an address (the result is only indexed at n and beyond) */
+#define SHIFT(p, n) ((__typeof__(p))((uintptr_t)(p) - (uintptr_t)(n) * sizeof(*(p))))
+
 static size_t layout_round(round_t *x, char *base, int backward) {
     const layout_t *t = x->t;
-    const size_t L = (size_t)t->L, D = (size_t)t->D, F = sizeof(float);
+    const int64_t span = segment_len(t) + (t->back + t->fwd) * t->C;
+    x->nmax = span < t->L ? span : t->L;
+    x->us_stride = x->nmax;
+    const size_t N = (size_t)x->nmax, D = (size_t)t->D, F = sizeof(float);
     size_t cur = 0;
-    x->qs = (float *)carve(base, &cur, L * D * F);
-    x->vs = (float *)carve(base, &cur, L * D * F);
-    if (t->k) x->ks = (float *)carve(base, &cur, L * D * F);  /* given keys */
-    else x->invn = (float *)carve(base, &cur, L * F);         /* shared-QK: 1 / |q| per row */
-    x->os = (float *)carve(base, &cur, L * D * F);
-    x->ls = (float *)carve(base, &cur, L * F);
-    x->us = (int32_t *)carve(base, &cur, sizeof(int32_t) * L * (size_t)(t->R > 1 ? t->R : 1));
+    x->qs0 = (float *)carve(base, &cur, N * D * F);
+    x->vs0 = (float *)carve(base, &cur, N * D * F);
+    if (t->k) x->ks0 = (float *)carve(base, &cur, N * D * F);  /* given keys */
+    else x->invn0 = (float *)carve(base, &cur, N * F);         /* shared-QK: 1 / |q| per row */
+    x->os0 = (float *)carve(base, &cur, N * D * F);
+    x->ls0 = (float *)carve(base, &cur, N * F);
+    x->us0 = (int32_t *)carve(base, &cur, sizeof(int32_t) * N * (size_t)(t->R > 1 ? t->R : 1));
     if (backward) {
-        x->dl = (float *)carve(base, &cur, L * F);
-        x->dks = (float *)carve(base, &cur, L * D * F);
-        x->dvs = (float *)carve(base, &cur, L * D * F);
+        x->dl0 = (float *)carve(base, &cur, N * F);
+        x->dks0 = (float *)carve(base, &cur, N * D * F);
+        x->dvs0 = (float *)carve(base, &cur, N * D * F);
     }
     return cur;
+}
+
+/* point the buffers at sorted rows [lo, ...) */
+static void point_round(round_t *x, int64_t lo) {
+    const int64_t D = x->t->D;
+    x->qs = SHIFT(x->qs0, lo * D);
+    x->vs = SHIFT(x->vs0, lo * D);
+    x->ks = x->ks0 ? SHIFT(x->ks0, lo * D) : NULL;
+    x->invn = x->invn0 ? SHIFT(x->invn0, lo) : NULL;
+    x->os = SHIFT(x->os0, lo * D);
+    x->ls = SHIFT(x->ls0, lo);
+    x->us = SHIFT(x->us0, lo);
+    x->dl = x->dl0 ? SHIFT(x->dl0, lo) : NULL;
+    x->dks = x->dks0 ? SHIFT(x->dks0, lo * D) : NULL;
+    x->dvs = x->dvs0 ? SHIFT(x->dvs0, lo * D) : NULL;
 }
 
 static void alloc_round(round_t *x, const layout_t *t, int backward) {
@@ -692,7 +750,7 @@ INLINE void fwd_impl(const round_t *x, int64_t begin, int64_t end, const int64_t
     chunk_alloc(&w, t);
     const int64_t QW = w.QW;
     float *row = alloc_f(QW);
-    for (int64_t ch = begin; ch < end; ch++) {
+    for (int64_t ch = x->q0 / C + begin; ch < x->q0 / C + end; ch++) {
         chunk_load(&w, x, ch, 0, D);
         for (int64_t a = 0; a < C; a++) {
             const int64_t sq = ch * C + a;
@@ -733,6 +791,8 @@ static void merge_range(void *arg, int64_t begin, int64_t end) {
     const merge_ctx *c = (const merge_ctx *)arg;
     const round_t *x = c->x;
     const int64_t L = x->t->L, D = x->t->D, g = x->g, rb = rbase(x->t, g), rs = x->t->H * D;
+    begin += x->q0;
+    end += x->q0;
     for (int64_t s = begin; s < end; s++) {
         const int64_t i = x->pm ? x->pm[s] : s, gi = g * L + i;
         if (x->pm && s + PREFETCH < end) __builtin_prefetch(c->out + rb + x->pm[s + PREFETCH] * rs, 1);
@@ -776,12 +836,16 @@ void seq_attn_forward(const float *q, const float *k, const float *v, const int3
     }
     round_t x;
     alloc_round(&x, &t, 0);
+    const int64_t seg = segment_len(&t);
     for (int64_t r = 0; r < R; r++) {
         for (int64_t g = 0; g < G; g++) {
-            setup_round(&x, r, g, n_threads);
-            parallel_for(L / C, n_threads, fwd_range, &x);
-            merge_ctx m = {&x, out, lse};
-            parallel_for(L, n_threads, merge_range, &m);
+            for (int64_t q0 = 0; q0 < L; q0 += seg) {
+                const int64_t q1 = q0 + seg < L ? q0 + seg : L;
+                setup_round(&x, r, g, q0, q1, n_threads);
+                parallel_for((q1 - q0) / C, n_threads, fwd_range, &x);
+                merge_ctx m = {&x, out, lse};
+                parallel_for(q1 - q0, n_threads, merge_range, &m);
+            }
         }
     }
     free_round(&x);
@@ -807,7 +871,7 @@ INLINE void bwd_impl(const bwd_ctx *c, int64_t begin, int64_t end, const int64_t
     chunk_alloc(&w, t);
     const int64_t KP = w.KP, QW = w.QW;
     for (int64_t task = begin; task < end; task++) {
-        const int64_t ch = c->phase + task * P;
+        const int64_t ch = x->q0 / C + c->phase + task * P;
         chunk_load(&w, x, ch, 1, D);
         for (int64_t a = 0; a < C; a++) {
             const int64_t sq = ch * C + a;
@@ -879,6 +943,8 @@ static void scatter_range(void *arg, int64_t begin, int64_t end) {
     const scatter_ctx *c = (const scatter_ctx *)arg;
     const round_t *x = c->x;
     const int64_t D = x->t->D, g = x->g, rb = rbase(x->t, g), rs = x->t->H * D;
+    begin += x->lo;
+    end += x->lo;
     for (int64_t s = begin; s < end; s++) {
         const int64_t ro = rb + (x->pm ? x->pm[s] : s) * rs;
         if (x->pm && s + PREFETCH < end) {
@@ -887,7 +953,11 @@ static void scatter_range(void *arg, int64_t begin, int64_t end) {
             if (c->dk) __builtin_prefetch(c->dk + ahead, 1);
             __builtin_prefetch(c->dv + ahead, 1);
         }
-        if (x->r == 0) {  /* the first round stores: every position is visited once per round */
+        if (s < x->q0) {  /* a look-back row of the previous segment, already stored: add its key
+                           * and value gradients from this segment's first windows */
+            axpy(c->dv + ro, 1.f, x->dvs + s * D, D);
+            if (c->dk) axpy(c->dk + ro, 1.f, x->dks + s * D, D);
+        } else if (x->r == 0) {  /* the first round stores: every position is visited once per round */
             copy_row(c->dv + ro, x->dvs + s * D, D);
             copy_row(c->dq + ro, x->os + s * D, D);
             if (c->dk) copy_row(c->dk + ro, x->dks + s * D, D);
@@ -941,7 +1011,7 @@ void seq_attn_backward(const float *q, const float *k, const float *v, const int
     layout_t t;
     init_layout(&t, q, k, v, perm, buckets, u, R, G, H, L, D, C, back, fwd, band_lo, band_hi, lo, hi, self_fallback,
                 scale);
-    const int64_t nC = L / C, P = back + 1 + fwd;
+    const int64_t P = back + 1 + fwd, seg = segment_len(&t);
     if (R > 1) {
         t.ut = (int32_t *)alloc_bytes(sizeof(int32_t) * G * L * R);
         parallel_for(G * L, n_threads, transpose_u_range, &t);
@@ -954,13 +1024,16 @@ void seq_attn_backward(const float *q, const float *k, const float *v, const int
     x.src_o = dout;
     for (int64_t r = 0; r < R; r++) {
         for (int64_t g = 0; g < G; g++) {
-            setup_round(&x, r, g, n_threads);
-            for (int64_t phase = 0; phase < P && phase < nC; phase++) {  /* disjoint windows per phase */
-                bwd_ctx c = {&x, phase, P, dq};
-                parallel_for_dynamic((nC - phase + P - 1) / P, n_threads, DYN_GRAIN, bwd_range, &c);
+            for (int64_t q0 = 0; q0 < L; q0 += seg) {
+                const int64_t q1 = q0 + seg < L ? q0 + seg : L, nc = (q1 - q0) / C;
+                setup_round(&x, r, g, q0, q1, n_threads);
+                for (int64_t phase = 0; phase < P && phase < nc; phase++) {  /* disjoint windows per phase */
+                    bwd_ctx c = {&x, phase, P, dq};
+                    parallel_for_dynamic((nc - phase + P - 1) / P, n_threads, DYN_GRAIN, bwd_range, &c);
+                }
+                scatter_ctx sc = {&x, dq, dk, dv};
+                parallel_for(q1 - x.lo, n_threads, scatter_range, &sc);
             }
-            scatter_ctx sc = {&x, dq, dk, dv};
-            parallel_for(L, n_threads, scatter_range, &sc);
         }
     }
     free_round(&x);
