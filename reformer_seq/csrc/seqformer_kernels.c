@@ -39,7 +39,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __AVX512F__
+#if defined(__AVX__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -1054,6 +1054,28 @@ void seq_attn_backward(const float *q, const float *k, const float *v, const int
  */
 typedef struct { const float *proj; int64_t n, F, R, half; int64_t *codes; } codes_ctx;
 
+/* argmax over [p; -p] of h projections (ties: the first index) */
+INLINE int64_t argmax_pm(const float *pf, const int64_t h) {
+#ifdef __AVX__
+    if (h == 4) {  /* the library's case (FACTOR 8): the 8 candidates in one register, no branches */
+        const __m128 a = _mm_loadu_ps(pf);
+        const __m256 c = _mm256_insertf128_ps(_mm256_castps128_ps256(a), _mm_sub_ps(_mm_setzero_ps(), a), 1);
+        __m256 t = _mm256_max_ps(c, _mm256_permute2f128_ps(c, c, 1));
+        t = _mm256_max_ps(t, _mm256_permute_ps(t, 0x4E));
+        t = _mm256_max_ps(t, _mm256_permute_ps(t, 0xB1));  /* every lane: the maximum */
+        const int m = _mm256_movemask_ps(_mm256_cmp_ps(c, t, _CMP_EQ_OQ));
+        if (m) return __builtin_ctz((unsigned)m);
+    }
+#endif
+    int64_t best = 0;
+    float bv = pf[0];
+    for (int64_t j = 1; j < 2 * h; j++) {
+        const float vj = j < h ? pf[j] : -pf[j - h];
+        if (vj > bv) { bv = vj; best = j; }
+    }
+    return best;
+}
+
 static void codes_range(void *arg, int64_t begin, int64_t end) {
     const codes_ctx *c = (const codes_ctx *)arg;
     const int64_t F = c->F, R = c->R, h = c->half, width = 2 * h;
@@ -1061,16 +1083,7 @@ static void codes_range(void *arg, int64_t begin, int64_t end) {
         const float *p = c->proj + i * F * R * h;
         for (int64_t r = 0; r < R; r++) {
             int64_t code = 0;
-            for (int64_t f = 0; f < F; f++) {
-                const float *pf = p + (f * R + r) * h;
-                int64_t best = 0;
-                float bv = pf[0];
-                for (int64_t j = 1; j < width; j++) {
-                    const float vj = j < h ? pf[j] : -pf[j - h];
-                    if (vj > bv) { bv = vj; best = j; }
-                }
-                code = code * width + best;
-            }
+            for (int64_t f = 0; f < F; f++) code = code * width + argmax_pm(p + (f * R + r) * h, h);
             c->codes[r * c->n + i] = code;
         }
     }
