@@ -110,8 +110,10 @@ class SelfAttention(nn.Module):
         per = max(1, min(self.heads, GROUP_ELEMS // max(1, B * Lp * self.dim_head)))
         return [slice(a, min(a + per, self.heads)) for a in range(0, self.heads, per)]
 
-    def attend(self, h: Tensor, plan: dict, heads: slice, cache: Optional[dict] = None) -> Tensor:
-        """The output projection's share of heads ``heads``: (B, L, dim), without bias or dropout."""
+    def attend(self, h: Tensor, plan: dict, heads: slice, cache: Optional[dict] = None,
+               into: Optional[Tensor] = None) -> Tensor:
+        """The output projection's share of heads ``heads``: (B, L, dim), without bias or dropout.
+        ``into`` (without autograd): add the share into this (B, L, dim) tensor and return it."""
         B, L = h.shape[0], plan["L"]
         D = self.dim_head
         rows = slice(heads.start * D, heads.stop * D)
@@ -130,6 +132,9 @@ class SelfAttention(nn.Module):
                 k = self._rows(F.linear(h, self.to_k.weight[rows]), Lp, hg)
             sub = cache.setdefault(("heads", heads.start), {}) if cache is not None else None
             out = chunked_attention(self._rows(qk, Lp, hg), k, self._rows(v, Lp, hg), lay, cache=sub)[:, :L]
+        if into is not None:  # no (B, L, dim) temporary per head group
+            into.view(B * L, -1).addmm_(out.reshape(B * L, -1), self.to_out.weight[:, rows].t())
+            return into
         return F.linear(out.reshape(B, L, -1), self.to_out.weight[:, rows])
 
     def _finish(self, fx: Tensor, plan: dict) -> Tensor:
@@ -156,14 +161,12 @@ class SelfAttention(nn.Module):
         plan = self.prepare(h, real, real_len, cache)
         fx = None
         for heads in self.head_groups(x.shape[0], plan["Lp"]):
-            part = self.attend(h, plan, heads, cache)
             if fx is None:
-                fx = part
+                fx = self.attend(h, plan, heads, cache)
             elif torch.is_grad_enabled():
-                fx = fx + part
+                fx = fx + self.attend(h, plan, heads, cache)
             else:
-                fx += part  # no autograd: accumulate in place
-            del part
+                self.attend(h, plan, heads, cache, into=fx)  # no autograd: accumulate in place
         return self._finish(fx, plan)
 
     def forward_backward(self, x: Tensor, grad: Tensor, real: Optional[Tensor], real_len: Optional[Tensor],
