@@ -58,7 +58,7 @@ LABELS = {
 # The shared small config (issue 7).
 VOCAB, DIM, DEPTH, HEADS, HEAD_DIM, FF_MULT = 16, 64, 2, 4, 16, 4
 THP_MIN_ELEMS = 1 << 24  # L * dim from which children run with THP_MEM_ALLOC_ENABLE=1 (256K tokens): measured
-# faster there (seqformer 256K +3%, 1M +30%), slower below (64K -10%)
+# faster there (seqformer 256K +3%, 1M +17%), slower below (64K -10%)
 BUCKET, N_HASHES = 16, 4
 FF_CHUNK = 16384  # positions per feed-forward chunk (seqformer's default ff_chunk_size)
 
@@ -382,7 +382,7 @@ def run_one(model: str, L: int, args) -> dict:
     # Long inputs (L * dim >= 2**24): big tensors on transparent huge pages, for every model
     # alike, as README recommends for such runs. Buffers over 32 MB are fresh mappings whatever
     # the heap settings (and from 512K tokens the library returns freed buffers to the OS), and
-    # 2 MB pages cut the faults of re-allocating them ~500x. Short inputs run without: PyTorch's
+    # 2 MB pages cut the faults of re-allocating them ~50x. Short inputs run without: PyTorch's
     # 2 MB alignment then defeats glibc's buffer reuse.
     if not args.no_thp and L * DIM >= THP_MIN_ELEMS:
         env["THP_MEM_ALLOC_ENABLE"] = "1"
