@@ -20,6 +20,8 @@
  * sorted-order row once per chunk, one residue class of chunks mod (back+1+fwd) at a time
  * (their windows are disjoint, so no two threads add into one row); it stores each query's dq
  * over its own gathered output-gradient row, then adds all three back at original positions.
+ * Long rounds go in segments of queries (2^18 by default) with their look-back chunks, so the
+ * sorted copies hold one segment at a time, not the whole round (a quarter of it at 1M tokens).
  * Threads: plain pthreads, so the library does not bring a second OpenMP runtime into a
  * process that already has torch's.
  *
