@@ -67,7 +67,7 @@ static void *run_job(void *arg) {
 }
 
 /* Split [0, n) into n_threads contiguous ranges run in parallel (the caller runs the first). */
-static void parallel_for(int64_t n, int n_threads, range_fn fn, void *ctx) {
+static void static_for(int64_t n, int n_threads, range_fn fn, void *ctx) {
     if (n_threads < 1) n_threads = 1;
     if (n_threads > 64) n_threads = 64;
     if (n_threads > n) n_threads = (int)(n > 0 ? n : 1);
@@ -88,9 +88,11 @@ static void parallel_for(int64_t n, int n_threads, range_fn fn, void *ctx) {
     }
 }
 
-/* The same, but threads take blocks of `grain` indices from a shared counter as they finish, so
- * that work of uneven cost (chunks whose buckets differ in size) and a thread that the OS
- * pauses do not leave the other threads idle at the end. */
+/* Threads take blocks of `grain` indices from a shared counter as they finish, so that work of
+ * uneven cost (chunks whose buckets differ in size) and a thread that the OS pauses do not leave
+ * the other threads idle at the end. On a shared machine this matters: with another process on
+ * one of two cores, a static split runs at the speed of the paused thread (measured: a 64K step
+ * 2x slower while HF's was 1.3x slower). */
 typedef struct { range_fn fn; void *ctx; int64_t n, grain; int64_t next; } dyn_t;
 
 static void dyn_body(void *arg, int64_t begin, int64_t end) {
@@ -112,7 +114,14 @@ static void parallel_for_dynamic(int64_t n, int n_threads, int64_t grain, range_
         return;
     }
     dyn_t d = {fn, ctx, n, grain, 0};
-    parallel_for(n_threads < blocks ? n_threads : blocks, n_threads, dyn_body, &d);
+    static_for(n_threads < blocks ? n_threads : blocks, n_threads, dyn_body, &d);
+}
+
+/* [0, n) in about 4 blocks per thread, handed out as threads finish (finer blocks cost ~3% on
+ * a quiet machine; these kept the median call 6-10% faster than a static split under load) */
+static void parallel_for(int64_t n, int n_threads, range_fn fn, void *ctx) {
+    const int64_t blocks = 4 * (int64_t)(n_threads > 0 ? n_threads : 1);
+    parallel_for_dynamic(n, n_threads, (n + blocks - 1) / blocks, fn, ctx);
 }
 
 #define INLINE static inline __attribute__((always_inline))
