@@ -261,13 +261,13 @@ typedef struct {
                                        * over os, row by row, as each query finishes */
     char *block;                      /* the buffers above, carved from one block */
     int owned;                        /* the block is the arena (else our own) */
-    /* The sorted order is worked through in segments of at most SEG_ROWS queries, so that the
+    /* The sorted order is worked through in segments of at most seg_rows queries, so that the
      * buffers hold one segment's rows (plus its look-back chunks), not the whole round: at 1M
      * tokens that is ~0.3 GB less. The buffer pointers above are shifted so that they are
-     * indexed by absolute sorted index s in [lo, hi); the carved ones are kept here. */
-    int64_t lo, hi;                   /* sorted rows gathered: the segment's queries and look-back/ahead */
-    int64_t q0, q1;                   /* the segment's queries (multiples of C) */
-    int64_t nmax, us_stride;          /* rows a buffer holds; row stride of us */
+     * indexed by absolute sorted index s from lo on; the carved ones are kept here. */
+    int64_t lo;                       /* first sorted row gathered (the segment's look-back) */
+    int64_t q0;                       /* the segment's first query (a multiple of C) */
+    int64_t nmax;                     /* rows a buffer holds; also the row stride of us (R, nmax) */
     float *qs0, *ks0, *vs0, *invn0, *os0, *ls0, *dl0, *dks0, *dvs0;
     int32_t *us0;
     const float *src_o;               /* backward: the output gradient, gathered into os */
@@ -503,7 +503,7 @@ INLINE void chunk_load(chunk_t *w, const round_t *x, int64_t ch, int with_values
             memcpy(w->bw + jb, x->bk + sb, sizeof(int32_t) * 16);
             if (t->R > 1)
                 for (int64_t r2 = 0; r2 < t->R; r2++)
-                    if (r2 != x->r) memcpy(w->uw + r2 * KP + jb, x->us + r2 * x->us_stride + sb, sizeof(int32_t) * 16);
+                    if (r2 != x->r) memcpy(w->uw + r2 * KP + jb, x->us + r2 * x->nmax + sb, sizeof(int32_t) * 16);
             continue;
         }
         for (int64_t j = jb; j < K && j < jb + 16; j++) {
@@ -518,7 +518,7 @@ INLINE void chunk_load(chunk_t *w, const round_t *x, int64_t ch, int with_values
             }
             if (t->R > 1)
                 for (int64_t r2 = 0; r2 < t->R; r2++)
-                    if (r2 != x->r) w->uw[r2 * KP + j] = in ? x->us[r2 * x->us_stride + sk] : 0;
+                    if (r2 != x->r) w->uw[r2 * KP + j] = in ? x->us[r2 * x->nmax + sk] : 0;
         }
     }
 }
@@ -564,7 +564,7 @@ INLINE float chunk_logits(const chunk_t *w, const round_t *x, int64_t sq, int64_
             v16i cnt = splati(1);
             for (int64_t r2 = 0; r2 < t->R; r2++) {
                 if (r2 == x->r) continue;
-                const v16i du = splati(x->us[r2 * x->us_stride + sq]) - ld16i(w->uw + r2 * KP + j);
+                const v16i du = splati(x->us[r2 * x->nmax + sq]) - ld16i(w->uw + r2 * KP + j);
                 cnt -= (du >= splati((int32_t)t->lo)) & (du <= splati((int32_t)t->hi));  /* true is -1 */
             }
             acc -= log_count(t, cnt);
@@ -600,7 +600,7 @@ INLINE void gather_impl(round_t *x, int64_t begin, int64_t end, const int64_t D)
         if (t->R > 1) {
             const int32_t *up = t->ut + gi * t->R;
             for (int64_t r2 = 0; r2 < t->R; r2++)
-                if (r2 != x->r) x->us[r2 * x->us_stride + s] = up[r2];
+                if (r2 != x->r) x->us[r2 * x->nmax + s] = up[r2];
         }
         if (x->src_o) {  /* backward: the output gradient and softmax statistics of the query */
             copy_row(x->os + s * D, x->src_o + ro, D);
@@ -631,11 +631,10 @@ static void setup_round(round_t *x, int64_t r, int64_t g, int64_t q0, int64_t q1
     x->pm = t->perm ? t->perm + (r * t->G + g) * t->L : NULL;
     x->bk = t->buckets + (r * t->G + g) * t->L;
     x->q0 = q0;
-    x->q1 = q1;
     x->lo = q0 - t->back * t->C > 0 ? q0 - t->back * t->C : 0;
-    x->hi = q1 + t->fwd * t->C < t->L ? q1 + t->fwd * t->C : t->L;
+    const int64_t hi = q1 + t->fwd * t->C < t->L ? q1 + t->fwd * t->C : t->L;
     point_round(x, x->lo);
-    parallel_for(x->hi - x->lo, n_threads, gather_range, x);
+    parallel_for(hi - x->lo, n_threads, gather_range, x);
 }
 
 /* ---- the round buffers live in one block that is kept between calls (an arena): at long
@@ -708,7 +707,6 @@ static size_t layout_round(round_t *x, char *base, int backward) {
     const layout_t *t = x->t;
     const int64_t span = segment_len(t) + (t->back + t->fwd) * t->C;
     x->nmax = span < t->L ? span : t->L;
-    x->us_stride = x->nmax;
     const size_t N = (size_t)x->nmax, D = (size_t)t->D, F = sizeof(float);
     size_t cur = 0;
     x->qs0 = (float *)carve(base, &cur, N * D * F);
