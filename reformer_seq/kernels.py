@@ -53,24 +53,33 @@ def _cache_dir() -> Path:
     return Path(base) / "kernels"
 
 
-def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(src + " ".join(FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
-    out = _cache_dir() / f"libseqformer_attn-{key}.so"
+def compile_library(source: Path, compiler: str, flags: list[str], libs: list[str], key_extra: str = "") -> Path:
+    """Compile ``source`` into a shared library cached under the kernel cache directory, keyed
+    by the source, the flags, this CPU's flags and ``key_extra``; returns its path. The file
+    appears atomically, so concurrent builders never load a half-written library."""
+    src = source.read_bytes()
+    recipe = " ".join([compiler, *flags, *libs, _cpu_signature(), key_extra]).encode()
+    key = hashlib.sha256(src + recipe).hexdigest()[:16]
+    out = _cache_dir() / f"lib{source.stem}-{key}.so"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         try:
-            res = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
+            res = subprocess.run([compiler, *flags, "-o", tmp, str(source), *libs], capture_output=True, text=True)
             if res.returncode != 0:
-                raise RuntimeError(f"{cc} failed: {res.stderr.strip()[:500]}")
-            os.replace(tmp, out)  # atomic: concurrent builders never load a half-written library
+                raise RuntimeError(f"{compiler} failed: {res.stderr.strip()[:500]}")
+            os.replace(tmp, out)
         finally:
             Path(tmp).unlink(missing_ok=True)
+    return out
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    out = compile_library(SOURCE, cc, FLAGS, ["-lm"])
     lib = ctypes.CDLL(str(out))
     f, i, p = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
     common = [p, p, p, p, p, p] + [i] * 12 + [ctypes.c_int, f]
