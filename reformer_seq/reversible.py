@@ -72,12 +72,18 @@ class ReversibleBlock(nn.Module):
 
     def backward_pass(self, y1: Tensor, y2: Tensor, dy1: Tensor, dy2: Tensor, real: Optional[Tensor],
                       real_len: Optional[Tensor], cache: dict, rng_f: Optional[_RngState],
-                      rng_g: Optional[_RngState], autocast: _Autocast) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """From outputs and their gradients to inputs and theirs; accumulates parameter grads."""
+                      rng_g: Optional[_RngState], autocast: _Autocast, own_grads: bool = False
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """From outputs and their gradients to inputs and theirs; accumulates parameter grads.
+        ``own_grads``: dy1 and dy2 were made by the previous block's backward_pass (may be
+        written in place)."""
         # G: x2 = y2 - G(y1); dy1 += dG/dy1 . dy2, one slice of positions at a time. The inputs are
         # rebuilt in place of the outputs (which are not needed again): two fewer (B, L, dim) buffers.
         x2 = y2
-        dy1_total = dy1.clone()  # dy1 and dy2 may be one tensor (the stack's output is (y1 + y2) / 2)
+        # dy1 is accumulated into in place. The top block's dy1 and dy2 may share memory (the
+        # stack's output is (y1 + y2) / 2) and autograd owns them: copy those; below the top block
+        # both are this backward's own, distinct tensors.
+        dy1_total = dy1 if own_grads else dy1.clone()
         with torch.random.fork_rng(devices=[y1.device] if y1.device.type == "cuda" else [], enabled=rng_g is not None):
             if rng_g is not None:
                 rng_g.restore()
@@ -132,9 +138,11 @@ class ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy1: Tensor, dy2: Tensor):  # type: ignore[override]
         y1, y2 = ctx.saved_tensors
+        own = False  # the top block's gradients come from autograd
         for blk, (rng_f, rng_g), cache in zip(reversed(ctx.blocks), reversed(ctx.states), reversed(ctx.caches)):
             y1, y2, dy1, dy2 = blk.backward_pass(y1, y2, dy1, dy2, ctx.real, ctx.real_len, cache,
-                                                 rng_f, rng_g, ctx.autocast)
+                                                 rng_f, rng_g, ctx.autocast, own_grads=own)
+            own = True
             cache.clear()  # this block's hashes are no longer needed
         return dy1, dy2, None, None, None
 
