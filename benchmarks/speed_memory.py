@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 MODELS = ("seqformer", "hf", "reformer_pytorch", "sdpa")
 DEFAULT_LENGTHS = (4096, 16384, 65536, 262144, 1048576)
@@ -473,6 +474,23 @@ def _failed(rec: dict) -> bool:
     return rec.get("status", "").startswith(_FATAL_PREFIXES)
 
 
+def combine_rounds(recs: list[dict]) -> dict:
+    """One record from the runs of one (model, L): the first failure if any run failed, else the
+    run with the median time (the lower middle one for an even count), with every run's time
+    listed in ``rounds_s_per_step`` and the largest peak memory of them all."""
+    bad = [r for r in recs if r.get("status") != "ok"]
+    if bad:
+        return dict(bad[0], rounds_ok=len(recs) - len(bad))
+    ranked = sorted(recs, key=lambda r: r["s_per_step"])
+    out = dict(ranked[(len(ranked) - 1) // 2])
+    if len(recs) > 1:
+        out["rounds_s_per_step"] = [r["s_per_step"] for r in recs]
+        peaks = [r["peak_mem_bytes"] for r in recs if r.get("peak_mem_bytes")]
+        if peaks:
+            out["peak_mem_bytes"] = max(peaks)
+    return out
+
+
 def machine_info(args) -> dict:
     info = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "platform": platform.platform(),
             "python": platform.python_version(), "cpu_count": os.cpu_count(), "device": args.device}
@@ -517,7 +535,8 @@ def write_markdown(path: Path, data: dict) -> None:
     lines = [f"# Forward+backward step, batch 1, {m['device']}",
              "",
              f"{m.get('date', '')} · {m.get('cpu', '')} · {m.get('cpu_count', '?')} cores · torch "
-             f"{m.get('torch', '?')} · median of {m.get('repeats', '?')} steps after 1 warm-up · "
+             f"{m.get('torch', '?')} · median of {m.get('repeats', '?')} steps after 1 warm-up"
+             + (f", median run of {m['rounds']} (models interleaved)" if m.get("rounds", 1) > 1 else "") + " · "
              f"memory: {mem}" + (f" · THP_MEM_ALLOC_ENABLE=1 for every model at L >= {fmt_length(THP_MIN_ELEMS // DIM)}" if m.get("thp_mem_alloc") else ""),
              "",
              "| L | model | s/step | tok/s | peak memory | status | tok/s vs HF |",
@@ -617,6 +636,9 @@ def main(argv=None) -> int:
     p.add_argument("--lengths", default=",".join(fmt_length(L) for L in DEFAULT_LENGTHS),
                    help="comma list, e.g. 4K,16K,64K,256K,1M")
     p.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up (median kept)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="fresh-process runs of each (model, L), models interleaved; the median run is kept "
+                        "(on a shared, noisy machine 3 keeps one slow minute from deciding a ratio)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per (model, L) child process")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--mem-cap-gb", type=float, default=20.0,
@@ -656,7 +678,9 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
 
     meta = machine_info(args)
-    meta.update(repeats=args.repeats, thp_mem_alloc=not args.no_thp, timeout_s=args.timeout, mem_cap_gb=args.mem_cap_gb,
+    if args.rounds < 1:
+        p.error("--rounds must be 1 or more")
+    meta.update(repeats=args.repeats, rounds=args.rounds, thp_mem_alloc=not args.no_thp, timeout_s=args.timeout, mem_cap_gb=args.mem_cap_gb,
                 models=models, lengths=lengths)
     try:
         import torch
@@ -672,29 +696,42 @@ def main(argv=None) -> int:
 
     print(f"speed_memory: models={models} lengths={[fmt_length(L) for L in lengths]} device={args.device} "
           f"repeats={args.repeats} timeout={args.timeout:.0f}s cap={args.mem_cap_gb} GiB", flush=True)
-    for model in models:
-        failed_at = None
-        for L in lengths:
-            if failed_at is not None and not args.no_skip:
-                rec = {"model": model, "L": L, "device": args.device,
-                       "status": "skipped (failed at smaller L)", "failed_at": failed_at}
-            else:
-                print(f"  {LABELS[model]:<18} L={fmt_length(L):>5} ...", end=" ", flush=True)
+    # Length by length, models interleaved, so that all models at one L run within minutes of
+    # each other; with --rounds N each (model, L) runs N times in that interleaved order and the
+    # run with the median time is kept (peak memory: the largest of its runs).
+    failed_at: dict[str, Optional[int]] = {m: None for m in models}
+    missing: set[str] = set()
+    for L in lengths:
+        runs: dict[str, list[dict]] = {m: [] for m in models}
+        for rnd in range(args.rounds):
+            for model in models:
+                if model in missing or (failed_at[model] is not None and not args.no_skip):
+                    continue
+                if runs[model] and _failed(runs[model][-1]):
+                    continue  # a failure at this L is not retried in later rounds
+                tag = f" (round {rnd + 1}/{args.rounds})" if args.rounds > 1 else ""
+                print(f"  {LABELS[model]:<18} L={fmt_length(L):>5}{tag} ...", end=" ", flush=True)
                 rec = run_one(model, L, args)
                 if rec.get("status") == "ok":
                     print(f"{rec['s_per_step']:.3f} s/step  {rec['tok_per_s']:,.0f} tok/s  "
                           f"peak {fmt_bytes(rec.get('peak_mem_bytes'))}  ({rec['wall_s']:.0f} s)", flush=True)
                 else:
                     print(f"{rec.get('status')}  ({rec['wall_s']:.0f} s)", flush=True)
+                runs[model].append(rec)
+        for model in models:
+            if model in missing:
+                rec = {"model": model, "L": L, "device": args.device, "status": "not installed"}
+            elif not runs[model]:
+                rec = {"model": model, "L": L, "device": args.device,
+                       "status": "skipped (failed at smaller L)", "failed_at": failed_at[model]}
+            else:
+                rec = combine_rounds(runs[model])
                 if _failed(rec):
-                    failed_at = L
+                    failed_at[model] = L
+                if rec.get("status") == "not installed":
+                    missing.add(model)
             results.append(rec)
-            write_outputs(out_dir, stem, data)
-            if rec.get("status") == "not installed":
-                for L2 in lengths[lengths.index(L) + 1:]:
-                    results.append({"model": model, "L": L2, "device": args.device, "status": "not installed"})
-                write_outputs(out_dir, stem, data)
-                break
+        write_outputs(out_dir, stem, data)
     write_outputs(out_dir, stem, data)
     print(f"wrote {out_dir / stem}.json/.md/.png")
     return 0

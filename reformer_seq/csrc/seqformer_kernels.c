@@ -346,6 +346,26 @@ INLINE v16f vexp(v16f x) {
     return vsel(tiny, splat(0.0f), (v16f)bits);
 }
 
+/* log x, 16 lanes, for positive normal x: x = 2^e m with m in [sqrt(1/2), sqrt(2)), and
+ * log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| < 0.172, by its odd series to s^9 (truncation
+ * below 1e-9; a few float roundings). */
+INLINE v16f vlog(v16f x) {
+    const v16i bits = (v16i)x;
+    v16i e = ((bits >> 23) & splati(0xff)) - splati(127);
+    v16f m = (v16f)((bits & splati(0x007fffff)) | splati(0x3f800000));
+    const v16i big = m > splat(1.41421356f);
+    m = vsel(big, m * splat(0.5f), m);
+    e -= big;  /* true is -1 */
+    const v16f s = (m - splat(1.f)) / (m + splat(1.f)), s2 = s * s;
+    v16f p = splat(2.f / 9);
+    p = p * s2 + splat(2.f / 7);
+    p = p * s2 + splat(2.f / 5);
+    p = p * s2 + splat(2.f / 3);
+    p = p * s2 + splat(2.f);
+    const v16f ef = __builtin_convertvector(e, v16f);
+    return ef * splat(0.693145751953125f) + (s * p + ef * splat(1.42860682030941723212e-6f));
+}
+
 typedef struct {
     int64_t KP, QW, s0;
     int64_t *j0;           /* (C) first slot query a can see */
@@ -757,8 +777,9 @@ INLINE void fwd_impl(const round_t *x, int64_t begin, int64_t end, const int64_t
     const int64_t C = t->C;
     chunk_t w;
     chunk_alloc(&w, t);
-    const int64_t QW = w.QW;
-    float *row = alloc_f(QW);
+    const int64_t QW = w.QW, C16 = (C + 15) / 16 * 16;
+    float *row = alloc_f(QW), *mx = alloc_f(2 * C16), *tot = mx + C16;
+    for (int64_t a = C; a < C16; a++) mx[a] = 0.f, tot[a] = 1.f;  /* padding lanes */
     for (int64_t ch = x->q0 / C + begin; ch < x->q0 / C + end; ch++) {
         chunk_load(&w, x, ch, 0, D);
         for (int64_t a = 0; a < C; a++) {
@@ -766,10 +787,9 @@ INLINE void fwd_impl(const round_t *x, int64_t begin, int64_t end, const int64_t
             float *orow = x->os + sq * D;
             memset(orow, 0, sizeof(float) * D);
             const float m = chunk_logits(&w, x, sq, a, row, D);
-            if (m == -INFINITY) {  /* nothing visible this round */
-                x->ls[sq] = -INFINITY;
-                continue;
-            }
+            mx[a] = m;
+            tot[a] = 1.f;
+            if (m == -INFINITY) continue;  /* nothing visible this round: lse = -inf + log 1 */
             v16f sum = splat(0.f);
             for (int64_t j = 0; j < QW; j += 16) {
                 const v16f e = vexp(ld16(row + j) - splat(m));
@@ -777,14 +797,20 @@ INLINE void fwd_impl(const round_t *x, int64_t begin, int64_t end, const int64_t
                 sum += e;
             }
             const float total = hsum16(sum);
-            x->ls[sq] = m + logf(total);
+            tot[a] = total;
             /* the in-range slots of the query's span; the others have p = 0 */
             const int64_t base = w.s0 + w.j0[a];
             const int64_t ilo = base < 0 ? -base : 0, ihi = span_end(&w, t, a, base);
             combo(orow, row + ilo, 1, NULL, x->vs + (base + ilo) * D, ihi - ilo, 1.f / total, 0, D);
         }
+        for (int64_t a = 0; a < C16; a += 16) {  /* the chunk's lse = m + log(total), 16 at a time */
+            float l16[16];
+            st16(l16, ld16(mx + a) + vlog(ld16(tot + a)));
+            for (int64_t i = 0; i < 16 && a + i < C; i++) x->ls[ch * C + a + i] = l16[i];
+        }
     }
     free(row);
+    free(mx);
     chunk_free(&w);
 }
 
@@ -802,20 +828,40 @@ static void merge_range(void *arg, int64_t begin, int64_t end) {
     const int64_t L = x->t->L, D = x->t->D, g = x->g, rb = rbase(x->t, g), rs = x->t->H * D;
     begin += x->q0;
     end += x->q0;
-    for (int64_t s = begin; s < end; s++) {
-        const int64_t i = x->pm ? x->pm[s] : s, gi = g * L + i;
-        if (x->pm && s + PREFETCH < end) __builtin_prefetch(c->out + rb + x->pm[s + PREFETCH] * rs, 1);
-        float *o = c->out + rb + i * rs, *l = c->lse + gi;
-        const float *orow = x->os + s * D, blse = x->ls[s];
-        if (x->r == 0 || *l == -INFINITY) {
-            copy_row(o, orow, D);
-            *l = blse;
-        } else if (blse > -INFINITY) {
-            /* one exp and one log: w = e^-|prev - blse| <= 1 weighs the smaller side */
-            const float prev = *l, w = expf(-fabsf(prev - blse)), inv = 1.f / (1.f + w);
-            if (prev >= blse) blend(o, inv, orow, w * inv, D);
-            else blend(o, w * inv, orow, inv, D);
-            *l = (prev >= blse ? prev : blse) + log1pf(w);
+    for (int64_t s0 = begin; s0 < end; s0 += 16) {
+        const int64_t n = end - s0 < 16 ? end - s0 : 16;
+        float prev[16] = {0}, bl[16] = {0}, wt[16], inv[16], nl[16];
+        for (int64_t k = 0; k < n; k++) {
+            const int64_t s = s0 + k, i = x->pm ? x->pm[s] : s;
+            if (x->pm && s + PREFETCH < end) {
+                __builtin_prefetch(c->out + rb + x->pm[s + PREFETCH] * rs, 1);
+                if (x->r > 0) __builtin_prefetch(c->lse + g * L + x->pm[s + PREFETCH], 1);
+            }
+            prev[k] = x->r > 0 ? c->lse[g * L + i] : 0.f;  /* round 0 stores, reads nothing */
+            bl[k] = x->ls[s];
+        }
+        if (x->r > 0) {
+            /* one exp and one log per row: w = e^-|prev - blse| <= 1 weighs the smaller side, and
+             * the merged lse is max + log1p(w) (log(1 + w) corrected for the rounding of 1 + w) */
+            const v16f p = ld16(prev), b = ld16(bl);
+            const v16f w = vexp(-(v16f)((v16i)(p - b) & splati(0x7fffffff)));
+            const v16f u = splat(1.f) + w, iu = splat(1.f) / u;
+            st16(wt, w);
+            st16(inv, iu);
+            st16(nl, vsel(p >= b, p, b) + (vlog(u) - ((u - splat(1.f)) - w) * iu));
+        }
+        for (int64_t k = 0; k < n; k++) {
+            const int64_t s = s0 + k, i = x->pm ? x->pm[s] : s;
+            float *o = c->out + rb + i * rs, *l = c->lse + g * L + i;
+            const float *orow = x->os + s * D;
+            if (x->r == 0 || prev[k] == -INFINITY) {
+                copy_row(o, orow, D);
+                *l = bl[k];
+            } else if (bl[k] > -INFINITY) {
+                if (prev[k] >= bl[k]) blend(o, inv[k], orow, wt[k] * inv[k], D);
+                else blend(o, wt[k] * inv[k], orow, inv[k], D);
+                *l = nl[k];
+            }
         }
     }
 }
