@@ -6,11 +6,15 @@ allocates about fifty 64 MB activation-sized buffers (projections, norms, gradie
 8% of its CPU time went to clearing pages that were overwritten at once. ``csrc/block_cache.cpp``
 puts a small cache in front of torch's CPU allocator: freed buffers of at least ``min_bytes``
 are kept and handed back for the next request of exactly the same size, which the same layers
-make step after step. Measured side by side (2-core CPU, small config): 256K tokens 37.2K ->
-43.4K tok/s; 1M tokens 33.6K -> 38.1K tok/s at an equal peak (3.62 GiB).
+make step after step. Measured on a 2-core CPU (small config): at 256K tokens, alternating
+steps in one process, system time per step 1.12 -> 0.25 s and the median step 7.84 -> 7.59 s
+(user time rose by about as much as system time fell, probably because a freshly zeroed buffer
+is partly in the CPU cache and a reused one is not); at 1M tokens, separate runs, 31.2 -> 27.3 s per step and system time
+6.6 -> 1.0 s, peak 3618 -> 3596 MiB.
 
 Resident memory does not grow with it: a request that finds no kept block of its size first
-frees every kept block, and kept blocks never exceed ``cap_bytes``.
+frees kept blocks until those in use, those kept and the new one add up to no more than the
+most that was ever in use at once; ``SEQFORMER_BLOCK_CACHE_MB`` can cap the kept bytes further.
 
 It is built on first use with the system C++ compiler against the installed torch's headers
 (about 2 s, cached beside the attention kernel) and is process-wide: every CPU tensor
