@@ -34,9 +34,11 @@ struct Block {
     size_t bytes;
 };
 
+// Never destroyed (allocated once, not freed): torch may free tensors during its own static
+// destruction at exit, after this library's statics would be gone.
 pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-std::unordered_map<void *, Block> in_use;  // blocks handed out by us, by data pointer
-std::vector<Block> kept;                   // freed blocks, oldest first
+std::unordered_map<void *, Block> &in_use = *new std::unordered_map<void *, Block>();  // handed out, by pointer
+std::vector<Block> &kept = *new std::vector<Block>();  // freed blocks, oldest first
 size_t kept_bytes = 0, cap_bytes = 0, min_bytes = SIZE_MAX;
 size_t used_bytes = 0, peak_used = 0;  // bytes of blocks handed out, now and at most so far
 long long hits = 0, misses = 0;
@@ -47,7 +49,14 @@ struct Lock {
     ~Lock() { pthread_mutex_unlock(&mu); }
 };
 
-// Called with mu held; the blocks are freed after unlocking (freeing 64 MB unmaps it: slow).
+// With mu held: move the oldest kept block to `drop` (freed after unlocking: unmapping is slow).
+void evict_oldest_locked(std::vector<Block> &drop) {
+    kept_bytes -= kept.front().bytes;
+    drop.push_back(kept.front());
+    kept.erase(kept.begin());
+}
+
+// Called with mu held; the blocks are freed after unlocking.
 std::vector<Block> take_kept_locked() {
     std::vector<Block> out;
     out.swap(kept);
@@ -73,11 +82,7 @@ void cached_delete(void *ptr) {
             if (b.bytes > cap_bytes) {
                 drop.push_back(b);
             } else {
-                while (kept_bytes + b.bytes > cap_bytes && !kept.empty()) {  // oldest out first
-                    kept_bytes -= kept.front().bytes;
-                    drop.push_back(kept.front());
-                    kept.erase(kept.begin());
-                }
+                while (kept_bytes + b.bytes > cap_bytes && !kept.empty()) evict_oldest_locked(drop);
                 kept.push_back(b);
                 kept_bytes += b.bytes;
             }
@@ -111,12 +116,9 @@ struct BlockCache final : c10::Allocator {
                 }
             }
             misses++;
-            // Keep what fits beside the new block under the most ever in use at once; free the rest (oldest first).
-            while (!kept.empty() && used_bytes + kept_bytes + n > (peak_used > used_bytes + n ? peak_used : used_bytes + n)) {
-                kept_bytes -= kept.front().bytes;
-                drop.push_back(kept.front());
-                kept.erase(kept.begin());
-            }
+            // Keep what fits beside the new block under the most ever in use at once; free the rest.
+            const size_t limit = peak_used > used_bytes + n ? peak_used : used_bytes + n;
+            while (!kept.empty() && used_bytes + kept_bytes + n > limit) evict_oldest_locked(drop);
         }
         free_blocks(drop);
         c10::DataPtr d = base->allocate(n);
@@ -138,7 +140,7 @@ struct BlockCache final : c10::Allocator {
     }
 };
 
-BlockCache the_cache;
+BlockCache &the_cache = *new BlockCache();  // never destroyed, like the containers above
 
 // A fork (e.g. a DataLoader worker) while another thread holds the lock must not leave the
 // child's copy locked forever.
@@ -150,8 +152,8 @@ void after_fork() { pthread_mutex_unlock(&mu); }
 extern "C" {
 
 // Put the cache in front of torch's CPU allocator (once), or change its limits (cap < 0: no cap
-// but the peak rule). Returns 1 when
-// the cache is torch's CPU allocator afterwards, 0 when another allocator has precedence.
+// but the peak rule). Returns 1 when the cache is torch's CPU allocator afterwards, 0 when
+// another allocator has precedence.
 int seq_block_cache_enable(long long cap, long long min_size) {
     std::vector<Block> drop;
     int ok;
@@ -164,11 +166,7 @@ int seq_block_cache_enable(long long cap, long long min_size) {
             c10::SetCPUAllocator(&the_cache, /*priority=*/1);
             pthread_atfork(before_fork, after_fork, after_fork);
         }
-        while (kept_bytes > cap_bytes && !kept.empty()) {
-            kept_bytes -= kept.front().bytes;
-            drop.push_back(kept.front());
-            kept.erase(kept.begin());
-        }
+        while (kept_bytes > cap_bytes && !kept.empty()) evict_oldest_locked(drop);
         ok = c10::GetCPUAllocator() == &the_cache;
     }
     free_blocks(drop);
