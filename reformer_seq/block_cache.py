@@ -9,8 +9,8 @@ are kept and handed back for the next request of exactly the same size, which th
 make step after step. Measured on a 2-core CPU (small config): at 256K tokens, alternating
 steps in one process, system time per step 1.12 -> 0.25 s and the median step 7.84 -> 7.59 s
 (user time rose by about as much as system time fell, probably because a freshly zeroed buffer
-is partly in the CPU cache and a reused one is not); at 1M tokens, separate runs, 31.2 -> 27.3 s per step and system time
-6.6 -> 1.0 s, peak 3618 -> 3596 MiB.
+is partly in the CPU cache and a reused one is not); at 1M tokens, separate runs, 31.2 -> 27.3 s
+per step and system time 6.6 -> 1.0 s, peak 3618 -> 3596 MiB.
 
 Resident memory does not grow with it: a request that finds no kept block of its size first
 frees kept blocks until those in use, those kept and the new one add up to no more than the

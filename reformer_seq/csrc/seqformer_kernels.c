@@ -831,13 +831,15 @@ static void merge_range(void *arg, int64_t begin, int64_t end) {
     for (int64_t s0 = begin; s0 < end; s0 += 16) {
         const int64_t n = end - s0 < 16 ? end - s0 : 16;
         float prev[16] = {0}, bl[16] = {0}, wt[16], inv[16], nl[16];
+        int64_t pos[16];  /* original positions of the 16 rows */
         for (int64_t k = 0; k < n; k++) {
-            const int64_t s = s0 + k, i = x->pm ? x->pm[s] : s;
+            const int64_t s = s0 + k;
+            pos[k] = x->pm ? x->pm[s] : s;
             if (x->pm && s + PREFETCH < end) {
                 __builtin_prefetch(c->out + rb + x->pm[s + PREFETCH] * rs, 1);
                 if (x->r > 0) __builtin_prefetch(c->lse + g * L + x->pm[s + PREFETCH], 1);
             }
-            prev[k] = x->r > 0 ? c->lse[g * L + i] : 0.f;  /* round 0 stores, reads nothing */
+            prev[k] = x->r > 0 ? c->lse[g * L + pos[k]] : 0.f;  /* round 0 stores, reads nothing */
             bl[k] = x->ls[s];
         }
         if (x->r > 0) {
@@ -851,9 +853,8 @@ static void merge_range(void *arg, int64_t begin, int64_t end) {
             st16(nl, vsel(p >= b, p, b) + (vlog(u) - ((u - splat(1.f)) - w) * iu));
         }
         for (int64_t k = 0; k < n; k++) {
-            const int64_t s = s0 + k, i = x->pm ? x->pm[s] : s;
-            float *o = c->out + rb + i * rs, *l = c->lse + g * L + i;
-            const float *orow = x->os + s * D;
+            float *o = c->out + rb + pos[k] * rs, *l = c->lse + g * L + pos[k];
+            const float *orow = x->os + (s0 + k) * D;
             if (x->r == 0 || prev[k] == -INFINITY) {
                 copy_row(o, orow, D);
                 *l = bl[k];
