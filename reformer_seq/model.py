@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import SelfAttention
 from .axial_positions import AxialPositionalEncoding
 from .config import ReformerConfig
+from .copy_attention import CopyAttention
 from . import block_cache
 from .block_cache import CACHE_FROM_ELEMS
 from .feedforward import FeedForward
@@ -50,6 +51,10 @@ class ReformerLM(nn.Module):
         nn.init.normal_(self.token_emb.weight, std=0.02)
         self.pos_emb = AxialPositionalEncoding(c.dim, c.axial, c.max_seq_len)
         self.conv = CausalConv(c.dim, c.conv_kernel) if c.conv_kernel > 0 else None
+        self.copy = None
+        if c.copy_k:
+            self.copy = CopyAttention(c.dim, c.copy_k, c.copy_rc, c.bucket_size, c.copy_hashes or c.n_hashes,
+                                      c.copy_temperature, hash_seed=c.hash_seed * 1000 + 999)
         self.layers = nn.ModuleList()
         for i, kind in enumerate(c.layer_kinds()):
             attn = SelfAttention(c.dim, c.heads, c.head_dim, kind=kind, causal=c.causal, bucket_size=c.bucket_size,
@@ -92,6 +97,8 @@ class ReformerLM(nn.Module):
             real_len = mask.sum(1)
         if self.conv is not None:
             x = self.conv(x)
+        if self.copy is not None:  # what followed earlier copies of the last k bases
+            x = x + self.copy(x, tokens, mask)
         return run_blocks(self.layers, x, mask, real_len, self.config.reversible)
 
     def encode(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
