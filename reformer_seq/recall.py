@@ -154,24 +154,56 @@ def repeat_positions_brute(ids: np.ndarray, w: int = 24, max_mismatches: int = 0
 
 
 # ---------------------------------------------------------------------- the copy-model baseline
-def copy_predictions(ids: np.ndarray, k: int) -> np.ndarray:
-    """(L,) int64: for each position t, the base that followed the most recent earlier occurrence
-    of ``ids[t-k:t]`` (that occurrence ending before ``t - 1``), or -1 where there is none."""
+def _most_recent_before(db_key: np.ndarray, q_key: np.ndarray) -> np.ndarray:
+    """For each query i (key ``q_key[i]`` at position i), the largest db position j < i with
+    ``db_key[j] == q_key[i]``, or -1. Negative keys never match."""
+    n = len(q_key)
+    keys = np.concatenate([db_key, q_key])
+    pos = np.concatenate([np.arange(len(db_key)), np.arange(n)])
+    is_db = np.concatenate([np.ones(len(db_key), np.int64), np.zeros(n, np.int64)])
+    order = np.lexsort((is_db, pos, keys))  # by key, then position; a query before a db entry at its position
+    k_s, p_s, db_s = keys[order], pos[order], is_db[order]
+    idx = np.arange(len(order))
+    group_start = np.maximum.accumulate(np.where(np.concatenate([[True], k_s[1:] != k_s[:-1]]), idx, 0))
+    last_db = np.maximum.accumulate(np.where(db_s == 1, idx, -1))  # latest db entry at or before idx
+    qsel = np.flatnonzero(db_s == 0)
+    j = last_db[qsel]
+    ok = (j >= group_start[qsel]) & (k_s[qsel] >= 0)
+    found = np.full(n, -1, np.int64)
+    found[p_s[qsel]] = np.where(ok, p_s[np.maximum(j, 0)], -1)
+    return found
+
+
+def copy_predictions(ids: np.ndarray, k: int, reverse: bool = False) -> np.ndarray:
+    """(L,) int64: for each position t, the copy model's prediction from the most recent earlier
+    occurrence of the suffix ``ids[t-k:t]``, or -1 where there is none.
+
+    Direct: an earlier occurrence of the same k-mer (ending before ``t - 1``); the prediction is
+    the base that followed it. ``reverse``: an earlier occurrence of its reverse complement
+    (ending before ``t - 1``); the prediction is the complement of the base before it.
+    """
     ids = np.asarray(ids, dtype=np.int64)
     L = len(ids)
     pred = np.full(L, -1, dtype=np.int64)
     code, ok = _pack(ids, k)  # k-mer starting at s precedes position s + k
     if len(code) < 2:
         return pred
-    key = np.where(ok, code, -1)
-    order = np.lexsort((np.arange(len(code)), key))
-    ks = key[order]
-    same = np.concatenate([[False], ks[1:] == ks[:-1]]) & (ks >= 0)  # an earlier occurrence exists
-    q = order[same]  # k-mer start of a query; its query position is q + k
-    prev = order[np.flatnonzero(same) - 1]  # most recent earlier start of the same k-mer
-    follow = prev + k  # the base after the earlier occurrence (prev + k <= q + k - 1 < L)
-    valid = (q + k < L) & _is_base(ids[np.minimum(follow, L - 1)])
-    pred[q[valid] + k] = ids[follow[valid]]
+    q_key = np.where(ok, code, -1)
+    if not reverse:
+        prev = _most_recent_before(q_key, q_key)  # earlier start with the same k-mer
+        follow = prev + k  # the base after it (< t = q + k, so known)
+    else:
+        rc_code, _ = _pack(reverse_complement(ids), k)  # rc of the k-mer starting at s is rc_code[L - k - s]
+        db = np.where(ok, rc_code[::-1], -1)  # db[s] = code of revcomp(ids[s:s+k])
+        db[0] = -1  # no base before the first k-mer
+        prev = _most_recent_before(db, q_key)
+        follow = prev - 1  # the base before the earlier occurrence; predicted as its complement
+    q = np.flatnonzero(prev >= 0)
+    q = q[q + k < L]
+    f = follow[q]
+    valid = _is_base(ids[f])
+    base = ids[f[valid]]
+    pred[q[valid] + k] = _COMPLEMENT[base] if reverse else base
     return pred
 
 
@@ -181,32 +213,40 @@ class CopyModel:
 
     markov: MarkovModel
     orders: tuple[int, ...] = (32, 24, 20, 16, 12)
-    weights: dict[int, float] = field(default_factory=dict)  # suffix length -> mixing weight w_k
+    reverse: bool = True  # also copy from reverse-complement (inverted) occurrences
+    # predictor -> mixing weight; predictor k > 0: direct match of length k, -k: reverse complement
+    weights: dict[int, float] = field(default_factory=dict)
 
     def predictions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per position: the predicted base (-1: none) and the suffix length that made it (0: none)."""
+        """Per position: the predicted base (-1: none) and the predictor that made it (0: none;
+        k: direct suffix match of length k; -k: reverse-complement match). Longest first; at
+        equal length the direct match wins."""
         L = len(ids)
         pred = np.full(L, -1, np.int64)
         used = np.zeros(L, np.int64)
-        for k in sorted(self.orders, reverse=True):  # longest first; shorter ones fill the gaps
-            p = copy_predictions(ids, k)
-            new = (pred < 0) & (p >= 0)
-            pred[new], used[new] = p[new], k
+        for k in sorted(self.orders, reverse=True):
+            for rev in ((False, True) if self.reverse else (False,)):
+                p = copy_predictions(ids, k, rev)
+                new = (pred < 0) & (p >= 0)
+                pred[new], used[new] = p[new], -k if rev else k
         return pred, used
+
+    def predictors(self) -> list[int]:
+        return [s * k for k in self.orders for s in ((1, -1) if self.reverse else (1,))]
 
     def fit(self, windows: Sequence[np.ndarray], grid: int = 200) -> "CopyModel":
         """Choose each w_k to maximise the likelihood of the training ``windows``."""
-        hits: dict[int, list] = {k: [] for k in self.orders}
+        hits: dict[int, list] = {k: [] for k in self.predictors()}
         for ids in windows:
             pos = np.flatnonzero(_is_base(ids))
             pos = pos[pos > 0]
             pred, used = self.predictions(ids)
             lp, _ = self.markov.score(ids, pos)
-            for k in self.orders:
+            for k in self.predictors():
                 sel = used[pos] == k
                 hits[k].append((pred[pos[sel]] == ids[pos[sel]], 2.0 ** lp[sel]))
         ws = np.linspace(0.0, 0.999, grid)
-        for k in self.orders:
+        for k in self.predictors():
             if not hits[k]:
                 self.weights[k] = 0.0
                 continue

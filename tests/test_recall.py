@@ -92,3 +92,36 @@ def test_copy_model_mixes_by_fitted_weight():
     # hand-worked: inside the copy the prediction is right, p = w + (1 - w) p_markov
     assert np.allclose(bits, -np.log2(w + (1 - w) * 2.0 ** lp))
     assert bits.mean() < 0.2
+
+
+def test_copy_predictions_reverse_complement_hand_worked():
+    #          0123456789
+    ids = enc("TCAAGGTTGA")
+    # position 9: suffix ids[6:9] = TTG, revcomp = CAA at 1..3; the base before it (0) is T,
+    # whose complement A is the prediction (an inverted repeat continues leftwards)
+    pred = copy_predictions(ids, 3, reverse=True)
+    assert pred[9] == enc("A")[0]
+    assert copy_predictions(ids, 3)[9] == -1  # no direct occurrence
+
+
+def test_copy_predictions_against_brute_force():
+    rng = np.random.default_rng(11)
+    ids = rng.integers(4, 8, 400).astype(np.int64)
+    ids[300:340] = reverse_complement(ids[50:90])
+    ids[200:240] = ids[10:50]
+    comp = {4: 7, 5: 6, 6: 5, 7: 4}
+    for k in (4, 6):
+        for rev in (False, True):
+            fast = copy_predictions(ids, k, rev)
+            for t in range(k, len(ids)):
+                u = ids[t - k:t]
+                want = -1
+                for s in range(t - k - 1, -1, -1):  # most recent start s < t - k
+                    cand = ids[s:s + k]
+                    if rev and s >= 1 and np.array_equal(reverse_complement(cand), u):
+                        want = comp[int(ids[s - 1])]
+                        break
+                    if not rev and np.array_equal(cand, u):
+                        want = int(ids[s + k])
+                        break
+                assert fast[t] == want, (k, rev, t)
