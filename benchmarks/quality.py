@@ -72,7 +72,20 @@ LSH_VS_EXACT = {
 }
 CONTEXT = {f"context-{n // 1024}K": {"data": {"seq_len": n}, "train": {"batch_size": max(1, 16384 // n)}}
            for n in (1024, 4096, 16384, 65536)}
-STUDIES = {"levers": (LEVERS, ECOLI), "lsh-vs-exact": (LSH_VS_EXACT, ECOLI), "context": (CONTEXT, CHRX),
+# copy attention (model.copy_k) and planted repeats: held-out bits here, recall with long_context.py
+_COPY = {"model": {"copy_k": 12, "random_position_offset": True}, "data": {"plant_repeats": 0.5}}
+COPY = {
+    "default": {},
+    "copy": _COPY,
+    "copy-T32-fixed": {"model": {**_COPY["model"], "copy_temperature": 32.0, "copy_learn_temperature": False},
+                       "data": _COPY["data"]},
+    "copy-T32": {"model": {**_COPY["model"], "copy_temperature": 32.0}, "data": _COPY["data"]},
+    "copy-plant-more": {"model": _COPY["model"], "data": {"plant_repeats": 0.75, "plant_copies": 4}},
+    "copy-no-plant": {"model": _COPY["model"]},
+    "copy-no-offset": {"model": {"copy_k": 12}, "data": {"plant_repeats": 0.5}},
+    "copy-k16": {"model": {"copy_k": 16}, "data": _COPY["data"]},
+}
+STUDIES = {"copy": (COPY, ECOLI), "levers": (LEVERS, ECOLI), "lsh-vs-exact": (LSH_VS_EXACT, ECOLI), "context": (CONTEXT, CHRX),
            "final": ({"default": {}}, ECOLI)}
 
 

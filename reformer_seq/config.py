@@ -66,13 +66,18 @@ class ReformerConfig:
     # Short depthwise causal convolution over the embeddings (kernel width; 0 disables): gives
     # every position its immediate left context (k-mer features) before any attention.
     conv_kernel: int = 0
+    # Training only: start each batch's positions at a random row of the axial grid, so windows
+    # shorter than max_seq_len train every position's embedding (a 4K-window model then works
+    # on 64K inputs: without it the copy signal weakened with absolute position, see README).
+    random_position_offset: bool = False
     dropout: float = 0.0  # dropout on attention weights' output and feed-forward
     # Copy attention (copy_attention.py) below the stack: LSH attention on the one-hot codes of
     # the last copy_k bases with shifted values, so a repeat is predicted from its earlier copy.
     # 0 disables it. Causal nucleotide models only.
     copy_k: int = 0
     copy_rc: bool = True  # a second head for reverse-complement (inverted) copies
-    copy_temperature: float = 16.0  # initial logit scale T (learned): logit = T * matching bases / k
+    copy_temperature: float = 16.0  # logit scale T of an exact k-mer match (see copy_attention.py)
+    copy_learn_temperature: bool = True  # learn T (from copy_temperature) or keep it fixed
     copy_hashes: Optional[int] = None  # hash rounds of the copy layer; None: n_hashes
     hash_seed: int = 0  # seed of the hash rotations in eval mode (deterministic inference)
 

@@ -96,7 +96,7 @@ class CopyAttention(nn.Module):
     """(B, L, dim) hidden states + (B, L) tokens -> (B, L, dim) copy signal (causal only)."""
 
     def __init__(self, dim: int, k: int = 12, reverse_complement: bool = True, bucket_size: int = 16,
-                 n_hashes: int = 4, temperature: float = 16.0, hash_seed: int = 0):
+                 n_hashes: int = 4, temperature: float = 16.0, hash_seed: int = 0, learn_temperature: bool = True):
         super().__init__()
         self.k, self.rc, self.bucket_size, self.n_hashes = k, reverse_complement, bucket_size, n_hashes
         self.heads = 2 if reverse_complement else 1
@@ -107,7 +107,11 @@ class CopyAttention(nn.Module):
         self.to_out = nn.Linear(self.heads * self.dim_head, dim)
         nn.init.zeros_(self.to_out.weight)  # the layer starts silent (x + 0); training turns it on
         nn.init.zeros_(self.to_out.bias)
-        self.log_temperature = nn.Parameter(torch.full((self.heads,), math.log(temperature)))
+        log_t = torch.full((self.heads,), math.log(temperature))
+        if learn_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
 
     def _rotations(self, n_factors: int, device: torch.device) -> Tensor:
         if not self.training:  # eval: fixed rotations, the same on every device (see attention.py)

@@ -54,7 +54,8 @@ class ReformerLM(nn.Module):
         self.copy = None
         if c.copy_k:
             self.copy = CopyAttention(c.dim, c.copy_k, c.copy_rc, c.bucket_size, c.copy_hashes or c.n_hashes,
-                                      c.copy_temperature, hash_seed=c.hash_seed * 1000 + 999)
+                                      c.copy_temperature, hash_seed=c.hash_seed * 1000 + 999,
+                                      learn_temperature=c.copy_learn_temperature)
         self.layers = nn.ModuleList()
         for i, kind in enumerate(c.layer_kinds()):
             attn = SelfAttention(c.dim, c.heads, c.head_dim, kind=kind, causal=c.causal, bucket_size=c.bucket_size,
@@ -90,7 +91,8 @@ class ReformerLM(nn.Module):
             block_cache.ensure()  # reuse large freed buffers instead of fresh zeroed pages (block_cache.py)
         if B * L * self.config.dim >= HEAD_CHECKPOINT_ELEMS:
             limit_heap_fragmentation()  # long inputs: freed buffers go back to the OS (see heap.py)
-        x = self.token_emb(tokens.long()) + self.pos_emb(L)  # (B, L, dim)
+        first_row = self.pos_emb.random_first_row(L) if self.training and self.config.random_position_offset else 0
+        x = self.token_emb(tokens.long()) + self.pos_emb(L, first_row)  # (B, L, dim)
         real_len = None
         if mask is not None:
             x = x * mask.unsqueeze(-1)  # padded embeddings are zero, whatever their token

@@ -232,3 +232,32 @@ def test_head_groups_equal_all_heads_at_once(layers, monkeypatch):
     assert rel_err(out_r, out_p) < 1e-5
     for name in g_p:
         assert rel_err(g_r[name], g_p[name]) < 1e-5, name
+
+
+def test_axial_positions_with_a_first_row_are_the_later_positions():
+    from reformer_seq.axial_positions import AxialPositionalEncoding
+
+    pe = AxialPositionalEncoding(8, (16, 16), 256)
+    full = pe(256)
+    assert torch.equal(pe(40, first_row=3), full[48:88])
+    with pytest.raises(ValueError):
+        pe(40, first_row=14)  # 3 rows from row 14 leave the 16-row grid
+    torch.manual_seed(0)
+    rows = {pe.random_first_row(40) for _ in range(200)}
+    assert rows == set(range(14))  # every start row that fits is drawn
+
+
+def test_random_position_offset_only_in_training():
+    cfg = ReformerConfig(vocab_size=9, dim=16, depth=1, heads=2, bucket_size=8, max_seq_len=1024,
+                         attn_layers=["local"], local_window=16, random_position_offset=True)  # no random hashing
+    model = ReformerLM(cfg)
+    ids = torch.randint(4, 8, (1, 64))
+    model.eval()
+    with torch.no_grad():
+        a, b = model(ids), model(ids)
+    assert torch.equal(a, b)  # evaluation: positions from 0, deterministic
+    model.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        outs = [model(ids) for _ in range(4)]
+    assert any(not torch.allclose(outs[0], o) for o in outs[1:])  # training: the offset changes
