@@ -70,6 +70,11 @@ class ReformerConfig:
     # shorter than max_seq_len train every position's embedding (a 4K-window model then works
     # on 64K inputs: without it the copy signal weakened with absolute position, see README).
     random_position_offset: bool = False
+    # Absolute positions: "axial" (the paper's axial encoding) or "none". Genome windows are
+    # arbitrary crops, so an absolute position means nothing to DNA; the causal convolution and
+    # local attention give order. With "none" the model is the same at every position of any
+    # input, so a 4K-window model reads 64K inputs as it reads 4K ones (see copy attention).
+    positions: str = "axial"
     dropout: float = 0.0  # dropout on attention weights' output and feed-forward
     # Copy attention (copy_attention.py) below the stack: LSH attention on the one-hot codes of
     # the last copy_k bases with shifted values, so a repeat is predicted from its earlier copy.
@@ -79,6 +84,10 @@ class ReformerConfig:
     copy_temperature: float = 16.0  # logit scale T of an exact k-mer match (see copy_attention.py)
     copy_learn_temperature: bool = True  # learn T (from copy_temperature) or keep it fixed
     copy_hashes: Optional[int] = None  # hash rounds of the copy layer; None: n_hashes
+    # Where the copy signal joins: "top" (added to the stack's output before the head; values
+    # from the token embeddings alone, so the copy path has no positions) or "bottom" (added to
+    # the embeddings; the stack's layers read it).
+    copy_position: str = "top"
     hash_seed: int = 0  # seed of the hash rotations in eval mode (deterministic inference)
 
     def __post_init__(self) -> None:
@@ -105,6 +114,10 @@ class ReformerConfig:
             raise ConfigError(f"model.n_buckets must be a power of two or null (auto), got {self.n_buckets}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.copy_position not in ("top", "bottom"):
+            raise ConfigError(f"model.copy_position must be 'top' or 'bottom', got {self.copy_position!r}")
+        if self.positions not in ("axial", "none"):
+            raise ConfigError(f"model.positions must be 'axial' or 'none', got {self.positions!r}")
         if not isinstance(self.copy_k, int) or self.copy_k < 0:
             raise ConfigError(f"model.copy_k must be 0 (off) or a k-mer length >= 1, got {self.copy_k!r}")
         if self.copy_k and not self.causal:

@@ -49,7 +49,7 @@ class ReformerLM(nn.Module):
         self.config = c = config
         self.token_emb = nn.Embedding(c.vocab_size, c.dim)
         nn.init.normal_(self.token_emb.weight, std=0.02)
-        self.pos_emb = AxialPositionalEncoding(c.dim, c.axial, c.max_seq_len)
+        self.pos_emb = AxialPositionalEncoding(c.dim, c.axial, c.max_seq_len) if c.positions == "axial" else None
         self.conv = CausalConv(c.dim, c.conv_kernel) if c.conv_kernel > 0 else None
         self.copy = None
         if c.copy_k:
@@ -91,17 +91,23 @@ class ReformerLM(nn.Module):
             block_cache.ensure()  # reuse large freed buffers instead of fresh zeroed pages (block_cache.py)
         if B * L * self.config.dim >= HEAD_CHECKPOINT_ELEMS:
             limit_heap_fragmentation()  # long inputs: freed buffers go back to the OS (see heap.py)
-        first_row = self.pos_emb.random_first_row(L) if self.training and self.config.random_position_offset else 0
-        x = self.token_emb(tokens.long()) + self.pos_emb(L, first_row)  # (B, L, dim)
+        x = tok = self.token_emb(tokens.long())  # (B, L, dim)
+        if self.pos_emb is not None:
+            first_row = self.pos_emb.random_first_row(L) if self.training and self.config.random_position_offset else 0
+            x = x + self.pos_emb(L, first_row)
         real_len = None
         if mask is not None:
             x = x * mask.unsqueeze(-1)  # padded embeddings are zero, whatever their token
             real_len = mask.sum(1)
         if self.conv is not None:
             x = self.conv(x)
-        if self.copy is not None:  # what followed earlier copies of the last k bases
+        top = self.config.copy_position == "top"
+        if self.copy is not None and not top:  # what followed earlier copies of the last k bases
             x = x + self.copy(x, tokens, mask)
-        return run_blocks(self.layers, x, mask, real_len, self.config.reversible)
+        h = run_blocks(self.layers, x, mask, real_len, self.config.reversible)
+        if self.copy is not None and top:  # beside the stack, straight to the head; values from the bases alone
+            h = h + self.copy(tok, tokens, mask)
+        return h
 
     def encode(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """Final hidden states (B, L, dim). mask: (B, L) bool, True = real token, False = padding."""
