@@ -2,7 +2,8 @@
 
 * :func:`read_records` streams ``(id, description, sequence)`` from FASTA (``.fa .fasta .fna``) or
   GenBank (``.gb .gbk .gbff``) files, plain, gzip or bgzip (gzip is detected by its magic bytes,
-  the format by the first line: ``>`` is FASTA, ``LOCUS`` is GenBank). One record is in memory at
+  the format by the first line: ``>`` is FASTA, ``LOCUS`` is GenBank; blank lines before it are
+  skipped). One record is in memory at
   a time.
 * :func:`load_genome` encodes every record with a tokenizer and returns :class:`EncodedRecord`
   objects whose ``ids`` are read-only memory maps into a cached ``.npy`` file. The cache entry is
@@ -121,6 +122,17 @@ def _open_text(path: Path) -> IO[str]:
     return open(path, "r", encoding="utf-8")
 
 
+def _skip_blank_lines(handle: IO[str]) -> None:
+    """Move ``handle`` past whitespace-only lines at its start (left by concatenating or editing
+    files); Biopython takes them for comments and refuses the file."""
+    while True:
+        pos = handle.tell()
+        line = handle.readline()
+        if not line or line.strip():
+            handle.seek(pos)
+            return
+
+
 # ---------------------------------------------------------------------- reading records
 def read_records(path: PathLike, format: Optional[str] = None) -> Iterator[SeqRecordText]:
     """Stream the records of a FASTA or GenBank file (plain/gzip/bgzip) as ``(id, description, sequence)``.
@@ -136,10 +148,13 @@ def read_records(path: PathLike, format: Optional[str] = None) -> Iterator[SeqRe
     fmt = format or sniff_format(path)
     n, last = 0, None
     with _open_text(path) as handle:
-        records = SeqIO.parse(handle, fmt)
+        records = None
         while True:
             where = f"while reading record #{n + 1}" + (f" (after {last!r})" if last else "")
             try:
+                if records is None:  # Biopython reads the first line here
+                    _skip_blank_lines(handle)
+                    records = SeqIO.parse(handle, fmt)
                 rec = next(records)
                 seq = str(rec.seq)
             except StopIteration:
