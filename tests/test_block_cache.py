@@ -19,7 +19,7 @@ PRELUDE = """
 import os, sys, torch
 from reformer_seq import block_cache as bc
 if bc._library() is None:
-    print("NO-LIBRARY"); sys.exit(0)
+    print("NO-LIBRARY:", bc.unavailable_reason()); sys.exit(0)
 """
 
 
@@ -28,7 +28,8 @@ def run_py(code: str, **env) -> str:
     res = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(code)], cwd=ROOT, env=full_env,
                          capture_output=True, text=True, timeout=300)
     if "NO-LIBRARY" in res.stdout:
-        pytest.skip("the buffer cache cannot be built here (no C++ compiler or torch headers)")
+        reason = res.stdout.split("NO-LIBRARY:", 1)[1].strip().splitlines()[0]
+        pytest.skip(f"the buffer cache cannot be built here: {reason}")
     assert res.returncode == 0, res.stdout + res.stderr
     return res.stdout
 
