@@ -19,7 +19,8 @@ most that was ever in use at once; ``SEQFORMER_BLOCK_CACHE_MB`` can cap the kept
 It is built on first use with the system C++ compiler against the installed torch's headers
 (about 2 s, cached beside the attention kernel) and is process-wide: every CPU tensor
 allocation goes through it. :class:`~reformer_seq.model.ReformerLM` turns it on when it first
-sees an input with 16 MB activations (``B * L * dim >= 2**22``: 64K tokens at dim 64). Where
+sees an input with 16 MB activations (``B * L * dim >= 2**22``: 64K tokens at dim 64), if
+process-wide tuning is on (:mod:`.runtime`: off by default, on in the ``seqformer`` commands). Where
 no compiler or headers exist, or with ``SEQFORMER_BLOCK_CACHE=0``, nothing changes.
 ``SEQFORMER_BLOCK_CACHE_MB`` caps the kept bytes (by default only the peak rule above bounds
 them); :func:`release` frees what is kept.
@@ -126,6 +127,17 @@ def ensure() -> bool:
     if _ensured is None:
         _ensured = enable()
     return _ensured
+
+
+def suspend() -> None:
+    """Keep nothing from now on and free what is kept (the cache stays torch's CPU allocator,
+    since buffers it handed out must be freed through it); the next :func:`ensure` turns it on
+    again. What :func:`~reformer_seq.runtime.set_process_tuning` (False) calls."""
+    global _ensured
+    if _lib is not None and _ensured:
+        _lib.seq_block_cache_enable(0, MIN_BYTES)
+        release()
+    _ensured = None
 
 
 def release() -> None:

@@ -17,11 +17,10 @@ from torch.utils.checkpoint import checkpoint
 from .attention import SelfAttention
 from .axial_positions import AxialPositionalEncoding
 from .config import ReformerConfig
-from . import block_cache
-from .block_cache import CACHE_FROM_ELEMS
 from .feedforward import FeedForward
-from .heap import LONG_INPUT_ELEMS, limit_heap_fragmentation
+from .heap import LONG_INPUT_ELEMS
 from .reversible import ReversibleBlock, run_blocks
+from . import runtime
 
 HEAD_CHECKPOINT_ELEMS = LONG_INPUT_ELEMS  # (B, L, dim) sizes from which the final norm is recomputed
 
@@ -81,10 +80,7 @@ class ReformerLM(nn.Module):
         """The reversible stack's output (B, L, dim), before the final norm."""
         self._check(tokens, mask)
         B, L = tokens.shape
-        if B * L * self.config.dim >= CACHE_FROM_ELEMS and tokens.device.type == "cpu":
-            block_cache.ensure()  # reuse large freed buffers instead of fresh zeroed pages (block_cache.py)
-        if B * L * self.config.dim >= HEAD_CHECKPOINT_ELEMS:
-            limit_heap_fragmentation()  # long inputs: freed buffers go back to the OS (see heap.py)
+        runtime.tune_for_input(B * L * self.config.dim, tokens.device.type)  # process-wide; only if allowed
         x = self.token_emb(tokens.long()) + self.pos_emb(L)  # (B, L, dim)
         real_len = None
         if mask is not None:

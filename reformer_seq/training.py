@@ -19,7 +19,6 @@ cheap for models of this size. Only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import math
 import os
@@ -34,7 +33,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import kernels
+from . import kernels, runtime
 from .checkpoint import (STATE_FILE, atomic_write_json, atomic_write_text, resolve_checkpoint, save_checkpoint)
 from .config import RunConfig, load_run_config
 from .errors import CheckpointError, ConfigError, InputError
@@ -470,12 +469,10 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
     val_step, saved_step = -1, -1  # the step of the last validation / checkpoint
     history: list[dict] = []
     window_tokens, window_t = 0, time.perf_counter()
-    # Everything built so far (modules, torch, Biopython) lives for the whole run: take it out of
-    # the cyclic GC's generations, whose full passes otherwise walk it during the steps (~3-4% of
-    # a 64K-token step's CPU time). New objects are still collected.
-    gc.collect()
-    gc.freeze()
-    with _StopFlag() as stop:
+    # With process-wide tuning on (runtime.py; the CLI's default), everything built so far
+    # (modules, torch, Biopython) leaves the cyclic GC's generations for the run: their full
+    # passes otherwise walk it during the steps (~3-4% of a 64K-token step's CPU time).
+    with runtime.frozen_gc(), _StopFlag() as stop:
         while step < tcfg.max_steps:
             if tcfg.max_time is not None and _agree(train_time() >= tcfg.max_time, dist):
                 stopped_by = "max_time"
@@ -536,7 +533,6 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
         if dist.main and files["metrics"].is_file():
             plot_loss_curve(files["metrics"], files["plot"])
         signum = stop.signum
-    gc.unfreeze()  # the run's objects may be collected again (matters to callers that train twice)
     kernels.release_buffers()  # the attention kernel's kept work buffers
     if dist.world > 1:  # ranks must hold one model: check that gradient averaging kept them equal
         flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
