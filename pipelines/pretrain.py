@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import click
 
 from reformer_seq.config import load_run_config
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from reformer_seq.resources import resource
 
 
 @click.command()
 @click.argument("fasta", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=str(CONFIGS / "default.yaml"),
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=lambda: str(resource("configs", "default.yaml")),
               show_default="configs/default.yaml", help="YAML run config (sections model:, data:, train:).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder for checkpoints, metrics and plots [default: runs/pretrain-DATE-TIME].")

@@ -39,20 +39,18 @@ from .config import RunConfig, load_run_config
 from .errors import CheckpointError, ConfigError, InputError
 from .fasta import file_sha256
 from .model import ReformerLM
+from .resources import resource
 from .tokenizers import make_tokenizer
 from .windows import datasets_from_config, make_collator, make_dataloader, set_epoch
 
 LN2 = math.log(2.0)
-PACKAGE_DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_GENOME = "Ecoli_K12_MG1655.fasta.gz"
 
 
 def default_genome() -> Path:
-    """The genome ``seqformer pretrain`` trains on when no FASTA is given (E. coli K-12 MG1655)."""
-    path = PACKAGE_DATA / DEFAULT_GENOME
-    if not path.is_file():
-        raise InputError(f"{path}: the bundled default genome is missing; pass a FASTA file to train on")
-    return path
+    """The genome ``seqformer pretrain`` trains on when no FASTA is given (E. coli K-12 MG1655,
+    shipped with the package: :mod:`.resources`)."""
+    return resource("data", DEFAULT_GENOME)
 
 
 @dataclass
