@@ -127,7 +127,9 @@ def _rss_bytes(pid: int):
 
 # ====================================================================== the models (child side)
 def build_seqformer(L: int, copy_k: int = 0):
-    from reformer_seq import ReformerConfig, ReformerLM
+    from reformer_seq import ReformerConfig, ReformerLM, set_process_tuning
+
+    set_process_tuning(True)  # buffer cache and heap thresholds, as the seqformer commands have them
 
     cfg = ReformerConfig(vocab_size=VOCAB, dim=DIM, depth=DEPTH, heads=HEADS, bucket_size=BUCKET,
                          n_hashes=N_HASHES, causal=True, max_seq_len=next_pow2(L), reversible=True,

@@ -18,11 +18,10 @@ from .attention import SelfAttention
 from .axial_positions import AxialPositionalEncoding
 from .config import ReformerConfig
 from .copy_attention import CopyAttention
-from . import block_cache
-from .block_cache import CACHE_FROM_ELEMS
 from .feedforward import FeedForward
-from .heap import LONG_INPUT_ELEMS, limit_heap_fragmentation
+from .heap import LONG_INPUT_ELEMS
 from .reversible import ReversibleBlock, run_blocks
+from . import runtime
 
 HEAD_CHECKPOINT_ELEMS = LONG_INPUT_ELEMS  # (B, L, dim) sizes from which the final norm is recomputed
 
@@ -87,10 +86,7 @@ class ReformerLM(nn.Module):
         """The reversible stack's output (B, L, dim), before the final norm."""
         self._check(tokens, mask)
         B, L = tokens.shape
-        if B * L * self.config.dim >= CACHE_FROM_ELEMS and tokens.device.type == "cpu":
-            block_cache.ensure()  # reuse large freed buffers instead of fresh zeroed pages (block_cache.py)
-        if B * L * self.config.dim >= HEAD_CHECKPOINT_ELEMS:
-            limit_heap_fragmentation()  # long inputs: freed buffers go back to the OS (see heap.py)
+        runtime.tune_for_input(B * L * self.config.dim, tokens.device.type)  # process-wide; only if allowed
         x = tok = self.token_emb(tokens.long())  # (B, L, dim)
         if self.pos_emb is not None:
             first_row = self.pos_emb.random_first_row(L) if self.training and self.config.random_position_offset else 0

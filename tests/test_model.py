@@ -261,3 +261,23 @@ def test_random_position_offset_only_in_training():
     with torch.no_grad():
         outs = [model(ids) for _ in range(4)]
     assert any(not torch.allclose(outs[0], o) for o in outs[1:])  # training: the offset changes
+def test_full_attention_refuses_lengths_past_the_dense_limit(monkeypatch):
+    """A ``full`` layer checks the size of its dense (L, L) bias before building it: past
+    MAX_DENSE_ELEMS (lowered here to 128 * 128) it raises ConfigError naming attn_layers and the
+    lsh/local alternatives; at the limit it runs. The stated default refuses 64K (16 GiB)."""
+    from reformer_seq import full_attention as fa
+
+    with pytest.raises(ConfigError, match="over the limit of 268,435,456"):
+        fa.check_dense_size(65536)
+    fa.check_dense_size(16384)  # exactly 2**28: allowed
+    monkeypatch.setattr(fa, "MAX_DENSE_ELEMS", 128 * 128)
+    model = ReformerLM(small_config(attn_layers=["local", "full"], local_window=16))
+    model(tokens(1, 128))
+    model(tokens(1, 128), mask=torch.ones(1, 128, dtype=torch.bool))
+    with pytest.raises(ConfigError) as err:
+        model(tokens(1, 136))
+    msg = str(err.value)
+    for text in ("length 136", "attn_layers", "'lsh'", "'local'", "MAX_DENSE_ELEMS"):
+        assert text in msg, msg
+    with pytest.raises(ConfigError, match=r"dense \(B, L, L\) bias"):  # padding: one bias per sequence
+        model(tokens(2, 128), mask=torch.ones(2, 128, dtype=torch.bool).index_fill_(1, torch.tensor([127]), False))
