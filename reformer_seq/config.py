@@ -84,10 +84,11 @@ class ReformerConfig:
     copy_temperature: float = 16.0  # logit scale T of an exact k-mer match (see copy_attention.py)
     copy_learn_temperature: bool = True  # learn T (from copy_temperature) or keep it fixed
     copy_hashes: Optional[int] = None  # hash rounds of the copy layer; None: n_hashes
-    # Where the copy signal joins: "top" (added to the stack's output before the head; values
-    # from the token embeddings alone, so the copy path has no positions) or "bottom" (added to
+    # Where the copy signal joins: "mix" (the copy heads' next-base distributions, from fixed
+    # one-hot values, are mixed with the network's by a learned gate: a pointer-generator),
+    # "top" (learned values added to the stack's output before the head) or "bottom" (added to
     # the embeddings; the stack's layers read it).
-    copy_position: str = "top"
+    copy_position: str = "mix"
     hash_seed: int = 0  # seed of the hash rotations in eval mode (deterministic inference)
 
     def __post_init__(self) -> None:
@@ -114,8 +115,8 @@ class ReformerConfig:
             raise ConfigError(f"model.n_buckets must be a power of two or null (auto), got {self.n_buckets}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if self.copy_position not in ("top", "bottom"):
-            raise ConfigError(f"model.copy_position must be 'top' or 'bottom', got {self.copy_position!r}")
+        if self.copy_position not in ("mix", "top", "bottom"):
+            raise ConfigError(f"model.copy_position must be mix, top or bottom, got {self.copy_position!r}")
         if self.positions not in ("axial", "none"):
             raise ConfigError(f"model.positions must be 'axial' or 'none', got {self.positions!r}")
         if not isinstance(self.copy_k, int) or self.copy_k < 0:

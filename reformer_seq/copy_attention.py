@@ -128,12 +128,14 @@ class CopyAttention(nn.Module):
         rot = self._rotations(n_hash_factors(bits), fwd.device)
         return lsh_layout(sym, real, bits, rot, self.n_hashes, self.bucket_size, causal=True)
 
-    def forward(self, x: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> Tensor:
-        """x: (B, L, dim); tokens: (B, L) ids; real: (B, L) bool (False = padding)."""
-        B, L, _ = x.shape
-        C, k, D = self.bucket_size, self.k, self.dim_head
+    def attend(self, values: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """Copy attention with per-position ``values`` (B, L, H, D): key j of the direct head reads
+        ``values[j + 1, 0]``, of the reverse-complement head ``values[j - k, 1]``. Returns the
+        output (B, L, H, D), zero where a query sees nothing, and ``seen`` (B, L, H) bool."""
+        B, L = tokens.shape
+        C, k = self.bucket_size, self.k
         Lp = math.ceil(L / C) * C
-        real = torch.ones(B, L, dtype=torch.bool, device=x.device) if real is None else real
+        real = torch.ones(B, L, dtype=torch.bool, device=tokens.device) if real is None else real
         real_p = F.pad(real, (0, Lp - L), value=False)  # (B, Lp)
         vec = F.pad(base_vectors(tokens) * real.unsqueeze(-1), (0, 0, 0, Lp - L))  # (B, Lp, 4)
         fwd, rc = kmer_codes(vec, k)  # (B, Lp, D) each
@@ -143,13 +145,61 @@ class CopyAttention(nn.Module):
         temp = self.log_temperature.exp()  # (H,)
         q = fwd.unsqueeze(2) * temp.view(1, 1, -1, 1)  # (B, Lp, H, D): scale 1, logit = T * cos
         keys = torch.stack([fwd, rc], dim=2)[:, :, :self.heads]  # (B, Lp, H, D)
-        v = self.to_v(self.norm(x)).view(B, L, self.heads, D)  # (B, L, H, D)
-        v = F.pad(v, (0, 0, 0, 0, 0, Lp - L))  # (B, Lp, H, D)
+        v = F.pad(values, (0, 0, 0, 0, 0, Lp - L))  # (B, Lp, H, D)
         shifted = [F.pad(v[:, 1:, 0], (0, 0, 0, 1))]  # direct: key j reads position j + 1
         if self.rc:
             shifted.append(F.pad(v[:, :Lp - k, 1], (0, 0, k, 0)))  # reverse complement: position j - k
         vs = torch.stack(shifted, dim=2)  # (B, Lp, H, D)
         out = chunked_attention(q.contiguous(), keys.contiguous(), vs.contiguous(), lay, scale=1.0)  # (B, Lp, H, D)
         seen = ~alone_mask(lay, L).view(B, self.heads, L).transpose(1, 2)  # (B, L, H)
-        out = out[:, :L] * seen.unsqueeze(-1).to(out.dtype)  # no self fallback: alone -> 0
-        return self.to_out(out.reshape(B, L, self.heads * D))
+        return out[:, :L] * seen.unsqueeze(-1).to(out.dtype), seen  # no self fallback: alone -> 0
+
+    def forward(self, x: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> Tensor:
+        """Learned values: x (B, L, dim) -> copy signal (B, L, dim) (``copy_position`` top/bottom)."""
+        B, L, _ = x.shape
+        v = self.to_v(self.norm(x)).view(B, L, self.heads, self.dim_head)  # (B, L, H, D)
+        out, _ = self.attend(v, tokens, real)
+        return self.to_out(out.reshape(B, L, self.heads * self.dim_head))
+
+    def next_base(self, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """Each head's distribution over the next base (B, L, H, 4) with fixed one-hot values
+        (``copy_position: mix``): the direct head reads the base after its earlier copy, the
+        reverse-complement head the complement of the base before it. Mass that lands on N is
+        spread evenly; a query that sees nothing gets the uniform distribution. Also ``seen``."""
+        B, L = tokens.shape
+        onehot = base_vectors(tokens) + 0.25 * (base_vectors(tokens).abs().sum(-1, keepdim=True) > 0)  # (B, L, 4)
+        vals = [onehot, onehot.flip(-1)][:self.heads]  # complement: channels A C G T reversed
+        v = F.pad(torch.stack(vals, dim=2), (0, self.dim_head - N_BASES))  # (B, L, H, D)
+        out, seen = self.attend(v, tokens, real)
+        p = out[..., :N_BASES]  # (B, L, H, 4)
+        p = p + (1.0 - p.sum(-1, keepdim=True)).clamp(min=0) / N_BASES
+        return p, seen
+
+
+class CopyMixture(nn.Module):
+    """Pointer-generator style mixture (See et al., ACL 2017) of the network's next-base
+    distribution with the copy heads': ``p = w_0 p_model + w_1 p_direct + w_2 p_revcomp``, the
+    weights a softmax of a linear gate on the hidden state and on how peaked each copy
+    distribution is. Returns log-probabilities, which stand in for logits everywhere
+    (``log_softmax`` leaves them unchanged)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        self.gate = nn.Linear(dim + heads * (N_BASES + 2), heads + 1)
+        nn.init.zeros_(self.gate.weight)
+        with torch.no_grad():  # start trusting the network: copy weights e^-3 each
+            self.gate.bias.copy_(torch.tensor([3.0] + [0.0] * heads))
+
+    def forward(self, logits: Tensor, h: Tensor, p_copy: Tensor, seen: Tensor) -> Tensor:
+        """logits (B, L, V), h (B, L, dim), p_copy (B, L, H, 4), seen (B, L, H) -> log p (B, L, V)."""
+        B, L, V = logits.shape
+        peak = p_copy.max(-1).values  # (B, L, H)
+        feats = torch.cat([self.norm(h), p_copy.flatten(2), peak, seen.to(h.dtype)], dim=-1)
+        w = torch.softmax(self.gate(feats), dim=-1)  # (B, L, 1 + H)
+        p = torch.softmax(logits.float(), dim=-1) * w[..., :1]  # (B, L, V)
+        copy_p = (p_copy * w[..., 1:].unsqueeze(-1)).sum(2)  # (B, L, 4)
+        p = torch.cat([p[..., :FIRST_BASE_ID], p[..., FIRST_BASE_ID:FIRST_BASE_ID + N_BASES] + copy_p,
+                       p[..., FIRST_BASE_ID + N_BASES:]], dim=-1)
+        return torch.log(p.clamp(min=1e-30)).to(logits.dtype)

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import SelfAttention
 from .axial_positions import AxialPositionalEncoding
 from .config import ReformerConfig
-from .copy_attention import CopyAttention
+from .copy_attention import CopyAttention, CopyMixture
 from .feedforward import FeedForward
 from .heap import LONG_INPUT_ELEMS
 from .reversible import ReversibleBlock, run_blocks
@@ -55,6 +55,7 @@ class ReformerLM(nn.Module):
             self.copy = CopyAttention(c.dim, c.copy_k, c.copy_rc, c.bucket_size, c.copy_hashes or c.n_hashes,
                                       c.copy_temperature, hash_seed=c.hash_seed * 1000 + 999,
                                       learn_temperature=c.copy_learn_temperature)
+        self.copy_mix = CopyMixture(c.dim, self.copy.heads) if c.copy_k and c.copy_position == "mix" else None
         self.layers = nn.ModuleList()
         for i, kind in enumerate(c.layer_kinds()):
             attn = SelfAttention(c.dim, c.heads, c.head_dim, kind=kind, causal=c.causal, bucket_size=c.bucket_size,
@@ -98,7 +99,7 @@ class ReformerLM(nn.Module):
         if self.conv is not None:
             x = self.conv(x)
         top = self.config.copy_position == "top"
-        if self.copy is not None and not top:  # what followed earlier copies of the last k bases
+        if self.copy is not None and self.config.copy_position == "bottom":  # what followed earlier copies of the last k bases
             x = x + self.copy(x, tokens, mask)
         h = run_blocks(self.layers, x, mask, real_len, self.config.reversible)
         if self.copy is not None and top:  # beside the stack, straight to the head; values from the bases alone
@@ -113,12 +114,18 @@ class ReformerLM(nn.Module):
         return self.to_logits(self.norm(h))
 
     def forward(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """Logits (B, L, vocab_size); in a causal model position t predicts token t + 1."""
+        """Logits (B, L, vocab_size); in a causal model position t predicts token t + 1. With the
+        copy mixture (``copy_position: mix``) these are log-probabilities (see CopyMixture)."""
         h = self._stack(tokens, mask)
         if torch.is_grad_enabled() and h.requires_grad and h.numel() >= HEAD_CHECKPOINT_ELEMS:
             # long inputs: keep only h for the backward, recompute the norm (saves a (B, L, dim) buffer)
-            return checkpoint(self._head, h, use_reentrant=False)
-        return self._head(h)
+            logits = checkpoint(self._head, h, use_reentrant=False)
+        else:
+            logits = self._head(h)
+        if self.copy_mix is not None:
+            p_copy, seen = self.copy.next_base(tokens, mask)
+            logits = self.copy_mix(logits, h, p_copy, seen)
+        return logits
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -120,12 +120,17 @@ def test_alone_mask_equals_empty_rows_of_the_reference():
     assert 0 < int(alone.sum()) < 800
 
 
-def test_model_with_copy_layer_is_strictly_causal():
+@pytest.mark.parametrize("where", ["mix", "top", "bottom"])
+def test_model_with_copy_layer_is_strictly_causal(where):
     cfg = ReformerConfig(vocab_size=9, dim=16, depth=2, heads=2, bucket_size=8, n_hashes=2, max_seq_len=1024,
-                         attn_layers=["local", "lsh"], local_window=16, conv_kernel=4, copy_k=6)
+                         attn_layers=["local", "lsh"], local_window=16, conv_kernel=4, copy_k=6,
+                         copy_position=where)
     torch.manual_seed(0)
     model = ReformerLM(cfg).eval()
     torch.nn.init.normal_(model.copy.to_out.weight, std=0.5)  # make the copy path matter
+    if model.copy_mix is not None:
+        torch.nn.init.normal_(model.copy_mix.gate.weight, std=0.5)
+        torch.nn.init.zeros_(model.copy_mix.gate.bias)
     ids = torch.from_numpy(random_ids(512, 2))[None]
     ids[0, 300:400] = ids[0, 50:150]
     with torch.no_grad():
@@ -138,10 +143,45 @@ def test_model_with_copy_layer_is_strictly_causal():
             assert not torch.allclose(out[0, t + 1:], base[0, t + 1:], atol=1e-3)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_next_base_distributions_read_the_copy(reverse):
+    ids, start = copy_sequence(reverse, seed=4)
+    m = CopyAttention(dim=8, k=10, temperature=30.0).eval()
+    with torch.no_grad():
+        p, seen = m.next_base(ids)
+    assert torch.allclose(p.sum(-1), torch.ones(p.shape[:-1]))
+    t = torch.arange(start + 12, ids.shape[1] - 1)
+    head = 1 if reverse else 0  # the reverse-complement head does the complementing itself
+    pred = p[0, t, head].argmax(-1) + 4
+    assert (pred == ids[0, t + 1]).float().mean() > 0.97
+    assert p[0, t, head].max(-1).values.mean() > 0.9
+    assert not seen[0, 0].any()  # the first position sees nothing: uniform
+    assert torch.allclose(p[0, 0], torch.full((2, 4), 0.25))
+
+
+def test_copy_mixture_is_the_weighted_sum():
+    from reformer_seq.copy_attention import CopyMixture
+
+    torch.manual_seed(0)
+    mix = CopyMixture(dim=8, heads=2)
+    torch.nn.init.normal_(mix.gate.weight)
+    logits, h = torch.randn(1, 5, 9), torch.randn(1, 5, 8)
+    p_copy = torch.softmax(torch.randn(1, 5, 2, 4), -1)
+    seen = torch.tensor([[[True, False]] * 5])
+    logp = mix(logits, h, p_copy, seen)
+    peak = p_copy.max(-1).values
+    w = torch.softmax(mix.gate(torch.cat([mix.norm(h), p_copy.flatten(2), peak, seen.float()], -1)), -1)
+    want = torch.softmax(logits, -1) * w[..., :1]
+    want[..., 4:8] += (p_copy * w[..., 1:, None]).sum(2)
+    assert torch.allclose(logp.exp(), want, atol=1e-6)
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(1, 5))
+    assert torch.allclose(torch.log_softmax(logp, -1), logp, atol=1e-6)  # stands in for logits
+
+
 def test_copy_layer_starts_silent_and_learns():
-    """to_out starts at zero (the model starts as without the layer), and its gradient is not zero."""
+    """top/bottom: to_out starts at zero (the model starts as without the layer), and its gradient is not zero."""
     cfg = ReformerConfig(vocab_size=9, dim=16, depth=1, heads=2, bucket_size=8, n_hashes=2, max_seq_len=1024,
-                         copy_k=6)
+                         copy_k=6, copy_position="top")
     model = ReformerLM(cfg).train()
     ids = torch.from_numpy(random_ids(256, 4))[None]
     ids[0, 150:250] = ids[0, 20:120]
