@@ -176,28 +176,58 @@ class CopyAttention(nn.Module):
         return p, seen
 
 
+HIT_WINDOWS = (4, 16, 64)  # the copy mixture's gate sees each head's recent hit rate over these spans
+
+
+def recent_hits(p_copy: Tensor, tokens: Tensor, windows: tuple[int, ...] = HIT_WINDOWS) -> Tensor:
+    """How well each copy head predicted the bases just before each position: (B, L, H * len(windows)).
+
+    ``hit[t]`` is the probability head h gave at ``t - 1`` to the base ``tokens[t]`` (0.25 where
+    that is not a base, and at t = 0); the feature is its mean over the last ``w`` positions
+    ``t - w + 1 .. t``. All of it is known at t: the classic copy model's "match length" signal.
+    """
+    B, L, H, _ = p_copy.shape
+    idx = (tokens.long() - FIRST_BASE_ID)  # (B, L)
+    is_base = ((idx >= 0) & (idx < N_BASES)).unsqueeze(-1)  # (B, L, 1)
+    prev = F.pad(p_copy[:, :-1], (0, 0, 0, 0, 1, 0), value=1.0 / N_BASES)  # (B, L, H, 4): p at t - 1
+    got = prev.gather(-1, idx.clamp(0, N_BASES - 1).view(B, L, 1, 1).expand(B, L, H, 1)).squeeze(-1)
+    hit = torch.where(is_base, got, torch.full_like(got, 1.0 / N_BASES))  # (B, L, H)
+    cs = F.pad(hit.cumsum(1), (0, 0, 1, 0))  # (B, L + 1, H)
+    feats = []
+    for w in windows:
+        lo = (torch.arange(L, device=hit.device) + 1 - w).clamp(min=0)  # (L,)
+        n = (torch.arange(L, device=hit.device) + 1 - lo).to(hit.dtype).view(1, L, 1)
+        feats.append((cs[:, 1:] - cs[:, lo]) / n)  # (B, L, H) mean over the last w positions
+    return torch.cat(feats, dim=-1)
+
+
 class CopyMixture(nn.Module):
     """Pointer-generator style mixture (See et al., ACL 2017) of the network's next-base
     distribution with the copy heads': ``p = w_0 p_model + w_1 p_direct + w_2 p_revcomp``, the
-    weights a softmax of a linear gate on the hidden state and on how peaked each copy
-    distribution is. Returns log-probabilities, which stand in for logits everywhere
+    weights a softmax of a small gate network on the hidden state, on each copy distribution and
+    how peaked it is, and on how well each head predicted the last 4, 16 and 64 bases
+    (:func:`recent_hits`). Returns log-probabilities, which stand in for logits everywhere
     (``log_softmax`` leaves them unchanged)."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, hidden: int = 32):
         super().__init__()
         self.heads = heads
         self.norm = nn.LayerNorm(dim)
-        self.gate = nn.Linear(dim + heads * (N_BASES + 2), heads + 1)
-        nn.init.zeros_(self.gate.weight)
+        n_in = dim + heads * (N_BASES + 2 + len(HIT_WINDOWS))
+        self.gate = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, heads + 1))
+        nn.init.zeros_(self.gate[2].weight)
         with torch.no_grad():  # start trusting the network: copy weights e^-3 each
-            self.gate.bias.copy_(torch.tensor([3.0] + [0.0] * heads))
+            self.gate[2].bias.copy_(torch.tensor([3.0] + [0.0] * heads))
 
-    def forward(self, logits: Tensor, h: Tensor, p_copy: Tensor, seen: Tensor) -> Tensor:
-        """logits (B, L, V), h (B, L, dim), p_copy (B, L, H, 4), seen (B, L, H) -> log p (B, L, V)."""
-        B, L, V = logits.shape
+    def features(self, h: Tensor, p_copy: Tensor, seen: Tensor, tokens: Tensor) -> Tensor:
         peak = p_copy.max(-1).values  # (B, L, H)
-        feats = torch.cat([self.norm(h), p_copy.flatten(2), peak, seen.to(h.dtype)], dim=-1)
-        w = torch.softmax(self.gate(feats), dim=-1)  # (B, L, 1 + H)
+        return torch.cat([self.norm(h), p_copy.flatten(2), peak, seen.to(h.dtype),
+                          recent_hits(p_copy, tokens).to(h.dtype)], dim=-1)
+
+    def forward(self, logits: Tensor, h: Tensor, p_copy: Tensor, seen: Tensor, tokens: Tensor) -> Tensor:
+        """logits (B, L, V), h (B, L, dim), p_copy (B, L, H, 4), seen (B, L, H), tokens (B, L)
+        -> log p (B, L, V)."""
+        w = torch.softmax(self.gate(self.features(h, p_copy, seen, tokens)), dim=-1)  # (B, L, 1 + H)
         p = torch.softmax(logits.float(), dim=-1) * w[..., :1]  # (B, L, V)
         copy_p = (p_copy * w[..., 1:].unsqueeze(-1)).sum(2)  # (B, L, 4)
         p = torch.cat([p[..., :FIRST_BASE_ID], p[..., FIRST_BASE_ID:FIRST_BASE_ID + N_BASES] + copy_p,

@@ -124,7 +124,7 @@ class ReformerLM(nn.Module):
             logits = self._head(h)
         if self.copy_mix is not None:
             p_copy, seen = self.copy.next_base(tokens, mask)
-            logits = self.copy_mix(logits, h, p_copy, seen)
+            logits = self.copy_mix(logits, h, p_copy, seen, tokens)
         return logits
 
     def num_parameters(self) -> int:

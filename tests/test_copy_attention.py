@@ -129,8 +129,8 @@ def test_model_with_copy_layer_is_strictly_causal(where):
     model = ReformerLM(cfg).eval()
     torch.nn.init.normal_(model.copy.to_out.weight, std=0.5)  # make the copy path matter
     if model.copy_mix is not None:
-        torch.nn.init.normal_(model.copy_mix.gate.weight, std=0.5)
-        torch.nn.init.zeros_(model.copy_mix.gate.bias)
+        torch.nn.init.normal_(model.copy_mix.gate[2].weight, std=0.5)
+        torch.nn.init.zeros_(model.copy_mix.gate[2].bias)
     ids = torch.from_numpy(random_ids(512, 2))[None]
     ids[0, 300:400] = ids[0, 50:150]
     with torch.no_grad():
@@ -164,18 +164,31 @@ def test_copy_mixture_is_the_weighted_sum():
 
     torch.manual_seed(0)
     mix = CopyMixture(dim=8, heads=2)
-    torch.nn.init.normal_(mix.gate.weight)
+    torch.nn.init.normal_(mix.gate[2].weight)
     logits, h = torch.randn(1, 5, 9), torch.randn(1, 5, 8)
     p_copy = torch.softmax(torch.randn(1, 5, 2, 4), -1)
     seen = torch.tensor([[[True, False]] * 5])
-    logp = mix(logits, h, p_copy, seen)
-    peak = p_copy.max(-1).values
-    w = torch.softmax(mix.gate(torch.cat([mix.norm(h), p_copy.flatten(2), peak, seen.float()], -1)), -1)
+    tokens = torch.tensor([[4, 5, 8, 7, 6]])
+    logp = mix(logits, h, p_copy, seen, tokens)
+    w = torch.softmax(mix.gate(mix.features(h, p_copy, seen, tokens)), -1)
     want = torch.softmax(logits, -1) * w[..., :1]
     want[..., 4:8] += (p_copy * w[..., 1:, None]).sum(2)
     assert torch.allclose(logp.exp(), want, atol=1e-6)
     assert torch.allclose(logp.exp().sum(-1), torch.ones(1, 5))
     assert torch.allclose(torch.log_softmax(logp, -1), logp, atol=1e-6)  # stands in for logits
+
+
+def test_recent_hits_by_hand():
+    from reformer_seq.copy_attention import recent_hits
+
+    p = torch.full((1, 4, 1, 4), 0.25)
+    p[0, 0, 0] = torch.tensor([0.7, 0.1, 0.1, 0.1])  # at t=0 the head says A (id 4)
+    p[0, 1, 0] = torch.tensor([0.1, 0.1, 0.1, 0.7])  # at t=1 it says T, but C comes
+    tokens = torch.tensor([[6, 4, 5, 8]])  # G A C N
+    hits = recent_hits(p, tokens, windows=(1, 2))  # (1, 4, 2): last 1 and last 2 positions
+    want_hit = torch.tensor([0.25, 0.7, 0.1, 0.25])  # t=0: nothing before; t=3: N is not a base
+    assert torch.allclose(hits[0, :, 0], want_hit)
+    assert torch.allclose(hits[0, :, 1], torch.tensor([0.25, (0.25 + 0.7) / 2, (0.7 + 0.1) / 2, (0.1 + 0.25) / 2]))
 
 
 def test_copy_layer_starts_silent_and_learns():
