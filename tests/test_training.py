@@ -59,11 +59,15 @@ def test_tiny_pretrain_through_cli(tmp_path):
     assert len(list((run / "checkpoints").glob("step-*"))) <= 3  # keep_last 2 + best
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("with_copy", [False, True])
+def test_resume_continues_exactly(tmp_path, with_copy):
     """Interrupted (SIGINT) and resumed, a run's losses and weights equal an uninterrupted run's,
-    with dropout and random hash rotations active."""
+    with dropout and random hash rotations active (and with copy attention, planted repeats and
+    random position offsets)."""
     cfg = load_run_config(TINY)
     cfg.model.dropout = 0.1
+    if with_copy:
+        cfg.model.copy_k, cfg.model.random_position_offset, cfg.data.plant_repeats = 6, True, 0.5
     cfg.train.log_every, cfg.train.save_every, cfg.train.eval_every, cfg.train.max_steps = 1, 4, 4, 12
     full, part = tmp_path / "full", tmp_path / "part"
     pretrain([PHIX], copy.deepcopy(cfg), full, progress=False, echo=lambda s: None)
