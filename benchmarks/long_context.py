@@ -64,16 +64,17 @@ def fit_baselines(train: list[np.ndarray], order: int, window: int, n_windows: i
 
 
 # ---------------------------------------------------------------------- part 1: copy recall
-def copy_recall(scorer, held_out: np.ndarray, markov, copy, distances, m: int, segments: int, seed: int) -> dict:
+def copy_recall(scorer, held_out: np.ndarray, markov, copy, distances, m: int, segments: int, seed: int,
+                prefix: int = 1024, reverse_too: bool = True) -> dict:
     rows = {}
-    for reverse in (False, True):
+    for reverse in (False, True) if reverse_too else (False,):
         for d in distances:
             rng = np.random.default_rng([seed, d, int(reverse)])
             gains = {"model": [], "markov": [], "copy": []}
             bits = {"model_repeat": [], "model_control": []}
             t0 = time.time()
             for _ in range(segments):
-                pair = recall_pair(held_out, m, d, rng, reverse=reverse)
+                pair = recall_pair(held_out, m, d, rng, prefix=prefix, reverse=reverse)
                 pos = np.arange(len(pair.repeat) - m, len(pair.repeat))
                 rep, ctl = causal_bits(scorer, pair.repeat, pos), causal_bits(scorer, pair.control, pos)
                 gains["model"].append(ctl.mean() - rep.mean())
@@ -84,7 +85,7 @@ def copy_recall(scorer, held_out: np.ndarray, markov, copy, distances, m: int, s
                 gains["markov"].append(float(lr.mean() - lc.mean()))
                 gains["copy"].append(copy.bits(pair.control, pos).mean() - copy.bits(pair.repeat, pos).mean())
             key = f"{'rc' if reverse else 'direct'}_{d}"
-            rows[key] = {"distance": d, "reverse": reverse,
+            rows[key] = {"distance": d, "reverse": reverse, "prefix": prefix,
                          **{f"gain_{k}": mean_se(v) for k, v in gains.items()},
                          **{k: mean_se(v) for k, v in bits.items()}}
             g, se = rows[key]["gain_model"]
@@ -221,6 +222,9 @@ def main() -> int:
     ap.add_argument("--genome", default=str(ECOLI), help="copy recall: genome whose held-out 10%% is used")
     ap.add_argument("--distances", default="1024,8192,30720,61440")
     ap.add_argument("--m", type=int, default=512)
+    ap.add_argument("--prefix", type=int, default=1024,
+                    help="bases before the first copy (a long prefix tests the copy at a late absolute position)")
+    ap.add_argument("--direct-only", action="store_true", help="skip the reverse-complement copies")
     ap.add_argument("--segments", type=int, default=8)
     ap.add_argument("--markov-order", type=int, default=6)
     ap.add_argument("--skip-copy", action="store_true", help="only the real-repeat part")
@@ -241,10 +245,12 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not args.skip_copy:
         train, val = load_split(Path(args.genome))
-        dists = [d for d in (int(x) for x in args.distances.split(",")) if 1024 + 2 * args.m + d <= scorer.max_len]
+        dists = [d for d in (int(x) for x in args.distances.split(","))
+                 if args.prefix + 2 * args.m + d <= scorer.max_len]
         markov, copy = fit_baselines(train, args.markov_order, 65536)
         res["copy_baseline_weights"] = copy.weights
-        res["copy"] = copy_recall(scorer, max(val, key=len), markov, copy, dists, args.m, args.segments, args.seed)
+        res["copy"] = copy_recall(scorer, max(val, key=len), markov, copy, dists, args.m, args.segments, args.seed,
+                                  args.prefix, not args.direct_only)
     if args.repeats_genome:
         train, val = load_split(Path(args.repeats_genome))
         window = min(args.window, scorer.max_len)
