@@ -210,7 +210,8 @@ def write_example(path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="run folder or checkpoint to score with")
     ap.add_argument("--genbank", type=Path, default=GENBANK)
     ap.add_argument("--reference", type=Path, default=REFERENCE)

@@ -7,7 +7,7 @@ from typing import Any, Sequence, Union
 
 from .errors import SeqformerError
 from .evaluation import _atomic_write_bytes
-from .variants import NOTES, SIGN_NOTE, open_vcf
+from .variants import NOTES, SIGN_NOTE, open_vcf, quiet_htslib
 
 PathLike = Union[str, Path]
 COLUMNS = ["chrom", "pos", "id", "ref", "alt", "llr", "llr_forward", "llr_reverse", "note"]
@@ -103,7 +103,7 @@ def write_vcf(alleles: Sequence, vcf_in: PathLike, tmp: str, gz: bool, records: 
         by_row.setdefault(a.row, []).append(a)
     strands = 2 if meta["strand"] == "both" else 1
     markov = meta.get("markov_order") is not None
-    with open_vcf(vcf_in) as vf:
+    with quiet_htslib(), open_vcf(vcf_in) as vf:
         _prepare_header(vf, records, meta)
         with pysam.VariantFile(tmp, "wz" if gz else "w", header=vf.header) as out:
             for row, rec in enumerate(vf):

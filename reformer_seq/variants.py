@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -81,26 +82,36 @@ def _mean(values: Sequence[float]) -> float:
 
 
 # ---------------------------------------------------------------------- reading
+@contextmanager
+def quiet_htslib():
+    """Silence htslib's stderr warnings (e.g. contigs missing from a VCF header, which are fine here)."""
+    import pysam
+
+    old = pysam.set_verbosity(0)
+    try:
+        yield
+    finally:
+        pysam.set_verbosity(old)
+
+
 def open_vcf(path: PathLike):
+    """A pysam ``VariantFile`` (VCF, bgzipped VCF or BCF), or a clear error; use it under :func:`quiet_htslib`."""
     import pysam
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: VCF not found")
-    old = pysam.set_verbosity(0)  # htslib warns on stderr about contigs missing from the header
     try:
         return pysam.VariantFile(str(path))
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: cannot read it as VCF/BCF ({e}); expected a VCF (plain or bgzipped) "
                          f"or BCF file") from None
-    finally:
-        pysam.set_verbosity(old)
 
 
 def read_vcf(path: PathLike) -> list[Allele]:
     """One :class:`Allele` per ALT of every record, in file order."""
     out = []
-    with open_vcf(path) as vf:
+    with quiet_htslib(), open_vcf(path) as vf:
         try:
             for row, rec in enumerate(vf):
                 for alt in rec.alts or (".",):
@@ -183,7 +194,7 @@ def make_jobs(alleles: Sequence[Allele], index: dict[str, int], lengths: Sequenc
 
 
 def strand_sequences(records, reverse_for: set[int]) -> list[tuple[np.ndarray, Optional[np.ndarray]]]:
-    """``seqs[c][strand]``: each contig's token ids and, for the contigs in ``reverse_for``, their reverse complement."""
+    """``seqs[c][strand]``: each contig's token ids and, for contigs in ``reverse_for``, their reverse complement."""
     from .tokenizers import NucleotideTokenizer
 
     tok = NucleotideTokenizer()

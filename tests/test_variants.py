@@ -230,3 +230,28 @@ def test_bad_vcf_is_a_clear_error(files, tmp_path, content, message):
     res = CliRunner().invoke(_cli(), ["score-variants", str(vcf), "--reference", str(files["ref"]), "--checkpoint",
                                       str(files["ck"]), "--out", str(tmp_path / "x.tsv"), "--quiet"])
     assert res.exit_code == 2 and message in res.output
+
+
+def test_bgzipped_vcf_and_bcf_give_the_same_scores(files, tmp_path):
+    import pysam
+
+    src = files["vcf"]
+    with pysam.VariantFile(str(src)) as vf:
+        vf.header.info.add("END", 1, "Integer", "end")  # htslib needs it to write symbolic alleles
+        copies = {"gz": (tmp_path / "c.vcf.gz", "wz"), "bcf": (tmp_path / "c.bcf", "wb")}
+        outs = {k: pysam.VariantFile(str(p), m, header=vf.header) for k, (p, m) in copies.items()}
+        for rec in vf:
+            for o in outs.values():
+                o.write(rec)
+        for o in outs.values():
+            o.close()
+    bodies = []
+    for vcf in [src] + [p for p, _ in copies.values()]:
+        out = tmp_path / f"{vcf.name}.tsv"
+        res = CliRunner().invoke(_cli(), ["score-variants", str(vcf), "--reference", str(files["ref"]), "--checkpoint",
+                                          str(files["ck"]), "--window", str(W), "--strand", "forward", "--quiet",
+                                          "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        bodies.append([l for l in out.read_text().splitlines() if not l.startswith("#")])
+    assert bodies[0] == bodies[1] == bodies[2] and len(bodies[0]) == 8
+    assert all(r.split("\t")[7] == "NA" for r in bodies[0][1:])  # forward only: no reverse score
