@@ -31,17 +31,19 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .errors import InputError, SeqformerError
+from .tokenizers import NucleotideTokenizer
 from .variant_scoring import Job, causal_llr, markov_llr, masked_llr
 
 PathLike = Union[str, Path]
 DEFAULT_WINDOW = 4096
+TOKENIZER = NucleotideTokenizer()
 SIGN_NOTE = ("llr = log2 P(sequence with ALT) - log2 P(sequence with REF), in bits; "
              "negative = the ALT allele is less likely than the reference")
 NOTES = {  # code (VCF INFO/SEQFORMER_NOTE) -> meaning
     "symbolic": "symbolic or structural allele, not scored",
     "non_acgt": "allele with letters other than A/C/G/T, not scored",
     "ref_mismatch": "REF disagrees with the reference, not scored",
-    "past_end": "REF runs past the contig end, not scored",
+    "past_end": "REF lies outside the contig, not scored",
     "too_long": "allele longer than a quarter of the window, not scored (raise --window)",
     "masked_snv_only": "a masked model scores SNVs only, not scored",
     "near_end": "near a contig end: scored with the context there is",
@@ -143,8 +145,6 @@ def check_contigs(alleles: Sequence[Allele], contigs: Sequence[str], vcf: PathLi
 # ---------------------------------------------------------------------- checks
 def classify(a: Allele, seq: np.ndarray, window: int, masked: bool, max_len: int) -> None:
     """Append the notes of ``a`` (reasons not to score it, or the contig-end flag)."""
-    from .tokenizers import NucleotideTokenizer
-
     alt = a.alt
     if alt.startswith("<") or "[" in alt or "]" in alt or alt in ("*", "."):
         a.notes.append(("symbolic", f"symbolic/structural allele {alt}, not scored"))
@@ -153,10 +153,10 @@ def classify(a: Allele, seq: np.ndarray, window: int, masked: bool, max_len: int
         a.notes.append(("non_acgt", "allele with letters other than A/C/G/T, not scored"))
         return
     p, r, L = a.pos - 1, len(a.ref), len(seq)
-    if p + r > L:
-        a.notes.append(("past_end", f"REF runs past the contig end ({L:,} bases), not scored"))
+    if p < 0 or p + r > L:
+        a.notes.append(("past_end", f"REF lies outside the contig (1..{L:,}), not scored"))
         return
-    have = NucleotideTokenizer().decode(np.asarray(seq[p:p + r]))
+    have = TOKENIZER.decode(np.asarray(seq[p:p + r]))
     if have.upper() != a.ref:
         a.notes.append(("ref_mismatch", f"REF {a.ref} but the reference has {have} at {a.chrom}:{a.pos}, not scored"))
         return
@@ -177,9 +177,7 @@ def classify(a: Allele, seq: np.ndarray, window: int, masked: bool, max_len: int
 # ---------------------------------------------------------------------- scoring
 def make_jobs(alleles: Sequence[Allele], index: dict[str, int], lengths: Sequence[int], strands: int) -> list[Job]:
     """Forward (and reverse) jobs for the scorable alleles; reverse jobs are mirrored and complemented."""
-    from .tokenizers import NucleotideTokenizer
-
-    tok = NucleotideTokenizer()
+    tok = TOKENIZER
     jobs = []
     for i, a in enumerate(alleles):
         if not a.scored:
@@ -195,10 +193,7 @@ def make_jobs(alleles: Sequence[Allele], index: dict[str, int], lengths: Sequenc
 
 def strand_sequences(records, reverse_for: set[int]) -> list[tuple[np.ndarray, Optional[np.ndarray]]]:
     """``seqs[c][strand]``: each contig's token ids and, for contigs in ``reverse_for``, their reverse complement."""
-    from .tokenizers import NucleotideTokenizer
-
-    tok = NucleotideTokenizer()
-    return [(r.ids, tok.reverse_complement(np.asarray(r.ids)) if i in reverse_for else None)
+    return [(r.ids, TOKENIZER.reverse_complement(np.asarray(r.ids)) if i in reverse_for else None)
             for i, r in enumerate(records)]
 
 
