@@ -65,20 +65,20 @@ def _prepare_header(vf, records: Sequence, meta: dict[str, Any]) -> None:
         hdr.info.add("END", 1, "Integer", "End position of the variant described in this record")
     desc = "; ".join(header_lines(meta)).replace('"', "'")
     fields = [("SEQFORMER_LLR", "Float", f"seqformer score per ALT: {desc}"),
-              ("SEQFORMER_LLR_FWD", "Float", "seqformer score per ALT on the forward strand (bits)"),
-              ("SEQFORMER_NOTE", "String", "why an ALT was not scored or was flagged: " +
-               ", ".join(f"{k} = {v}" for k, v in NOTES.items()))]
+              ("SEQFORMER_LLR_FWD", "Float", "seqformer score per ALT on the forward strand (bits)")]
     if meta["strand"] == "both":
-        fields.insert(2, ("SEQFORMER_LLR_REV", "Float", "seqformer score per ALT on the reverse strand (bits)"))
+        fields.append(("SEQFORMER_LLR_REV", "Float", "seqformer score per ALT on the reverse strand (bits)"))
     if meta.get("markov_order") is not None:
         fields.append(("SEQFORMER_LLR_MARKOV", "Float", f"the same score from the order-{meta['markov_order']} "
                                                         f"Markov baseline (bits)"))
+    fields.append(("SEQFORMER_NOTE", "String", "why an ALT was not scored or was flagged: " +
+                   ", ".join(f"{k} = {v}" for k, v in NOTES.items())))
     for name, kind, text in fields:
         if name in hdr.info:
             raise SeqformerError(f"the VCF already has INFO/{name} (scored before?); remove it with "
                                  f"bcftools annotate -x INFO/{name}")
         hdr.info.add(name, "A", kind, text)
-    hdr.add_line("##seqformer_score_variants=<" + ",".join(f"{k}={v}" for k, v in meta.items()) + ">")
+    hdr.add_line("##seqformer_score_variants=<" + ",".join(f"{k}={v}" for k, v in meta.items() if v is not None) + ">")
 
 
 def _info_values(alleles: Sequence, strands: int, markov: bool) -> dict[str, tuple]:
@@ -86,12 +86,12 @@ def _info_values(alleles: Sequence, strands: int, markov: bool) -> dict[str, tup
         return float(x) if math.isfinite(x) else None
 
     vals = {"SEQFORMER_LLR": tuple(num(a.llr(strands)) for a in alleles),
-            "SEQFORMER_LLR_FWD": tuple(num(a.llr_forward) for a in alleles),
-            "SEQFORMER_NOTE": tuple("|".join(c for c, _ in a.notes) or "." for a in alleles)}
+            "SEQFORMER_LLR_FWD": tuple(num(a.llr_forward) for a in alleles)}
     if strands == 2:
         vals["SEQFORMER_LLR_REV"] = tuple(num(a.llr_reverse) for a in alleles)
     if markov:
         vals["SEQFORMER_LLR_MARKOV"] = tuple(num(a.llr_markov(strands)) for a in alleles)
+    vals["SEQFORMER_NOTE"] = tuple("|".join(c for c, _ in a.notes) or "." for a in alleles)
     return vals
 
 
