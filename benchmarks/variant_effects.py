@@ -22,7 +22,7 @@ Examples::
 
     python benchmarks/variant_effects.py --checkpoint runs/ecoli
     python benchmarks/variant_effects.py --checkpoint /tmp/quick --n-per-class 100 --out /tmp/ve.json
-    python benchmarks/variant_effects.py --write-example data/ecoli_example.vcf
+    python benchmarks/variant_effects.py --write-example data/variants/ecoli_example.vcf
 """
 from __future__ import annotations
 

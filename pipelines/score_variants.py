@@ -45,7 +45,7 @@ def score_variants(vcf, reference, checkpoint, out, window, strand, baseline, tr
 
     \b
     Examples:
-      seqformer score-variants data/ecoli_example.vcf --reference data/Ecoli_K12_MG1655.fasta.gz \\
+      seqformer score-variants data/variants/ecoli_example.vcf --reference data/Ecoli_K12_MG1655.fasta.gz \\
           --checkpoint runs/ecoli --out ecoli_example.tsv
       seqformer score-variants calls.vcf.gz --reference genome.fa.gz --checkpoint runs/ecoli \\
           --baseline markov --out scored.vcf.gz

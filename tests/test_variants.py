@@ -255,3 +255,13 @@ def test_bgzipped_vcf_and_bcf_give_the_same_scores(files, tmp_path):
         bodies.append([l for l in out.read_text().splitlines() if not l.startswith("#")])
     assert bodies[0] == bodies[1] == bodies[2] and len(bodies[0]) == 8
     assert all(r.split("\t")[7] == "NA" for r in bodies[0][1:])  # forward only: no reverse score
+
+
+def test_the_shipped_example_vcf_scores(files, tmp_path):
+    res = CliRunner().invoke(_cli(), ["score-variants", str(DATA / "variants" / "ecoli_example.vcf"), "--reference",
+                                      str(DATA / "Ecoli_K12_MG1655.fasta.gz"), "--checkpoint", str(files["ck"]),
+                                      "--window", str(W), "--quiet", "--out", str(tmp_path / "ex.tsv")])
+    assert res.exit_code == 0, res.output
+    rows = read_tsv(tmp_path / "ex.tsv")
+    assert len(rows) == 32 and sum(r["llr"] == "NA" for r in rows) == 1  # only the symbolic <DEL>
+    assert "31 of 32 alleles scored" in res.output
