@@ -139,7 +139,8 @@ def score_tracks(records: Sequence[EncodedRecord], scorer: ScoringModel, window:
         rc = [EncodedRecord(p.id, "", tok.reverse_complement(p.ids)) for p in pieces]
         rev = [b[::-1] for b in base_bits(rc, scorer, window, overlap, batch_size, progress)]
         bits = [_mean_of_strands(f, r) for f, r in zip(bits, rev)]
-    tracks = {r.id: np.full(len(r), np.nan, np.float32) for i, r in enumerate(records) if any(s[0] == i for s in spans)}
+    used = sorted({ri for ri, _, _ in spans})
+    tracks = {records[ri].id: np.full(len(records[ri]), np.nan, np.float32) for ri in used}
     for (ri, s, e), b in zip(spans, bits):
         tracks[records[ri].id][s:e] = b
     return tracks
