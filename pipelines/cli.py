@@ -50,6 +50,12 @@ def _register() -> None:
     from .evaluate import evaluate
 
     cli.add_command(evaluate)
+    from .score import score
+
+    cli.add_command(score)
+    from .score_variants import score_variants
+
+    cli.add_command(score_variants)
 
 
 def main() -> None:

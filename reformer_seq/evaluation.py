@@ -56,6 +56,7 @@ import math
 import os
 import re
 import tempfile
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, Sequence, Union, runtime_checkable
@@ -250,37 +251,55 @@ def _is_base(ids: np.ndarray) -> np.ndarray:
     return (ids >= BASE_IDS[0]) & (ids <= BASE_IDS[-1])
 
 
-def likelihood_windows(length: int, window: int, objective: str) -> np.ndarray:
-    """(K, 2) ``[start, end)`` rows covering a record: causal windows overlap by one base, masked ones tile."""
+def likelihood_windows(length: int, window: int, objective: str, overlap: int = 1) -> np.ndarray:
+    """(K, 2) ``[start, end)`` rows covering a record: causal windows overlap by ``overlap`` bases
+    (default one), masked ones tile."""
     if objective == "causal":
         if length < 2:
             return np.zeros((0, 2), np.int64)
-        starts = np.arange(0, length - 1, window - 1, dtype=np.int64)
+        starts = np.arange(0, length - overlap, window - overlap, dtype=np.int64)
     else:
         starts = np.arange(0, length, window, dtype=np.int64)
     return np.stack([starts, np.minimum(starts + window, length)], axis=1)
 
 
-def likelihood(records: Sequence[EncodedRecord], scorer: ScoringModel, window: Optional[int] = None,
-               batch_size: int = 8, mask_prob: float = 0.15, seed: int = 0, progress: bool = True) -> LikelihoodResult:
-    """Bits per base (causal) or masked-token accuracy and bits (masked) over every record; see module docstring."""
-    objective = scorer.objective
-    _check_objective(objective)
+def _resolve_window(window: Optional[int], scorer: ScoringModel) -> int:
     window = int(min(window or scorer.max_len, scorer.max_len))
     if window < 2:
         raise InputError(f"window must be >= 2 bases, got {window}")
+    return window
+
+
+def iter_likelihood(records: Sequence[EncodedRecord], scorer: ScoringModel, window: Optional[int] = None,
+                    batch_size: int = 8, mask_prob: float = 0.15, seed: int = 0, progress: bool = True,
+                    overlap: int = 1) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """The per-window scores behind :func:`likelihood`, in window order: ``(record index, positions (n,)
+    in the record, logp (n,) natural-log probability of each scored base, top-1 correctness (n,))``.
+
+    Causal windows overlap by ``overlap`` bases (1 <= overlap < window): a window's first
+    ``overlap`` bases are context only (the first window of a record scores from its second
+    base), so every base but a record's first is scored once, with at least ``overlap`` bases of
+    left context when it is not in the first window. Masked: see the module docstring.
+    """
+    objective = scorer.objective
+    _check_objective(objective)
+    window = _resolve_window(window, scorer)
     if objective == "masked" and not 0 < mask_prob <= 1:
         raise InputError(f"mask_prob must be in (0, 1], got {mask_prob}")
-    scored = [np.zeros(len(r), dtype=bool) for r in records]
-    plan = [(ri, int(s), int(e)) for ri, r in enumerate(records) for s, e in likelihood_windows(len(r), window, objective)]
+    if objective == "causal" and not 1 <= overlap < window:
+        raise InputError(f"overlap must be at least 1 and below the window ({window}), got {overlap}")
+    plan = [(ri, int(s), int(e)) for ri, r in enumerate(records)
+            for s, e in likelihood_windows(len(r), window, objective, overlap)]
     rng = np.random.default_rng(seed)
+    where: deque[tuple[int, np.ndarray]] = deque()  # (record, positions) of queries handed out, not yet scored
 
     def queries() -> Iterator[Query]:
         for ri, s, e in plan:
             tokens = np.asarray(records[ri].ids[s:e]).astype(np.int64)
             base = _is_base(tokens)
             if objective == "causal":
-                pos = np.flatnonzero(base[1:]) + 1
+                first = 1 if s == 0 else overlap
+                pos = np.flatnonzero(base[first:]) + first
                 inp = tokens
             else:
                 cand = np.flatnonzero(base)
@@ -290,14 +309,26 @@ def likelihood(records: Sequence[EncodedRecord], scorer: ScoringModel, window: O
                 pos = cand[pick]
                 inp = tokens.copy()
                 inp[pos] = MASK_ID
-            scored[ri][s + pos] = True
+            where.append((ri, s + pos))
             yield Query(inp, pos, tokens[pos][None])
 
-    n, nats, correct = 0, 0.0, 0.0
     for logp, corr in run_queries(scorer, queries(), batch_size, total=len(plan), desc="likelihood", progress=progress):
-        n += logp.shape[1]
+        ri, pos = where.popleft()
+        yield ri, pos, logp[0], corr[0]
+
+
+def likelihood(records: Sequence[EncodedRecord], scorer: ScoringModel, window: Optional[int] = None,
+               batch_size: int = 8, mask_prob: float = 0.15, seed: int = 0, progress: bool = True) -> LikelihoodResult:
+    """Bits per base (causal) or masked-token accuracy and bits (masked) over every record; see module docstring."""
+    window = _resolve_window(window, scorer)
+    scored = [np.zeros(len(r), dtype=bool) for r in records]
+    n, nats, correct = 0, 0.0, 0.0
+    for ri, pos, logp, corr in iter_likelihood(records, scorer, window, batch_size, mask_prob, seed, progress):
+        scored[ri][pos] = True
+        n += logp.shape[0]
         nats -= float(logp.sum())
         correct += float(corr.sum())
+    objective = scorer.objective
     return LikelihoodResult(objective, window, n, nats, correct, scored, mask_prob if objective == "masked" else None)
 
 
@@ -506,13 +537,21 @@ def baseline_data_from_info(info: dict, train_fasta: Optional[PathLike] = None, 
     return BaselineData(train, val, source), None
 
 
-def markov_baselines(records: Sequence[EncodedRecord], scored: Sequence[np.ndarray], data: BaselineData,
-                     max_order: int = DEFAULT_MAX_ORDER, pseudocount: float = 0.5) -> dict[str, Any]:
-    """Order-0 and the best order-k (k chosen on ``data.val``) scored on the ``scored`` (L_r,) bool masks."""
+def fit_markov(data: BaselineData, max_order: int = DEFAULT_MAX_ORDER, pseudocount: float = 0.5
+               ) -> tuple[MarkovModel, int, dict[int, float]]:
+    """Counts up to ``max_order`` on ``data.train`` and the order k chosen on ``data.val`` (0 without one):
+    ``(model, k, validation bits per base by order)``; ``model.truncated(k)`` is the baseline."""
     full = MarkovModel.fit(data.train, max_order, pseudocount)
     has_val = any(s.hi > s.lo for s in data.val)
     val_bits = {k: full.truncated(k).bits_per_base(data.val) for k in range(max_order + 1)} if has_val else {}
     best = min(val_bits, key=lambda k: val_bits[k]) if val_bits else 0
+    return full, best, val_bits
+
+
+def markov_baselines(records: Sequence[EncodedRecord], scored: Sequence[np.ndarray], data: BaselineData,
+                     max_order: int = DEFAULT_MAX_ORDER, pseudocount: float = 0.5) -> dict[str, Any]:
+    """Order-0 and the best order-k (k chosen on ``data.val``) scored on the ``scored`` (L_r,) bool masks."""
+    full, best, val_bits = fit_markov(data, max_order, pseudocount)
 
     def on_scored(model: MarkovModel) -> dict[str, float]:
         bits, corr, n = 0.0, 0.0, 0
