@@ -46,6 +46,11 @@ def _register() -> None:
     from .evaluate import evaluate
 
     cli.add_command(evaluate)
+    from .finetune import finetune
+    from .predict import predict
+
+    cli.add_command(finetune)
+    cli.add_command(predict)
 
 
 def main() -> None:
