@@ -220,3 +220,45 @@ def test_encode_layers(backbone):
         assert not torch.allclose(model.encode(x, layer=1), final)
     with pytest.raises(SeqformerError, match="layers 0"):
         model.encode(x, layer=3)
+
+
+@pytest.mark.parametrize("rc_average", [False, True])
+def test_embed_layer_and_max_pool_equal_per_position_output(backbone, rc_average):
+    from reformer_seq.embedding import embed_sequences
+
+    model, tok, _ = load_pretrained(backbone)
+    rng = np.random.default_rng(3)
+    seqs = ["".join(rng.choice(list("ACGTN"), n, p=[.24, .24, .24, .24, .04])) for n in (300, 57, 1000)]
+    kw = dict(window=128, overlap=32, device="cpu")
+    rc = [s[::-1].translate(str.maketrans("ACGTN", "TGCAN")) for s in seqs]
+    for layer in (0, 1, 2):
+        per_pos = embed_sequences(model, seqs, tok, pool="none", layer=layer, rc_average=rc_average, **kw)
+        maxed = embed_sequences(model, seqs, tok, pool="max", layer=layer, rc_average=rc_average, **kw)
+        meaned = embed_sequences(model, seqs, tok, pool="mean", layer=layer, rc_average=rc_average, **kw)
+        fwd = embed_sequences(model, seqs, tok, pool="none", layer=layer, **kw)
+        rev = embed_sequences(model, rc, tok, pool="none", layer=layer, **kw)
+        for s, h, mx, mn, f, r in zip(seqs, per_pos, maxed, meaned, fwd, rev):
+            keep = np.array([c != "N" for c in s])
+            # max: over the bases of each strand (both strands with rc_average); mean: of the per-base output
+            want = np.maximum(f[keep].max(0), r[keep[::-1]].max(0)) if rc_average else h[keep].max(0)
+            np.testing.assert_allclose(mx, want, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(mn, h[keep].mean(0), rtol=1e-4, atol=1e-5)
+    # one window: layer 1 is encode(layer=1), which differs from the final layer
+    x = torch.from_numpy(tok.encode(seqs[1])).long()[None]
+    with torch.no_grad():
+        want = model.eval().encode(x, layer=1)[0].numpy()
+    got = embed_sequences(model, [seqs[1]], tok, pool="none", layer=1, device="cpu")[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, embed_sequences(model, [seqs[1]], tok, pool="none", device="cpu")[0], atol=1e-3)
+
+
+def test_cli_embed_layer_max(tmp_path, backbone):
+    fa = write_fasta(tmp_path / "a.fa", planted(4)[0])
+    res = invoke("embed", fa, "--checkpoint", backbone, "--out", tmp_path / "e.npz", "--layer", "1", "--pool", "max",
+                 "--quiet")
+    assert res.exit_code == 0, res.output
+    z = np.load(tmp_path / "e.npz")
+    assert z["embeddings"].shape == (4, 16) and json.loads(str(z["info"]))["layer"] == 1
+    res = CliRunner().invoke(cli, ["embed", str(fa), "--checkpoint", str(backbone), "--out", str(tmp_path / "f.npz"),
+                                   "--layer", "7"])
+    assert res.exit_code == 2 and "layer 7 does not exist" in res.output
