@@ -262,3 +262,20 @@ def test_cli_embed_layer_max(tmp_path, backbone):
     res = CliRunner().invoke(cli, ["embed", str(fa), "--checkpoint", str(backbone), "--out", str(tmp_path / "f.npz"),
                                    "--layer", "7"])
     assert res.exit_code == 2 and "layer 7 does not exist" in res.output
+
+
+def test_dinucleotide_shuffle_keeps_pairs_and_is_uniform():
+    from collections import Counter
+
+    from reformer_seq.shuffle import dinucleotide_shuffle
+
+    rng = np.random.default_rng(0)
+    seq = "".join(rng.choice(list("ACGT"), 200, p=[.1, .4, .4, .1]))
+    pairs = Counter(zip(seq, seq[1:]))
+    outs = [dinucleotide_shuffle(seq, rng) for _ in range(50)]
+    for s in outs:
+        assert Counter(zip(s, s[1:])) == pairs and s[0] == seq[0] and s[-1] == seq[-1]
+    assert len(set(outs)) == 50 and seq not in outs
+    # uniform over the Eulerian paths: "ACAGA" has exactly two (ACAGA, AGACA), each drawn half the time
+    draws = Counter(dinucleotide_shuffle("ACAGA", rng) for _ in range(2000))
+    assert set(draws) == {"ACAGA", "AGACA"} and abs(draws["ACAGA"] - 1000) < 100
