@@ -1,7 +1,9 @@
 """Fine-tuning: train a :class:`~reformer_seq.finetune.SequenceModel` on labelled sequences.
 
 AdamW (the pretraining optimizer, :func:`~reformer_seq.training.make_optimizer`) with a linear
-warmup and then a constant learning rate, gradient clipping, optional bf16 autocast. ``freeze``:
+warmup and then a constant learning rate (the backbone's scaled by ``backbone_lr_scale``),
+gradient clipping, optional bf16 autocast; ``head_steps`` > 0 trains the head alone first
+(linear probing, then fine-tuning). ``freeze``:
 ``"all"`` trains the head only (the backbone runs in eval mode and its parameters never change),
 ``"none"`` trains everything, an integer N trains the head, the final norm and the top N blocks.
 
@@ -49,6 +51,8 @@ class FinetuneOptions:
     dropout: float = 0.1
     freeze: Union[str, int] = "none"
     lr: float = 1e-3
+    backbone_lr_scale: float = 1.0  # the backbone's learning rate is lr times this
+    head_steps: int = 0  # train the head alone for this many steps first (linear probing, then fine-tuning)
     weight_decay: float = 0.01
     warmup_steps: int = 20
     batch_size: int = 32
@@ -164,7 +168,11 @@ class _Trainer:
         self.y_train, self.y_val, self.opts, self.run, self.device, self.meta = y_train, y_val, opts, run, device, meta
         self.hc = model.head_config
         self.metric = opts.metric or default_metric(self.hc.task, len(self.hc.classes))
-        self.opt = make_optimizer(model, opts.lr, opts.weight_decay, (0.9, 0.999))
+        self.opt = make_optimizer(model.head, opts.lr, opts.weight_decay, (0.9, 0.999))
+        backbone = make_optimizer(model.backbone, opts.lr * opts.backbone_lr_scale, opts.weight_decay, (0.9, 0.999))
+        for group in backbone.param_groups:
+            if group["params"]:
+                self.opt.add_param_group(group)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_at(s, 1.0, opts.warmup_steps, 1, 1.0))
         self.step, self.train_before = 0, 0.0
         self.best: Optional[float] = None
@@ -192,6 +200,9 @@ class _Trainer:
             raw = self.model(x, mask)
         loss = self.loss(raw, y)
         loss.backward()
+        if self.step < self.opts.head_steps:  # head first: the backbone's gradients are dropped
+            for p in self.model.backbone.parameters():
+                p.grad = None
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.opts.grad_clip)
         self.opt.step()
         self.sched.step()
