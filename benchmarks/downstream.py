@@ -24,8 +24,9 @@ For each task, test AUROC with a bootstrap standard error (200 resamples) of:
   depth = final output), mean or max pooling, the same logistic regression on standardized
   features (the layer sweep); ``probe-L-mean-raw``: the same without standardization (the
   centering advice);
-* ``finetuned``: ``seqformer finetune`` (all parameters, mean pooling, linear head, early stopping
-  on validation AUROC, ``--finetune-seconds`` per task), scored on the test set.
+* ``finetuned``: ``seqformer finetune`` with its defaults (all parameters; attention pooling,
+  linear head, head learning rate 3e-3, backbone 3e-4; early stopping on validation AUROC),
+  ``--finetune-seconds`` per task, scored on the test set.
 
 Also reported: the mean cosine similarity of random pairs of test embeddings, raw and centred.
 
@@ -278,8 +279,7 @@ def finetune_scores(tr, ytr, va, yva, te, checkpoint: str, seconds: float) -> np
     with tempfile.TemporaryDirectory() as tmp:
         for fname, seqs, ys in (("train.tsv", tr, ytr), ("val.tsv", va, yva)):
             Path(tmp, fname).write_text("sequence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in zip(seqs, ys)))
-        opts = FinetuneOptions(max_steps=100000, max_time=seconds, eval_every=50, patience=8, lr=1e-3,
-                               batch_size=32, device="cpu")
+        opts = FinetuneOptions(max_steps=100000, max_time=seconds, eval_every=50, patience=8, device="cpu")
         run = finetune({"tsv": f"{tmp}/train.tsv", "val": f"{tmp}/val.tsv"}, checkpoint, f"{tmp}/run", opts,
                        progress=False)
         print(f"  finetune: {run.line()}", flush=True)

@@ -19,13 +19,17 @@ import click
 @click.option("--val-fraction", type=float, default=0.1, show_default=True,
               help="Random share of the input held out for validation (per class).")
 @click.option("--task", type=click.Choice(["classify", "regress"]), help="[default: inferred from the labels]")
-@click.option("--pool", type=click.Choice(["mean", "attention"]), default="mean", show_default=True,
-              help="How the head pools the positions.")
+@click.option("--pool", type=click.Choice(["mean", "attention"]), default="attention", show_default=True,
+              help="How the head pools the positions: their mean, or a learned weighting (starts as the mean).")
 @click.option("--hidden", type=int, default=0, show_default=True, help="0: linear head; N: MLP with N hidden units.")
 @click.option("--layer", type=int, help="Backbone layer the head reads (0 = embeddings) [default: the last].")
 @click.option("--freeze", default="none", show_default=True,
               help="all: train the head only; none: train everything; N: the head and the top N blocks.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate (constant after warmup).")
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="Head learning rate (constant after warmup).")
+@click.option("--backbone-lr-scale", type=float, default=0.1, show_default=True,
+              help="The backbone's learning rate is --lr times this.")
+@click.option("--head-steps", type=int, default=0, show_default=True,
+              help="Train the head alone for this many steps first.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--max-steps", type=int, default=2000, show_default=True)
 @click.option("--max-time", type=float, help="Stop after this many seconds of training.")
@@ -40,7 +44,7 @@ import click
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint, exactly.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def finetune(tsv, checkpoint, out, fasta, classes, val, val_fraction, task, pool, hidden, layer, freeze, lr,
-             batch_size, max_steps, max_time, eval_every, patience, metric, seed, device, precision, resume, quiet):
+             backbone_lr_scale, head_steps, batch_size, max_steps, max_time, eval_every, patience, metric, seed, device, precision, resume, quiet):
     """Fine-tune a pretrained model to classify sequences or predict a number for each.
 
     Labelled input: a TSV with a header and columns `sequence` (bases) and `label`, or `id` (a
@@ -54,12 +58,13 @@ def finetune(tsv, checkpoint, out, fasta, classes, val, val_fraction, task, pool
       seqformer finetune --checkpoint runs/ecoli --class ctcf=data/tfbs/Gm12878.CTCF.top500.w200.fa \\
           --class shuffled=shuffled.fa --out runs/ctcf --max-time 120
       seqformer finetune labels.tsv --checkpoint runs/ecoli --out runs/expr --task regress --freeze all
-      seqformer finetune ids.tsv --fasta genes.fa --checkpoint runs/ecoli --out runs/genes --pool attention
+      seqformer finetune ids.tsv --fasta genes.fa --checkpoint runs/ecoli --out runs/genes --pool mean --hidden 64
       seqformer finetune --out runs/ctcf --resume --max-steps 4000
     """
     from reformer_seq.finetune_train import FinetuneOptions, finetune as run_finetune
 
     opts = FinetuneOptions(task=task, pool=pool, hidden=hidden, layer=layer, freeze=freeze, lr=lr,
+                           backbone_lr_scale=backbone_lr_scale, head_steps=head_steps,
                            batch_size=batch_size, max_steps=max_steps, max_time=max_time, eval_every=eval_every,
                            patience=patience, metric=metric, val_fraction=val_fraction, seed=seed, device=device,
                            precision=precision)

@@ -45,13 +45,13 @@ class FinetuneOptions:
     """Everything that shapes a fine-tuning run (saved in RUN/finetune.json)."""
 
     task: Optional[str] = None  # classify | regress | None (inferred from the labels)
-    pool: str = "mean"
+    pool: str = "attention"  # the defaults are the downstream study's recipe (README)
     hidden: int = 0
     layer: Optional[int] = None
     dropout: float = 0.1
     freeze: Union[str, int] = "none"
-    lr: float = 1e-3
-    backbone_lr_scale: float = 1.0  # the backbone's learning rate is lr times this
+    lr: float = 3e-3
+    backbone_lr_scale: float = 0.1  # the backbone's learning rate is lr times this
     head_steps: int = 0  # train the head alone for this many steps first (linear probing, then fine-tuning)
     weight_decay: float = 0.01
     warmup_steps: int = 20

@@ -78,7 +78,7 @@ def test_planted_motif_is_learned_and_predicted_in_file_order(tmp_path, backbone
     seqs, labels = planted(1000)
     tsv = write_tsv(tmp_path / "train.tsv", seqs, labels)
     out = tmp_path / "ft"
-    res = invoke("finetune", tsv, "--checkpoint", backbone, "--out", out, "--pool", "attention", "--lr", "0.01",
+    res = invoke("finetune", tsv, "--checkpoint", backbone, "--out", out, "--lr", "0.01", "--backbone-lr-scale", "1",
                  "--max-steps", "300", "--eval-every", "100", "--quiet")
     assert res.exit_code == 0, res.output
     for name in ("metrics.jsonl", "curve.png", "best.json", "finetune.json", "result.json"):
@@ -114,6 +114,12 @@ def test_frozen_backbone_stays_bit_identical(tmp_path, backbone):
         assert torch.equal(a, b), name
     head0 = SequenceModel(before, after.head_config).head.out[-1].weight
     assert not torch.equal(head0, after.head.out[-1].weight)  # the head did train
+    # --head-steps: the backbone waits that many steps, then trains
+    for steps, same in ((6, True), (8, False)):
+        r = finetune({"tsv": str(tsv)}, backbone, tmp_path / f"h{steps}",
+                     FinetuneOptions(head_steps=6, max_steps=steps, eval_every=100), progress=False)
+        bb = load_finetuned(r.run_dir)[0].backbone
+        assert all(torch.equal(a, b) for a, b in zip(bb.parameters(), before.parameters())) == same
     # --freeze 1 trains the top block only
     r = finetune({"tsv": str(tsv)}, backbone, tmp_path / "ft1", FinetuneOptions(freeze=1, max_steps=5, eval_every=5),
                  progress=False)
