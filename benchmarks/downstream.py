@@ -26,7 +26,7 @@ For each task, test AUROC with a bootstrap standard error (200 resamples) of:
   centering advice);
 * ``finetuned``: ``seqformer finetune`` with its defaults (all parameters; attention pooling,
   linear head, head learning rate 3e-3, backbone 3e-4; early stopping on validation AUROC),
-  ``--finetune-seconds`` per task, scored on the test set.
+  ``--finetune-steps`` (and at most ``--finetune-seconds``) per task, scored on the test set.
 
 Also reported: the mean cosine similarity of random pairs of test embeddings, raw and centred.
 
@@ -240,7 +240,7 @@ def mean_cosine(X: np.ndarray, rng, pairs: int = 2000) -> float:
 
 
 # ---------------------------------------------------------------------- one task
-def run_task(name: str, data: dict, checkpoint: str, seconds: float, rng, out: dict) -> None:
+def run_task(name: str, data: dict, checkpoint: str, finetune_budget: tuple[int, float], rng, out: dict) -> None:
     from reformer_seq.checkpoint import load_pretrained
     from reformer_seq.embedding import embed_sequences
     from reformer_seq.metrics import auroc, bootstrap_se
@@ -269,17 +269,17 @@ def run_task(name: str, data: dict, checkpoint: str, seconds: float, rng, out: d
                 res.setdefault("cosine", {})[str(layer)] = {
                     "raw": mean_cosine(emb[2], rng), "centred": mean_cosine(emb[2] - emb[0].mean(0), rng)}
     t0 = time.perf_counter()
-    record("finetuned", finetune_scores(tr, ytr, va, yva, te, checkpoint, seconds), t0)
+    record("finetuned", finetune_scores(tr, ytr, va, yva, te, checkpoint, *finetune_budget), t0)
 
 
-def finetune_scores(tr, ytr, va, yva, te, checkpoint: str, seconds: float) -> np.ndarray:
+def finetune_scores(tr, ytr, va, yva, te, checkpoint: str, steps: int, seconds: float) -> np.ndarray:
     from reformer_seq.finetune import load_finetuned, predict_tokens
     from reformer_seq.finetune_train import FinetuneOptions, finetune
 
     with tempfile.TemporaryDirectory() as tmp:
         for fname, seqs, ys in (("train.tsv", tr, ytr), ("val.tsv", va, yva)):
             Path(tmp, fname).write_text("sequence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in zip(seqs, ys)))
-        opts = FinetuneOptions(max_steps=100000, max_time=seconds, eval_every=50, patience=8, device="cpu")
+        opts = FinetuneOptions(max_steps=steps, max_time=seconds, eval_every=50, patience=8, device="cpu")
         run = finetune({"tsv": f"{tmp}/train.tsv", "val": f"{tmp}/val.tsv"}, checkpoint, f"{tmp}/run", opts,
                        progress=False)
         print(f"  finetune: {run.line()}", flush=True)
@@ -326,7 +326,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", required=True, help="pretrained run or checkpoint folder")
     ap.add_argument("--label", default="", help="what the backbone is (written into the JSON)")
     ap.add_argument("--tasks", default="promoters,coding,ctcf")
-    ap.add_argument("--finetune-seconds", type=float, default=150)
+    ap.add_argument("--finetune-steps", type=int, default=600, help="fine-tuning steps per task (early stopping aside)")
+    ap.add_argument("--finetune-seconds", type=float, default=300, help="and at most this many seconds")
     ap.add_argument("--out", default=str(RESULTS / "downstream.json"))
     args = ap.parse_args()
     if not GBK.is_file() or not CTCF.is_file():
@@ -341,14 +342,14 @@ def main() -> None:
     info = json.loads(Path(ck, "config.json").read_text())
     out: dict = {"backbone": {"checkpoint": ck, "label": args.label, "step": info.get("step"),
                               "val_bits_per_base": info.get("val_bits_per_base"), "model": info["model"]},
-                 "finetune_seconds": args.finetune_seconds}
+                 "finetune_steps": args.finetune_steps, "finetune_seconds": args.finetune_seconds}
     builders = {"promoters": lambda: promoter_task(seq, genes, cds, rng), "coding": lambda: coding_task(seq, genes, cds, rng),
                 "ctcf": lambda: ctcf_task(rng)}
     for name in args.tasks.split(","):
         data = builders[name]()
         print(f"{name}: " + ", ".join(f"{k} {len(v[0])} ({sum(v[1])} positive)" for k, v in data.items()), flush=True)
         out.setdefault("tasks", {})
-        run_task(name, data, args.checkpoint, args.finetune_seconds, rng, out["tasks"])
+        run_task(name, data, args.checkpoint, (args.finetune_steps, args.finetune_seconds), rng, out["tasks"])
     out["seconds"] = round(time.perf_counter() - t_start, 1)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

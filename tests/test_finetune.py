@@ -112,6 +112,8 @@ def test_frozen_backbone_stays_bit_identical(tmp_path, backbone):
     after, _, _ = load_finetuned(r.run_dir)
     for (name, a), (_, b) in zip(before.state_dict().items(), after.backbone.state_dict().items()):
         assert torch.equal(a, b), name
+    lm, _, _ = load_pretrained(r.run_dir)  # a fine-tuned run serves as a language model too (embed)
+    assert type(lm).__name__ == "ReformerLM" and lm.state_dict().keys() == before.state_dict().keys()
     head0 = SequenceModel(before, after.head_config).head.out[-1].weight
     assert not torch.equal(head0, after.head.out[-1].weight)  # the head did train
     # --head-steps: the backbone waits that many steps, then trains
