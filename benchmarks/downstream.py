@@ -269,10 +269,11 @@ def run_task(name: str, data: dict, checkpoint: str, finetune_budget: tuple[int,
                 res.setdefault("cosine", {})[str(layer)] = {
                     "raw": mean_cosine(emb[2], rng), "centred": mean_cosine(emb[2] - emb[0].mean(0), rng)}
     t0 = time.perf_counter()
-    record("finetuned", finetune_scores(tr, ytr, va, yva, te, checkpoint, *finetune_budget), t0)
+    scores, res["finetune_run"] = finetune_scores(tr, ytr, va, yva, te, checkpoint, *finetune_budget)
+    record("finetuned", scores, t0)
 
 
-def finetune_scores(tr, ytr, va, yva, te, checkpoint: str, steps: int, seconds: float) -> np.ndarray:
+def finetune_scores(tr, ytr, va, yva, te, checkpoint: str, steps: int, seconds: float) -> tuple[np.ndarray, dict]:
     from reformer_seq.finetune import load_finetuned, predict_tokens
     from reformer_seq.finetune_train import FinetuneOptions, finetune
 
@@ -284,7 +285,9 @@ def finetune_scores(tr, ytr, va, yva, te, checkpoint: str, steps: int, seconds: 
                        progress=False)
         print(f"  finetune: {run.line()}", flush=True)
         model, tok, _ = load_finetuned(f"{tmp}/run")
-        return predict_tokens(model, [tok.encode(s) for s in te], tok.pad_id, 64)[:, 1]
+        info = {"steps": run.step, "stopped_by": run.stopped_by, "best_step": run.best_step,
+                "val_auroc": run.best_value, "train_seconds": round(run.train_time, 1)}
+        return predict_tokens(model, [tok.encode(s) for s in te], tok.pad_id, 64)[:, 1], info
 
 
 # ---------------------------------------------------------------------- report
