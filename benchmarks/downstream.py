@@ -329,8 +329,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", required=True, help="pretrained run or checkpoint folder")
     ap.add_argument("--label", default="", help="what the backbone is (written into the JSON)")
     ap.add_argument("--tasks", default="promoters,coding,ctcf")
-    ap.add_argument("--finetune-steps", type=int, default=600, help="fine-tuning steps per task (early stopping aside)")
-    ap.add_argument("--finetune-seconds", type=float, default=300, help="and at most this many seconds")
+    ap.add_argument("--finetune-steps", type=int, default=1200, help="fine-tuning steps per task (early stopping aside)")
+    ap.add_argument("--finetune-seconds", type=float, default=240, help="and at most this many seconds")
     ap.add_argument("--out", default=str(RESULTS / "downstream.json"))
     args = ap.parse_args()
     if not GBK.is_file() or not CTCF.is_file():

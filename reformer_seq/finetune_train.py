@@ -32,8 +32,8 @@ from .errors import CheckpointError, ConfigError
 from .finetune import HeadConfig, SequenceModel, masked_mean, pad_batch, predict_tokens
 from .labelled_data import (LabelledSet, check_lengths, class_names, encode_labels, infer_task, read_class_fastas,
                             read_tsv, split_validation)
-from .metrics import CLASSIFY_METRICS, REGRESS_METRICS, classification_metrics, default_metric, higher_is_better
-from .metrics import regression_metrics
+from .metrics import (CLASSIFY_METRICS, REGRESS_METRICS, classification_metrics, default_metric, higher_is_better,
+                      regression_metrics)
 from .training import _StopFlag, _prune_checkpoints, _truncate_metrics, autocast_context, lr_at, make_optimizer
 from .embedding import resolve_device
 
