@@ -83,9 +83,11 @@ def child(which: str, threads: int, device: str, precision: str, limit: int | No
     """One measurement, run inside the child process."""
     import torch
 
+    from reformer_seq import set_process_tuning
     from reformer_seq.embedding import embed_fasta
     from reformer_seq.fasta import load_genome, read_records
 
+    set_process_tuning(True)  # as the seqformer commands do (reformer_seq/runtime.py)
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)

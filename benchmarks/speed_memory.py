@@ -47,10 +47,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-MODELS = ("seqformer", "hf", "reformer_pytorch", "sdpa")
+MODELS = ("seqformer", "seqformer_copy", "hf", "reformer_pytorch", "sdpa")
 DEFAULT_LENGTHS = (4096, 16384, 65536, 262144, 1048576)
 LABELS = {
     "seqformer": "seqformer",
+    "seqformer_copy": "seqformer + copy attention",
     "hf": "HF ReformerModel",
     "reformer_pytorch": "reformer-pytorch",
     "sdpa": "exact SDPA",
@@ -125,12 +126,14 @@ def _rss_bytes(pid: int):
 
 
 # ====================================================================== the models (child side)
-def build_seqformer(L: int):
-    from reformer_seq import ReformerConfig, ReformerLM
+def build_seqformer(L: int, copy_k: int = 0):
+    from reformer_seq import ReformerConfig, ReformerLM, set_process_tuning
+
+    set_process_tuning(True)  # buffer cache and heap thresholds, as the seqformer commands have them
 
     cfg = ReformerConfig(vocab_size=VOCAB, dim=DIM, depth=DEPTH, heads=HEADS, bucket_size=BUCKET,
                          n_hashes=N_HASHES, causal=True, max_seq_len=next_pow2(L), reversible=True,
-                         attention="lsh", dropout=0.0)
+                         attention="lsh", dropout=0.0, copy_k=copy_k)
     model = ReformerLM(cfg)
     info = {"config": cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg)}
     return model, (lambda x: model(x)), info
@@ -227,7 +230,12 @@ def build_sdpa(L: int):
     return model, (lambda x: model(x)), info
 
 
-BUILDERS = {"seqformer": build_seqformer, "hf": build_hf,
+def build_seqformer_copy(L: int):
+    """seqformer with the copy attention of the default config (model.copy_k 12) below the stack."""
+    return build_seqformer(L, copy_k=12)
+
+
+BUILDERS = {"seqformer": build_seqformer, "seqformer_copy": build_seqformer_copy, "hf": build_hf,
             "reformer_pytorch": build_reformer_pytorch, "sdpa": build_sdpa}
 
 
@@ -515,14 +523,20 @@ def machine_info(args) -> dict:
 # ====================================================================== reports
 def _ratio_table(records: list[dict], lengths: list[int]) -> list[str]:
     by = {(r["model"], r["L"]): r for r in records}
-    out = ["| L | seqformer tok/s | HF tok/s | seqformer / HF |", "|---|---:|---:|---:|"]
+    out = ["| L | seqformer tok/s | + copy attention tok/s | HF tok/s | seqformer / HF | + copy / HF |",
+           "|---|---:|---:|---:|---:|---:|"]
+
+    def tok(r):
+        return r.get("tok_per_s") if r and r.get("status") == "ok" else None
+
     for L in lengths:
-        s, h = by.get(("seqformer", L)), by.get(("hf", L))
-        st = s.get("tok_per_s") if s and s.get("status") == "ok" else None
-        ht = h.get("tok_per_s") if h and h.get("status") == "ok" else None
+        s, c, h = by.get(("seqformer", L)), by.get(("seqformer_copy", L)), by.get(("hf", L))
+        st, ct, ht = tok(s), tok(c), tok(h)
         ratio = f"{st / ht:.2f}x" if st and ht else ("HF failed" if st and h and h.get("status") != "ok" else "-")
+        cratio = f"{ct / ht:.2f}x" if ct and ht else "-"
         out.append(f"| {fmt_length(L)} | {f'{st:,.0f}' if st else (s or {}).get('status', '-')} | "
-                   f"{f'{ht:,.0f}' if ht else (h or {}).get('status', '-')} | {ratio} |")
+                   f"{f'{ct:,.0f}' if ct else (c or {}).get('status', '-')} | "
+                   f"{f'{ht:,.0f}' if ht else (h or {}).get('status', '-')} | {ratio} | {cratio} |")
     return out
 
 
@@ -571,7 +585,7 @@ def write_plot(path: Path, data: dict) -> bool:
         return False
     recs = data["results"]
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.8))
-    markers = {"seqformer": "o", "hf": "s", "reformer_pytorch": "^", "sdpa": "D"}
+    markers = {"seqformer": "o", "seqformer_copy": "v", "hf": "s", "reformer_pytorch": "^", "sdpa": "D"}
     for model in MODELS:
         rs = sorted((r for r in recs if r["model"] == model), key=lambda r: r["L"])
         ok = [r for r in rs if r.get("status") == "ok"]

@@ -8,14 +8,18 @@ import click
 
 from reformer_seq import __version__
 from reformer_seq.errors import SeqformerError
+from reformer_seq.runtime import runtime_tuning
 
 
 class _Group(click.Group):
-    """Turns SeqformerError (bad file, bad config, bad checkpoint) into one line and exit code 2."""
+    """Turns SeqformerError (bad file, bad config, bad checkpoint) into one line and exit code 2,
+    and runs every command with process-wide tuning on (reformer_seq.runtime: buffer cache, heap
+    thresholds, gc.freeze; a library user's default is off)."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with runtime_tuning():
+                return super().invoke(ctx)
         except SeqformerError as e:
             click.echo(f"seqformer: error: {e}", err=True)
             sys.exit(2)

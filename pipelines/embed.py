@@ -30,8 +30,12 @@ import click
               help="bf16 runs the model under bfloat16 autocast; outputs are float32 either way.")
 @click.option("--format", "fmt", type=click.Choice(["npz", "h5"]), default=None,
               help="Output format [default: from the --out suffix].")
+@click.option("--strict", is_flag=True,
+              help="Characters outside IUPAC are an error naming the record and position (default: read as N, "
+                   "with one warning per file giving their count per record).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def embed(fasta, checkpoint, out, pool, layer, rc_average, window, overlap, batch_size, device, precision, fmt, quiet):
+def embed(fasta, checkpoint, out, pool, layer, rc_average, window, overlap, batch_size, device, precision, fmt,
+          strict, quiet):
     """Embed the sequences of a FASTA/GenBank file (plain or gzip) with a trained model.
 
     Writes `ids` (record ids, in file order), `lengths` and `embeddings` float32: (records, dim)
@@ -59,5 +63,5 @@ def embed(fasta, checkpoint, out, pool, layer, rc_average, window, overlap, batc
 
     summary = embed_fasta(fasta, checkpoint, out, pool=pool, rc_average=rc_average, window=window, overlap=overlap,
                           batch_size=batch_size, device=device, precision=precision, format=fmt,
-                          progress=not quiet, layer=layer)
+                          progress=not quiet, strict=strict, layer=layer)
     click.echo(summary.line())

@@ -38,9 +38,12 @@ def _split_ids(ctx: click.Context, param: click.Parameter, value: tuple[str, ...
               help="val: only the last part of each record that training held out (the checkpoint's val_fraction); "
                    "train: the rest; all: every base.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of masking, shuffles and control picks.")
+@click.option("--strict", is_flag=True,
+              help="Characters outside IUPAC are an error naming the record and position (default: read as N, "
+                   "with one warning per file giving their count per record).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(fasta, checkpoint, out_dir, motif_files, motif_ids, threshold, batch_size, device, window,
-             motif_window, max_sites, train_fasta, split, seed, quiet):
+             motif_window, max_sites, train_fasta, split, seed, strict, quiet):
     """Evaluate a trained model on FASTA: bits per base against Markov baselines, and motif masking.
 
     \b
@@ -81,7 +84,7 @@ def evaluate(fasta, checkpoint, out_dir, motif_files, motif_ids, threshold, batc
     report = evaluate_checkpoint(fasta, checkpoint, out_dir, motif_files=motif_files, motif_ids=motif_ids,
                                  threshold=threshold, batch_size=batch_size, device=device, window=window,
                                  motif_window=motif_window, max_sites=max_sites or None, train_fasta=train_fasta,
-                                 split=split, seed=seed, progress=not quiet)
+                                 split=split, seed=seed, progress=not quiet, strict=strict)
     click.echo(summary_lines(report))
 
 

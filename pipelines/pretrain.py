@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import click
 
 from reformer_seq.config import load_run_config
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from reformer_seq.resources import resource
 
 
 @click.command()
 @click.argument("fasta", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=str(CONFIGS / "default.yaml"),
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=lambda: str(resource("configs", "default.yaml")),
               show_default="configs/default.yaml", help="YAML run config (sections model:, data:, train:).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder for checkpoints, metrics and plots [default: runs/pretrain-DATE-TIME].")
@@ -30,9 +28,12 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="fp16 needs a GPU.")
 @click.option("--seed", type=int, help="Seed for initialisation, data order, dropout and hashing.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint, exactly.")
+@click.option("--strict", is_flag=True,
+              help="Characters outside IUPAC are an error naming the record and position (default: read as N, "
+                   "with one warning per file giving their count per record).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def pretrain(fasta, config_path, out, max_steps, max_time, batch_size, grad_accum, seq_len, lr, objective, device,
-             precision, seed, resume, quiet):
+             precision, seed, resume, strict, quiet):
     """Train a Reformer language model on genomes in FASTA/GenBank files.
 
     With no FASTA it trains on the E. coli K-12 MG1655 genome bundled in data/ with the default
@@ -51,7 +52,7 @@ def pretrain(fasta, config_path, out, max_steps, max_time, batch_size, grad_accu
     overrides = {
         "train": {"max_steps": max_steps, "max_time": max_time, "batch_size": batch_size, "grad_accum": grad_accum,
                   "lr": lr, "objective": objective, "device": device, "precision": precision, "seed": seed},
-        "data": {"seq_len": seq_len},
+        "data": {"seq_len": seq_len, "strict": True if strict else None},
         "model": {"causal": False} if objective == "masked" else {},
     }
     config = load_run_config(config_path, overrides)

@@ -4,6 +4,7 @@ from .errors import CheckpointError, ConfigError, InputError, SeqformerError
 
 __version__ = "0.1.0"
 from .model import ReformerLM
+from .runtime import process_tuning, runtime_tuning, set_process_tuning
 from .tokenizers import ByteTokenizer, NucleotideTokenizer, make_tokenizer, tokenizer_from_spec
 from .fasta import EncodedRecord, load_genome, read_records
 from .windows import (CausalCollator, GenomeWindowDataset, MaskedCollator, datasets_from_config, genome_windows,

@@ -3,7 +3,8 @@
 A learned embedding per position would need ``max_seq_len x dim`` parameters (67M at 1M
 tokens and dim 64). Axial encoding factors positions as ``p = i * b + j`` over an ``(a, b)``
 grid with ``a * b == max_seq_len`` and learns ``a + b`` vectors: ``pos(p) = row[i] + col[j]``.
-Shorter inputs use the first L positions.
+Shorter inputs use the first L positions, or, with ``first_row``, the L positions from
+``first_row * b`` on (training with random offsets trains every row with short windows).
 """
 from __future__ import annotations
 
@@ -29,9 +30,16 @@ class AxialPositionalEncoding(nn.Module):
         self.row = nn.Parameter(torch.randn(a, 1, dim) * init_std)  # (a, 1, dim)
         self.col = nn.Parameter(torch.randn(1, b, dim) * init_std)  # (1, b, dim)
 
-    def forward(self, length: int) -> Tensor:
+    def random_first_row(self, length: int) -> int:
+        """A uniformly drawn start row (torch's RNG) for an input of ``length`` positions."""
+        free = self.shape[0] - math.ceil(length / self.shape[1])
+        return int(torch.randint(0, free + 1, ())) if free > 0 else 0
+
+    def forward(self, length: int, first_row: int = 0) -> Tensor:
         if length > self.max_seq_len:
             raise ValueError(f"sequence length {length:,} exceeds max_seq_len {self.max_seq_len:,}")
         rows = math.ceil(length / self.shape[1])
-        grid = self.row[:rows] + self.col  # (rows, b, dim)
+        if not 0 <= first_row <= self.shape[0] - rows:
+            raise ValueError(f"first_row {first_row} + {rows} rows exceeds the grid's {self.shape[0]} rows")
+        grid = self.row[first_row:first_row + rows] + self.col  # (rows, b, dim)
         return grid.reshape(-1, grid.shape[-1])[:length]  # (L, dim)

@@ -19,7 +19,8 @@ most that was ever in use at once; ``SEQFORMER_BLOCK_CACHE_MB`` can cap the kept
 It is built on first use with the system C++ compiler against the installed torch's headers
 (about 2 s, cached beside the attention kernel) and is process-wide: every CPU tensor
 allocation goes through it. :class:`~reformer_seq.model.ReformerLM` turns it on when it first
-sees an input with 16 MB activations (``B * L * dim >= 2**22``: 64K tokens at dim 64). Where
+sees an input with 16 MB activations (``B * L * dim >= 2**22``: 64K tokens at dim 64), if
+process-wide tuning is on (:mod:`.runtime`: off by default, on in the ``seqformer`` commands). Where
 no compiler or headers exist, or with ``SEQFORMER_BLOCK_CACHE=0``, nothing changes.
 ``SEQFORMER_BLOCK_CACHE_MB`` caps the kept bytes (by default only the peak rule above bounds
 them); :func:`release` frees what is kept.
@@ -28,33 +29,36 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from .kernels import compile_library
+from .kernels import BuildError, compile_library, find_compiler
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "block_cache.cpp"
 # B * L * dim from which the model turns the cache on: (B, L, dim) buffers of 16 MB
 CACHE_FROM_ELEMS = 1 << 22
 MIN_BYTES = 16 << 20  # smaller buffers come from glibc's heap, which reuses them well
 
+INSTALL_CXX = ("install a C++17 compiler, g++ 9 or newer or clang++ (Debian/Ubuntu: apt install g++; Fedora: dnf "
+               "install gcc-c++; macOS: xcode-select --install), or set CXX to one")
 _lib: Optional[ctypes.CDLL] = None
 _tried = False
+_error: Optional[str] = None  # why the cache is unavailable
 _ensured: Optional[bool] = None
 
 
 def _build() -> ctypes.CDLL:
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    cxx = find_compiler(cxx=True)
     if cxx is None:
-        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
+        raise BuildError(f"no C++ compiler found; {INSTALL_CXX}")
     root = Path(torch.__file__).resolve().parent
     include, libdir = root / "include", root / "lib"
     if not (include / "c10" / "core" / "Allocator.h").is_file():
-        raise RuntimeError(f"torch's C++ headers are missing under {include}")
+        raise BuildError(f"torch's C++ headers are missing under {include}; reinstall torch from a wheel that "
+                         f"ships them (the PyPI wheels do)")
     abi = int(bool(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True)))
     flags = ["-O2", "-std=c++17", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{include}"]
     libs = [f"-L{libdir}", "-lc10", f"-Wl,-rpath,{libdir}", "-pthread"]
@@ -70,15 +74,22 @@ def _build() -> ctypes.CDLL:
 
 
 def _library() -> Optional[ctypes.CDLL]:
-    global _lib, _tried
+    global _lib, _tried, _error
     if not _tried:
         _tried = True
         try:
             _lib = _build()
         except Exception as e:  # noqa: BLE001 - any build problem: run without the cache
-            warnings.warn(f"seqformer: CPU buffer cache unavailable ({e}); long inputs run a little slower")
-            _lib = None
+            _lib, _error = None, str(e)
+            warnings.warn(f"seqformer: CPU buffer cache unavailable ({e}); long inputs run a little slower; "
+                          f"{INSTALL_CXX}")
     return _lib
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why the cache cannot be built here (the build error; for skip messages), or None."""
+    _library()
+    return _error
 
 
 def cap_bytes() -> int:
@@ -116,6 +127,17 @@ def ensure() -> bool:
     if _ensured is None:
         _ensured = enable()
     return _ensured
+
+
+def suspend() -> None:
+    """Keep nothing from now on and free what is kept (the cache stays torch's CPU allocator,
+    since buffers it handed out must be freed through it); the next :func:`ensure` turns it on
+    again. What :func:`~reformer_seq.runtime.set_process_tuning` (False) calls."""
+    global _ensured
+    if _lib is not None and _ensured:
+        _lib.seq_block_cache_enable(0, MIN_BYTES)
+        release()
+    _ensured = None
 
 
 def release() -> None:

@@ -66,7 +66,29 @@ class ReformerConfig:
     # Short depthwise causal convolution over the embeddings (kernel width; 0 disables): gives
     # every position its immediate left context (k-mer features) before any attention.
     conv_kernel: int = 0
+    # Training only: start each batch's positions at a random row of the axial grid, so windows
+    # shorter than max_seq_len train every position's embedding (a 4K-window model then works
+    # on 64K inputs: without it the copy signal weakened with absolute position, see README).
+    random_position_offset: bool = False
+    # Absolute positions: "axial" (the paper's axial encoding) or "none". Genome windows are
+    # arbitrary crops, so an absolute position means nothing to DNA; the causal convolution and
+    # local attention give order. With "none" the model is the same at every position of any
+    # input, so a 4K-window model reads 64K inputs as it reads 4K ones (see copy attention).
+    positions: str = "axial"
     dropout: float = 0.0  # dropout on attention weights' output and feed-forward
+    # Copy attention (copy_attention.py) below the stack: LSH attention on the one-hot codes of
+    # the last copy_k bases with shifted values, so a repeat is predicted from its earlier copy.
+    # 0 disables it. Causal nucleotide models only.
+    copy_k: int = 0
+    copy_rc: bool = True  # a second head for reverse-complement (inverted) copies
+    copy_temperature: float = 16.0  # logit scale T of an exact k-mer match (see copy_attention.py)
+    copy_learn_temperature: bool = True  # learn T (from copy_temperature) or keep it fixed
+    copy_hashes: Optional[int] = None  # hash rounds of the copy layer; None: n_hashes
+    # Where the copy signal joins: "mix" (the copy heads' next-base distributions, from fixed
+    # one-hot values, are mixed with the network's by a learned gate: a pointer-generator),
+    # "top" (learned values added to the stack's output before the head) or "bottom" (added to
+    # the embeddings; the stack's layers read it).
+    copy_position: str = "mix"
     hash_seed: int = 0  # seed of the hash rotations in eval mode (deterministic inference)
 
     def __post_init__(self) -> None:
@@ -93,6 +115,20 @@ class ReformerConfig:
             raise ConfigError(f"model.n_buckets must be a power of two or null (auto), got {self.n_buckets}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.copy_position not in ("mix", "top", "bottom"):
+            raise ConfigError(f"model.copy_position must be mix, top or bottom, got {self.copy_position!r}")
+        if self.positions not in ("axial", "none"):
+            raise ConfigError(f"model.positions must be 'axial' or 'none', got {self.positions!r}")
+        if not isinstance(self.copy_k, int) or self.copy_k < 0:
+            raise ConfigError(f"model.copy_k must be 0 (off) or a k-mer length >= 1, got {self.copy_k!r}")
+        if self.copy_k and not self.causal:
+            raise ConfigError("model.copy_k needs a causal model (its values look one base ahead); "
+                              "set copy_k: 0 for a masked model")
+        if self.copy_k and self.vocab_size > 16:
+            raise ConfigError(f"model.copy_k needs the nucleotide alphabet, got vocab_size {self.vocab_size} "
+                              f"(byte-level); set copy_k: 0 for byte-level models")
+        if self.copy_temperature <= 0:
+            raise ConfigError(f"model.copy_temperature must be > 0, got {self.copy_temperature}")
         if self.conv_kernel < 0:
             raise ConfigError(f"model.conv_kernel must be >= 0, got {self.conv_kernel}")
         for kind in self.layer_kinds():
@@ -145,6 +181,15 @@ class DataConfig:
     pad_last: bool = True
     val_fraction: float = 0.1  # the last fraction of each record is held out for validation
     rc_augment: bool = True  # reverse-complement augmentation during training
+    # Planted repeats (planted_repeats.py): this share of training windows get `plant_copies`
+    # segments of their own (log-uniform length in [plant_min_len, plant_max_len], half of them
+    # reverse-complemented, up to plant_max_mutation substitutions) pasted later in the window.
+    # They teach the copy attention (model.copy_k); 0 turns planting off. Validation is never planted.
+    plant_repeats: float = 0.0
+    plant_copies: int = 2
+    plant_min_len: int = 32
+    plant_max_len: int = 1024
+    plant_max_mutation: float = 0.05
     strict: bool = False  # characters outside IUPAC: error (strict) or N (lenient)
     keep_softmask: bool = False  # keep lowercase (soft-masked) as a per-base mask
     mask_prob: float = 0.15  # masked objective: share of positions chosen
@@ -158,10 +203,13 @@ class DataConfig:
             raise ConfigError(f"data.seq_len must be >= 2, got {self.seq_len}")
         if self.stride is not None and self.stride < 1:
             raise ConfigError(f"data.stride must be >= 1 or null, got {self.stride}")
-        for name in ("max_n_fraction", "val_fraction", "mask_prob"):
+        for name in ("max_n_fraction", "val_fraction", "mask_prob", "plant_repeats", "plant_max_mutation"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"data.{name} must be in [0, 1], got {v}")
+        if self.plant_copies < 1 or not 2 <= self.plant_min_len <= self.plant_max_len:
+            raise ConfigError(f"data.plant_copies must be >= 1 and 2 <= plant_min_len <= plant_max_len, got "
+                              f"{self.plant_copies}, {self.plant_min_len}, {self.plant_max_len}")
         if self.mask_span < 1:
             raise ConfigError(f"data.mask_span must be >= 1 (1 = single positions), got {self.mask_span}")
 

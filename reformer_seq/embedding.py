@@ -569,11 +569,12 @@ def embed_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, *, pool: s
                 rc_average: bool = False, window: Optional[int] = None, overlap: Optional[int] = None,
                 batch_size: int = 16, max_batch_tokens: Optional[int] = None, device: str = "auto",
                 precision: str = "fp32", format: Optional[str] = None, progress: bool = True,
-                use_cache: bool = True, layer: Optional[int] = None) -> EmbedSummary:
+                use_cache: bool = True, strict: bool = False, layer: Optional[int] = None) -> EmbedSummary:
     """Embed every record of a FASTA/GenBank file with a checkpoint and write ``out`` atomically.
 
     ``checkpoint``: a checkpoint folder or a ``seqformer pretrain`` run folder (its best
-    checkpoint). See the module docstring for the options and the output layout. Bad input,
+    checkpoint). See the module docstring for the options and the output layout. ``strict``:
+    characters outside IUPAC are an error instead of N (with a warning). Bad input,
     a bad checkpoint or bad options raise :class:`~reformer_seq.errors.SeqformerError`.
     """
     from .checkpoint import load_pretrained
@@ -589,7 +590,7 @@ def embed_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, *, pool: s
     model, tokenizer, info = load_pretrained(checkpoint, map_location="cpu")
     eng = _Engine(model, tokenizer, pool, rc_average, window, overlap, batch_size, max_batch_tokens, device, precision,
                   layer)
-    records = load_genome(fasta, tokenizer, use_cache=use_cache)
+    records = load_genome(fasta, tokenizer, use_cache=use_cache, strict=strict)
     ids = np.array([r.id for r in records])
     lengths = np.array([len(r) for r in records], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)

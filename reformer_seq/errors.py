@@ -21,3 +21,7 @@ class InputError(SeqformerError):
 
 class CheckpointError(SeqformerError):
     """A checkpoint folder that is missing files, is corrupt, or was made by an incompatible version."""
+
+
+class InputWarning(UserWarning):
+    """Input that was read, but not as written (lenient mode: characters outside IUPAC read as N)."""

@@ -477,9 +477,10 @@ class BaselineData:
     in_sample: bool = False
 
 
-def baseline_data_from_info(info: dict, train_fasta: Optional[PathLike] = None, val_fraction: float = 0.1
-                            ) -> tuple[Optional[BaselineData], Optional[str]]:
-    """The checkpoint's training data (or ``train_fasta``) as segments; ``(None, reason)`` when unavailable."""
+def baseline_data_from_info(info: dict, train_fasta: Optional[PathLike] = None, val_fraction: float = 0.1,
+                            strict: bool = False) -> tuple[Optional[BaselineData], Optional[str]]:
+    """The checkpoint's training data (or ``train_fasta``) as segments; ``(None, reason)`` when unavailable.
+    ``strict``: characters outside IUPAC are an error (else N, with a warning)."""
     td = info.get("train_data") if isinstance(info, dict) else None
     if train_fasta is not None:
         paths, vf = [Path(train_fasta)], val_fraction
@@ -500,7 +501,7 @@ def baseline_data_from_info(info: dict, train_fasta: Optional[PathLike] = None, 
         changed = [str(p) for p, h in zip(paths, shas) if file_sha256(p) != h]
         if changed:
             source += f" [warning: {', '.join(changed)} changed since training]"
-    records = [r for p in paths for r in load_genome(p)]
+    records = [r for p in paths for r in load_genome(p, strict=strict)]
     train, val = split_segments(records, vf)
     return BaselineData(train, val, source), None
 
@@ -1025,12 +1026,14 @@ def evaluate_checkpoint(fasta: PathLike, checkpoint: PathLike, out_dir: Optional
                         device: str = "auto", window: Optional[int] = None, motif_window: int = DEFAULT_MOTIF_WINDOW,
                         max_sites: Optional[int] = DEFAULT_MAX_SITES, train_fasta: Optional[PathLike] = None,
                         max_order: int = DEFAULT_MAX_ORDER, mask_prob: float = 0.15, split: str = "all",
-                        val_fraction: Optional[float] = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                        val_fraction: Optional[float] = None, seed: int = 0, progress: bool = True,
+                        strict: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint (or run folder) on ``fasta``; writes the report to ``out_dir`` when given.
 
     ``split`` ``val`` evaluates only the last ``val_fraction`` of each record (default: the
     checkpoint's own ``train_data.val_fraction``, else 0.1), i.e. the part of a training genome
-    that training held out; ``train`` the rest; ``all`` every base.
+    that training held out; ``train`` the rest; ``all`` every base. ``strict``: characters outside
+    IUPAC in ``fasta`` or the baselines' training FASTA are an error (else N, with a warning).
 
     Returns the report dict (see :func:`evaluate_records`), with ``out_dir`` files listed under ``files``.
     """
@@ -1047,12 +1050,12 @@ def evaluate_checkpoint(fasta: PathLike, checkpoint: PathLike, out_dir: Optional
         raise CheckpointError(f"{info.get('path', checkpoint)}: evaluate needs a nucleotide model, this one uses the "
                               f"{getattr(tokenizer, 'kind', '?')} tokenizer")
     scorer = ModelScorer(model, info.get("objective"), device)
-    records = load_genome(fasta, tokenizer)
+    records = load_genome(fasta, tokenizer, strict=strict)
     if val_fraction is None:
         td = info.get("train_data")
         val_fraction = float(td.get("val_fraction", 0.1)) if isinstance(td, dict) else 0.1
     records = region_records(records, split, val_fraction)
-    data, note = baseline_data_from_info(info, train_fasta)
+    data, note = baseline_data_from_info(info, train_fasta, strict=strict)
     report: dict[str, Any] = {"seqformer_version": __version__,
                               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                               "fasta": str(fasta), "split": split,

@@ -2,8 +2,8 @@
 
 * :func:`read_records` streams ``(id, description, sequence)`` from FASTA (``.fa .fasta .fna``) or
   GenBank (``.gb .gbk .gbff``) files, plain, gzip or bgzip (gzip is detected by its magic bytes,
-  the format by the first line: ``>`` is FASTA, ``LOCUS`` is GenBank). One record is in memory at
-  a time.
+  the format by the first line: ``>`` is FASTA, ``LOCUS`` is GenBank; blank lines before it are
+  skipped). One record is in memory at a time.
 * :func:`load_genome` encodes every record with a tokenizer and returns :class:`EncodedRecord`
   objects whose ``ids`` are read-only memory maps into a cached ``.npy`` file. The cache entry is
   keyed by the SHA-256 of the file's bytes plus the tokenizer spec and reading options, so a
@@ -12,8 +12,11 @@
   several processes build the same entry). The cache folder is ``cache_dir``, else the
   ``SEQFORMER_CACHE_DIR`` environment variable, else ``~/.cache/seqformer``.
 
-Every bad input (missing or empty file, FASTQ or binary data, a record without sequence, a
-character outside IUPAC in strict mode, a truncated gzip) raises :class:`~reformer_seq.errors.InputError`
+In lenient mode (the default) characters outside IUPAC read as N, and each file with any gives
+one :class:`~reformer_seq.errors.InputWarning` with their count per record and the first
+position (also when the file comes from the cache). Every bad input (missing or empty file, FASTQ
+or binary data, a record without sequence, a character outside IUPAC in strict mode, a truncated
+gzip) raises :class:`~reformer_seq.errors.InputError`
 with one line naming the file, the record and what was expected.
 """
 from __future__ import annotations
@@ -35,11 +38,11 @@ from typing import IO, Any, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, InputWarning
 from .tokenizers import InvalidCharacterError, NucleotideTokenizer, Tokenizer
 
 PathLike = Union[str, os.PathLike]
-CACHE_FORMAT = 1  # bump when the cache layout or encoding changes
+CACHE_FORMAT = 2  # bump when the cache layout or encoding changes
 FASTA_EXTS = (".fa", ".fasta", ".fna", ".fas", ".ffn", ".frn")
 GENBANK_EXTS = (".gb", ".gbk", ".gbff", ".genbank")
 EXPECTED = "a FASTA (.fa .fasta .fna) or GenBank (.gb .gbk .gbff) file, plain, gzip or bgzip"
@@ -121,6 +124,17 @@ def _open_text(path: Path) -> IO[str]:
     return open(path, "r", encoding="utf-8")
 
 
+def _skip_blank_lines(handle: IO[str]) -> None:
+    """Move ``handle`` past whitespace-only lines at its start (left by concatenating or editing
+    files); Biopython takes them for comments and refuses the file."""
+    while True:
+        pos = handle.tell()
+        line = handle.readline()
+        if not line or line.strip():
+            handle.seek(pos)
+            return
+
+
 # ---------------------------------------------------------------------- reading records
 def read_records(path: PathLike, format: Optional[str] = None) -> Iterator[SeqRecordText]:
     """Stream the records of a FASTA or GenBank file (plain/gzip/bgzip) as ``(id, description, sequence)``.
@@ -136,10 +150,13 @@ def read_records(path: PathLike, format: Optional[str] = None) -> Iterator[SeqRe
     fmt = format or sniff_format(path)
     n, last = 0, None
     with _open_text(path) as handle:
-        records = SeqIO.parse(handle, fmt)
+        records = None
         while True:
             where = f"while reading record #{n + 1}" + (f" (after {last!r})" if last else "")
             try:
+                if records is None:  # Biopython reads the first line here
+                    _skip_blank_lines(handle)
+                    records = SeqIO.parse(handle, fmt)
                 rec = next(records)
                 seq = str(rec.seq)
             except StopIteration:
@@ -262,34 +279,59 @@ def _safe_stem(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:60] or "genome"
 
 
+def _encode_record(path: Path, i: int, rec: SeqRecordText, tokenizer: Tokenizer, strict: bool,
+                   keep_softmask: bool) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, int]]:
+    """Record #``i`` encoded: ids (L,), softmask (L,) or None, and (characters outside IUPAC, first
+    position) that lenient mode read as N; strict mode raises on the first."""
+    try:
+        if keep_softmask:
+            ids, mask = tokenizer.encode_with_softmask(rec.sequence, strict=strict)
+        else:
+            ids, mask = tokenizer.encode(rec.sequence, strict=strict), None
+    except InvalidCharacterError as e:
+        raise InputError(f"{path}: record {rec.id!r} (#{i + 1}): {e}") from None
+    return ids, mask, ((0, -1) if strict else tokenizer.invalid_characters(rec.sequence))
+
+
 def _encode_into(path: Path, tokenizer: Tokenizer, strict: bool, keep_softmask: bool, folder: Path,
-                 format: Optional[str]) -> list[dict[str, Any]]:
-    """Parse and encode every record into ``folder/tokens.npy`` (and ``softmask.npy``)."""
+                 format: Optional[str]) -> tuple[list[dict[str, Any]], list[list]]:
+    """Parse and encode every record into ``folder/tokens.npy`` (and ``softmask.npy``); returns
+    the index and the ``[id, count, first position]`` of records with characters outside IUPAC."""
     dtype = np.uint8 if tokenizer.vocab_size <= 256 else np.uint16
     tokens = _NpyWriter(folder / "tokens.npy", dtype)
     soft = _NpyWriter(folder / "softmask.npy", np.bool_) if keep_softmask else None
-    index = []
+    index, invalid = [], []
     try:
         for i, rec in enumerate(read_records(path, format)):
-            try:
-                if soft is not None:
-                    ids, mask = tokenizer.encode_with_softmask(rec.sequence, strict=strict)
-                    soft.append(mask)
-                else:
-                    ids = tokenizer.encode(rec.sequence, strict=strict)
-            except InvalidCharacterError as e:
-                raise InputError(f"{path}: record {rec.id!r} (#{i + 1}): {e}") from None
+            ids, mask, (n_bad, first) = _encode_record(path, i, rec, tokenizer, strict, keep_softmask)
+            if soft is not None:
+                soft.append(mask)
             offset = tokens.append(ids)
             index.append({"id": rec.id, "description": rec.description, "offset": offset, "length": len(ids)})
+            if n_bad:
+                invalid.append([rec.id, n_bad, first])
     finally:
         tokens.close()
         if soft is not None:
             soft.close()
-    return index
+    return index, invalid
 
 
-def _load_entry(folder: Path) -> Optional[list[EncodedRecord]]:
-    """The records of a complete cache entry, or None when it is missing or damaged."""
+def _warn_invalid(path: Path, invalid: list[list]) -> None:
+    """One warning per file: how many characters outside IUPAC each record had, and where the first was."""
+    if not invalid:
+        return
+    total = sum(n for _, n, _ in invalid)
+    parts = [f"{rid!r} {n:,} (first at position {first + 1:,})" for rid, n, first in invalid[:5]]
+    more = f" and {len(invalid) - 5:,} more records" if len(invalid) > 5 else ""
+    warnings.warn(f"{path}: {total:,} characters outside IUPAC read as N (lenient mode) in "
+                  f"{len(invalid):,} record(s): {', '.join(parts)}{more}; check the file, or pass --strict "
+                  f"(config data.strict: true, strict=True) to make this an error", InputWarning, stacklevel=3)
+
+
+def _load_entry(folder: Path) -> Optional[tuple[list[EncodedRecord], list[list]]]:
+    """The records of a complete cache entry and its ``invalid`` list (records with characters
+    outside IUPAC), or None when it is missing or damaged."""
     try:
         meta = json.loads((folder / "index.json").read_text())
         tokens_path = str(folder / "tokens.npy")
@@ -301,7 +343,7 @@ def _load_entry(folder: Path) -> Optional[list[EncodedRecord]]:
         return [EncodedRecord(r["id"], r["description"], tokens[r["offset"]:r["offset"] + r["length"]],
                               None if soft is None else soft[r["offset"]:r["offset"] + r["length"]],
                               (tokens_path, r["offset"], soft_path))
-                for r in meta["records"]]
+                for r in meta["records"]], meta["invalid"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -323,10 +365,10 @@ def _build_entry(path: Path, root: Path, folder: Path, key: str, sha: str, token
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
     try:
-        index = _encode_into(path, tokenizer, strict, keep_softmask, tmp, format)
+        index, invalid = _encode_into(path, tokenizer, strict, keep_softmask, tmp, format)
         meta = {"cache_format": CACHE_FORMAT, "source": str(path.resolve()), "sha256": sha,
                 "tokenizer": tokenizer.spec(), "strict": strict, "softmask": keep_softmask,
-                "total": sum(r["length"] for r in index), "records": index}
+                "total": sum(r["length"] for r in index), "records": index, "invalid": invalid}
         (tmp / "index.json").write_text(json.dumps(meta))
         try:
             os.rename(tmp, folder)
@@ -341,16 +383,13 @@ def _build_entry(path: Path, root: Path, folder: Path, key: str, sha: str, token
 
 def _encode_in_memory(path: Path, tokenizer: Tokenizer, strict: bool, keep_softmask: bool,
                       format: Optional[str]) -> list[EncodedRecord]:
-    out = []
+    out, invalid = [], []
     for i, rec in enumerate(read_records(path, format)):
-        try:
-            if keep_softmask:
-                ids, mask = tokenizer.encode_with_softmask(rec.sequence, strict=strict)
-            else:
-                ids, mask = tokenizer.encode(rec.sequence, strict=strict), None
-        except InvalidCharacterError as e:
-            raise InputError(f"{path}: record {rec.id!r} (#{i + 1}): {e}") from None
+        ids, mask, (n_bad, first) = _encode_record(path, i, rec, tokenizer, strict, keep_softmask)
         out.append(EncodedRecord(rec.id, rec.description, ids, mask))
+        if n_bad:
+            invalid.append([rec.id, n_bad, first])
+    _warn_invalid(path, invalid)
     return out
 
 
@@ -374,9 +413,10 @@ def load_genome(path: PathLike, tokenizer: Optional[Tokenizer] = None, cache_dir
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     root = root / "genomes"
     folder = root / f"{_safe_stem(path)}-{key}"
-    records = _load_entry(folder)
-    if records is not None:
-        return records
+    entry = _load_entry(folder)
+    if entry is not None:
+        _warn_invalid(path, entry[1])
+        return entry[0]
     try:
         _build_entry(path, root, folder, key, sha, tokenizer, strict, keep_softmask, format)
     except OSError as e:
@@ -385,8 +425,9 @@ def load_genome(path: PathLike, tokenizer: Optional[Tokenizer] = None, cache_dir
         warnings.warn(f"cannot write the genome cache in {root} ({e.strerror}); encoding {path.name} in memory. "
                       f"Set SEQFORMER_CACHE_DIR to a writable folder to cache it", stacklevel=2)
         return _encode_in_memory(path, tokenizer, strict, keep_softmask, format)
-    records = _load_entry(folder)
-    if records is None:
+    entry = _load_entry(folder)
+    if entry is None:
         raise InputError(f"{path}: the cache entry {folder} could not be read back after writing; "
                          f"delete it and retry, or pass use_cache=False")
-    return records
+    _warn_invalid(path, entry[1])
+    return entry[0]

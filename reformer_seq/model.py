@@ -17,12 +17,12 @@ from torch.utils.checkpoint import checkpoint
 from .attention import SelfAttention
 from .axial_positions import AxialPositionalEncoding
 from .config import ReformerConfig
+from .copy_attention import CopyAttention, CopyMixture
 from .errors import ConfigError
-from . import block_cache
-from .block_cache import CACHE_FROM_ELEMS
 from .feedforward import FeedForward
-from .heap import LONG_INPUT_ELEMS, limit_heap_fragmentation
+from .heap import LONG_INPUT_ELEMS
 from .reversible import ReversibleBlock, run_blocks
+from . import runtime
 
 HEAD_CHECKPOINT_ELEMS = LONG_INPUT_ELEMS  # (B, L, dim) sizes from which the final norm is recomputed
 
@@ -49,8 +49,14 @@ class ReformerLM(nn.Module):
         self.config = c = config
         self.token_emb = nn.Embedding(c.vocab_size, c.dim)
         nn.init.normal_(self.token_emb.weight, std=0.02)
-        self.pos_emb = AxialPositionalEncoding(c.dim, c.axial, c.max_seq_len)
+        self.pos_emb = AxialPositionalEncoding(c.dim, c.axial, c.max_seq_len) if c.positions == "axial" else None
         self.conv = CausalConv(c.dim, c.conv_kernel) if c.conv_kernel > 0 else None
+        self.copy = None
+        if c.copy_k:
+            self.copy = CopyAttention(c.dim, c.copy_k, c.copy_rc, c.bucket_size, c.copy_hashes or c.n_hashes,
+                                      c.copy_temperature, hash_seed=c.hash_seed * 1000 + 999,
+                                      learn_temperature=c.copy_learn_temperature)
+        self.copy_mix = CopyMixture(c.dim, self.copy.heads) if c.copy_k and c.copy_position == "mix" else None
         self.layers = nn.ModuleList()
         for i, kind in enumerate(c.layer_kinds()):
             attn = SelfAttention(c.dim, c.heads, c.head_dim, kind=kind, causal=c.causal, bucket_size=c.bucket_size,
@@ -83,11 +89,11 @@ class ReformerLM(nn.Module):
         before the final norm: the mean of the two residual streams, (y1 + y2) / 2."""
         self._check(tokens, mask)
         B, L = tokens.shape
-        if B * L * self.config.dim >= CACHE_FROM_ELEMS and tokens.device.type == "cpu":
-            block_cache.ensure()  # reuse large freed buffers instead of fresh zeroed pages (block_cache.py)
-        if B * L * self.config.dim >= HEAD_CHECKPOINT_ELEMS:
-            limit_heap_fragmentation()  # long inputs: freed buffers go back to the OS (see heap.py)
-        x = self.token_emb(tokens.long()) + self.pos_emb(L)  # (B, L, dim)
+        runtime.tune_for_input(B * L * self.config.dim, tokens.device.type)  # process-wide; only if allowed
+        x = tok = self.token_emb(tokens.long())  # (B, L, dim)
+        if self.pos_emb is not None:
+            first_row = self.pos_emb.random_first_row(L) if self.training and self.config.random_position_offset else 0
+            x = x + self.pos_emb(L, first_row)
         real_len = None
         if mask is not None:
             x = x * mask.unsqueeze(-1)  # padded embeddings are zero, whatever their token
@@ -95,7 +101,13 @@ class ReformerLM(nn.Module):
         if self.conv is not None:
             x = self.conv(x)
         blocks = self.layers if n_blocks is None else self.layers[:n_blocks]
-        return run_blocks(blocks, x, mask, real_len, self.config.reversible)
+        top = self.config.copy_position == "top"
+        if self.copy is not None and self.config.copy_position == "bottom":  # what followed earlier copies of the last k bases
+            x = x + self.copy(x, tokens, mask)
+        h = run_blocks(blocks, x, mask, real_len, self.config.reversible)
+        if self.copy is not None and top and len(blocks) == len(self.layers):  # beside the stack, straight to the head
+            h = h + self.copy(tok, tokens, mask)  # values from the bases alone
+        return h
 
     def resolve_layer(self, layer: Optional[int]) -> int:
         """``layer`` as a block count in [0, depth]: None = the last, negative counts from the end."""
@@ -120,12 +132,18 @@ class ReformerLM(nn.Module):
         return self.to_logits(self.norm(h))
 
     def forward(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """Logits (B, L, vocab_size); in a causal model position t predicts token t + 1."""
+        """Logits (B, L, vocab_size); in a causal model position t predicts token t + 1. With the
+        copy mixture (``copy_position: mix``) these are log-probabilities (see CopyMixture)."""
         h = self._stack(tokens, mask)
         if torch.is_grad_enabled() and h.requires_grad and h.numel() >= HEAD_CHECKPOINT_ELEMS:
             # long inputs: keep only h for the backward, recompute the norm (saves a (B, L, dim) buffer)
-            return checkpoint(self._head, h, use_reentrant=False)
-        return self._head(h)
+            logits = checkpoint(self._head, h, use_reentrant=False)
+        else:
+            logits = self._head(h)
+        if self.copy_mix is not None:
+            p_copy, seen = self.copy.next_base(tokens, mask)
+            logits = self.copy_mix(logits, h, p_copy, seen, tokens)
+        return logits
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -134,6 +134,12 @@ class NucleotideTokenizer:
         """Like :meth:`encode`, plus a bool array (L,) that is True where the input was lowercase."""
         return self.encode(seq, strict), self._lower[_as_bytes(seq)]
 
+    def invalid_characters(self, seq: SeqLike) -> tuple[int, int]:
+        """(how many characters are outside IUPAC, 0-based position of the first or -1): what
+        lenient :meth:`encode` reads as N without a word."""
+        bad = np.flatnonzero(self._table[_as_bytes(seq)] == _INVALID)
+        return int(bad.size), int(bad[0]) if bad.size else -1
+
     # ------------------------------------------------------------------ decoding and strands
     def decode(self, ids: TokenIds, skip_special: bool = False) -> str:
         """Ids to letters ``ACGTN``; specials show as ``_ ? ! |`` (pad, mask, unk, sep) or are dropped."""
@@ -183,6 +189,10 @@ class ByteTokenizer:
         if isinstance(seq, str):
             seq = seq.encode("utf-8")
         return self._table[_as_bytes(seq)]
+
+    def invalid_characters(self, seq: SeqLike) -> tuple[int, int]:
+        """Always ``(0, -1)``: every byte has a token."""
+        return 0, -1
 
     def encode_with_softmask(self, seq: SeqLike, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`encode`, plus a bool array (L,) that is True at lowercase ASCII letters."""

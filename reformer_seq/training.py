@@ -11,7 +11,8 @@ uninterrupted run. SIGINT/SIGTERM finish the current step, save a checkpoint and
 
 Multi-process: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank trains on its own shard of the
 windows; gradients are averaged across ranks with one all-reduce per optimizer step (gloo on
-CPU, NCCL on GPU). The reversible stack accumulates parameter gradients inside its own
+CPU, NCCL on GPU, one process per GPU; every collective, the small ones included, runs on
+tensors of the training device, as NCCL requires). The reversible stack accumulates parameter gradients inside its own
 backward, several times per parameter, which ``DistributedDataParallel``'s once-per-parameter
 hooks do not allow; an explicit all-reduce of the flattened gradients is equivalent and as
 cheap for models of this size. Only rank 0 writes files.
@@ -19,7 +20,6 @@ cheap for models of this size. Only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import math
 import os
@@ -34,26 +34,24 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import kernels
+from . import kernels, runtime
 from .checkpoint import (STATE_FILE, atomic_write_json, atomic_write_text, resolve_checkpoint, save_checkpoint)
 from .config import RunConfig, load_run_config
 from .errors import CheckpointError, ConfigError, InputError
 from .fasta import file_sha256
 from .model import ReformerLM
+from .resources import resource
 from .tokenizers import make_tokenizer
 from .windows import datasets_from_config, make_collator, make_dataloader, set_epoch
 
 LN2 = math.log(2.0)
-PACKAGE_DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_GENOME = "Ecoli_K12_MG1655.fasta.gz"
 
 
 def default_genome() -> Path:
-    """The genome ``seqformer pretrain`` trains on when no FASTA is given (E. coli K-12 MG1655)."""
-    path = PACKAGE_DATA / DEFAULT_GENOME
-    if not path.is_file():
-        raise InputError(f"{path}: the bundled default genome is missing; pass a FASTA file to train on")
-    return path
+    """The genome ``seqformer pretrain`` trains on when no FASTA is given (E. coli K-12 MG1655,
+    shipped with the package: :mod:`.resources`)."""
+    return resource("data", DEFAULT_GENOME)
 
 
 @dataclass
@@ -123,24 +121,34 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, i
 
 
 class _Dist:
-    """Rank bookkeeping; a no-op without torch.distributed."""
+    """Rank bookkeeping and the collectives, on tensors of the training device (NCCL takes only
+    CUDA tensors, gloo CPU ones); a no-op without torch.distributed (one process)."""
 
-    def __init__(self, device_type: str):
+    def __init__(self, device: torch.device):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = device
         self.started_here = False
         if self.world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if device_type == "cuda" else "gloo")
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # NCCL's barrier and collectives use the current device
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
             self.started_here = True
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
-    def all_reduce_(self, t: torch.Tensor, average: bool = True) -> torch.Tensor:
+    def tensor(self, values: list[float], dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """A small tensor on the device the collectives run on."""
+        return torch.tensor(values, dtype=dtype, device=self.device)
+
+    def all_reduce_(self, t: torch.Tensor, average: bool = True, op: str = "sum") -> torch.Tensor:
+        """Reduce ``t`` (on the training device) over the ranks in place: ``op`` sum, min or max;
+        ``average`` divides a sum by the number of ranks."""
         if self.world > 1:
-            torch.distributed.all_reduce(t)
+            torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op.upper()))
             if average:
                 t /= self.world
         return t
@@ -149,7 +157,7 @@ class _Dist:
         if self.world == 1:
             return
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([g.reshape(-1) for g in grads])  # on the parameters' (the training) device
         self.all_reduce_(flat)
         offset = 0
         for g in grads:
@@ -160,6 +168,35 @@ class _Dist:
         if self.world > 1:
             for p in model.parameters():
                 torch.distributed.broadcast(p.data, 0)
+
+    def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``t`` (e.g. an RNG state, a CPU tensor), through the device, back on ``t``'s device."""
+        if self.world == 1:
+            return [t]
+        src = t.to(self.device)
+        n = torch.distributed.get_world_size() if torch.distributed.is_initialized() else self.world
+        out = [torch.empty_like(src) for _ in range(n)]
+        torch.distributed.all_gather(out, src)
+        return [o.to(t.device) for o in out]
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank if it is true on any rank (so all ranks stop together)."""
+        if self.world == 1:
+            return flag
+        return bool(self.all_reduce_(self.tensor([1.0 if flag else 0.0]), average=False).item() > 0)
+
+    def check_same_parameters(self, model: torch.nn.Module, tol: float = 1e-5) -> float:
+        """The largest difference of any parameter from rank 0's; RuntimeError above ``tol``
+        (the ranks must hold one model: gradient averaging keeps them equal)."""
+        if self.world == 1:
+            return 0.0
+        flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])  # (n_params,)
+        ref = flat.clone()
+        torch.distributed.broadcast(ref, 0)
+        drift = float(self.all_reduce_((flat - ref).abs().max().reshape(1), average=False, op="max").item())
+        if drift > tol:
+            raise RuntimeError(f"ranks' parameters diverged by {drift:.2e}; gradient averaging failed")
+        return drift
 
     def close(self, finished: bool = False) -> None:
         if self.started_here:
@@ -331,7 +368,7 @@ def pretrain(fasta: Sequence[str | Path], config: RunConfig, out_dir: str | Path
     device = resolve_device(tcfg.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    dist = _Dist(device.type)
+    dist = _Dist(device)
     try:
         result = _train(fasta, config, run, files, resume, device, dist, tokenizer, progress, echo, t_start, on_step)
     except BaseException:
@@ -422,9 +459,9 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
         rng_t = [torch.get_rng_state()]
         rng_c = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []
         if dist.world > 1:  # every rank's RNG state, gathered to rank 0
-            rng_t = _gather(rng_t[0], dist)
+            rng_t = dist.gather(rng_t[0])
             if rng_c:
-                rng_c = _gather(rng_c[0], dist)
+                rng_c = dist.gather(rng_c[0])
         if not dist.main:
             return run
         is_best = val is not None and (best_val is None or val < best_val)
@@ -470,14 +507,12 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
     val_step, saved_step = -1, -1  # the step of the last validation / checkpoint
     history: list[dict] = []
     window_tokens, window_t = 0, time.perf_counter()
-    # Everything built so far (modules, torch, Biopython) lives for the whole run: take it out of
-    # the cyclic GC's generations, whose full passes otherwise walk it during the steps (~3-4% of
-    # a 64K-token step's CPU time). New objects are still collected.
-    gc.collect()
-    gc.freeze()
-    with _StopFlag() as stop:
+    # With process-wide tuning on (runtime.py; the CLI's default), everything built so far
+    # (modules, torch, Biopython) leaves the cyclic GC's generations for the run: their full
+    # passes otherwise walk it during the steps (~3-4% of a 64K-token step's CPU time).
+    with runtime.frozen_gc(), _StopFlag() as stop:
         while step < tcfg.max_steps:
-            if tcfg.max_time is not None and _agree(train_time() >= tcfg.max_time, dist):
+            if tcfg.max_time is not None and dist.agree(train_time() >= tcfg.max_time):
                 stopped_by = "max_time"
                 break
             opt.zero_grad(set_to_none=True)
@@ -506,7 +541,7 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
                 bar.total = horizon["steps"]
             if step == 2:
                 probe_t0 = (step, train_time())
-            stats = dist.all_reduce_(torch.tensor([loss_sum, float(n_sum)], dtype=torch.float64), average=False)
+            stats = dist.all_reduce_(dist.tensor([loss_sum, float(n_sum)]), average=False).tolist()
             bpb = float(stats[0] / max(float(stats[1]), 1.0)) / LN2
             history.append({"step": step, "bits_per_base": bpb})
             if on_step is not None:
@@ -526,7 +561,7 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
                     plot_loss_curve(files["metrics"], files["plot"])
             if step % tcfg.save_every == 0:
                 last_ck, saved_step = save(last_val if val_step == step else None), step
-            if _agree(stop.signum is not None, dist):
+            if dist.agree(stop.signum is not None):
                 stopped_by = "signal"
                 break
         bar.close()
@@ -536,15 +571,8 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
         if dist.main and files["metrics"].is_file():
             plot_loss_curve(files["metrics"], files["plot"])
         signum = stop.signum
-    gc.unfreeze()  # the run's objects may be collected again (matters to callers that train twice)
     kernels.release_buffers()  # the attention kernel's kept work buffers
-    if dist.world > 1:  # ranks must hold one model: check that gradient averaging kept them equal
-        flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
-        ref = flat.clone()
-        torch.distributed.broadcast(ref, 0)
-        drift = dist.all_reduce_((flat - ref).abs().max().reshape(1), average=False)
-        if float(drift) > 1e-5:
-            raise RuntimeError(f"ranks' parameters diverged by {float(drift):.2e}; gradient averaging failed")
+    dist.check_same_parameters(model)  # ranks must hold one model
     wall = time.perf_counter() - t_start
     result = TrainResult(run_dir=run, step=step, wall_time=wall, train_time=train_time(),
                          val_bits_per_base=last_val, best_val_bits_per_base=best_val, checkpoint=last_ck,
@@ -562,25 +590,8 @@ def _fit_horizon(step: int, now: float, since: tuple[int, float], tcfg, dist: _D
     s0, t0 = since
     per_step = (now - t0) / max(step - s0, 1)
     fit = step + int(0.9 * (tcfg.max_time - now) / max(per_step, 1e-9))
-    t = torch.tensor([float(min(tcfg.max_steps, max(step + 1, fit)))])
-    if dist.world > 1:
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    t = dist.all_reduce_(dist.tensor([float(min(tcfg.max_steps, max(step + 1, fit)))]), average=False, op="min")
     return int(t.item())
-
-
-def _agree(flag: bool, dist: _Dist) -> bool:
-    """True on every rank if it is true on any rank (so all ranks stop together)."""
-    if dist.world == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0])
-    torch.distributed.all_reduce(t)
-    return bool(t.item() > 0)
-
-
-def _gather(t: torch.Tensor, dist: _Dist) -> list[torch.Tensor]:
-    out = [torch.empty_like(t) for _ in range(dist.world)]
-    torch.distributed.all_gather(out, t)
-    return out
 
 
 def _yaml(d: dict) -> str:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import ConfigError
 from .fasta import EncodedRecord
+from .planted_repeats import RepeatPlanting, plant_repeats
 from .tokenizers import NucleotideTokenizer, Tokenizer
 
 if TYPE_CHECKING:
@@ -151,11 +152,12 @@ class GenomeWindowDataset(Dataset):
     def __init__(self, records: Records, seq_len: int, tokenizer: Optional[Tokenizer] = None,
                  stride: Optional[int] = None, split: str = "train", val_fraction: float = 0.1,
                  max_n_fraction: float = 0.5, rc_augment: Optional[bool] = None, seed: int = 0,
-                 pad_last: bool = True) -> None:
+                 pad_last: bool = True, planting: Optional[RepeatPlanting] = None) -> None:
         self.records = list(records)
         self.tokenizer = tokenizer or NucleotideTokenizer()
         self.seq_len, self.split, self.seed, self.epoch = seq_len, split, seed, 0
         self.rc_augment = (split == "train") if rc_augment is None else rc_augment
+        self.planting = planting if split == "train" else None  # validation is never planted
         self.windows = genome_windows(self.records, seq_len, stride, split, val_fraction, max_n_fraction,
                                       self.tokenizer.ambiguous_ids, pad_last)
 
@@ -181,6 +183,9 @@ class GenomeWindowDataset(Dataset):
         ids = self.window_ids(index)
         if self.rc_augment and key & 1:
             ids = self.tokenizer.reverse_complement(ids)
+        if self.planting is not None and self.planting.rate > 0:
+            rng = np.random.default_rng([self.seed, key, 0x504C4E54])
+            ids, _ = plant_repeats(ids, rng, self.planting, self.tokenizer.reverse_complement)
         out = np.full(self.seq_len, self.tokenizer.pad_id, dtype=np.int64)  # numpy: no torch threads
         out[:len(ids)] = ids
         mask = np.zeros(self.seq_len, dtype=bool)
@@ -420,7 +425,11 @@ def build_datasets(records: Records, cfg: "DataConfig", tokenizer: Optional[Toke
     """Training and validation datasets from a :class:`~reformer_seq.config.DataConfig`."""
     common = dict(seq_len=cfg.seq_len, tokenizer=tokenizer, stride=cfg.stride, val_fraction=cfg.val_fraction,
                   max_n_fraction=cfg.max_n_fraction, seed=seed, pad_last=cfg.pad_last)
-    train = GenomeWindowDataset(records, split="train", rc_augment=cfg.rc_augment, **common)
+    planting = None
+    if cfg.plant_repeats > 0:
+        planting = RepeatPlanting(cfg.plant_repeats, cfg.plant_copies, cfg.plant_min_len, cfg.plant_max_len,
+                                  max_mutation=cfg.plant_max_mutation)
+    train = GenomeWindowDataset(records, split="train", rc_augment=cfg.rc_augment, planting=planting, **common)
     val = GenomeWindowDataset(records, split="val", rc_augment=False, **common)
     return train, val
 

@@ -1,6 +1,7 @@
 """Shared fixtures: the shipped genomes in data/, and a per-session genome cache (never ~/.cache)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,14 @@ def ecoli_records(session_cache: Path):
     from reformer_seq.fasta import load_genome
 
     return load_genome(ECOLI, cache_dir=session_cache)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (a wheel install, a build per installed compiler) run with
+    ``pytest -m slow`` or ``SEQFORMER_SLOW_TESTS=1``; CI (.ci/run) runs them."""
+    if "slow" in (config.getoption("-m") or "") or os.environ.get("SEQFORMER_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow test: run with pytest -m slow or SEQFORMER_SLOW_TESTS=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

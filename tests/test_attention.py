@@ -7,6 +7,8 @@ shared-QK rule "a query sees itself only when it sees nothing else".
 from __future__ import annotations
 
 import math
+import os
+import platform
 
 import numpy as np
 import pytest
@@ -206,6 +208,15 @@ def _layouts(B, H, L, D, C, causal):
     yield "local", qk, local_layout(real, H, 2 * C, causal)
 
 
+def _kernel_inputs(qk, B, H, L, D):
+    """q (the layout's vectors), unit keys k, v and dout as (G, L, D) tensors."""
+    G = B * H
+    g = torch.Generator().manual_seed(9)
+    q = qk.reshape(G, L, D).contiguous()
+    k = F.normalize(torch.randn(G, L, D, generator=g), dim=-1)
+    return q, k, torch.randn(G, L, D, generator=g), torch.randn(G, L, D, generator=g)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("D", [8, 12, 16])
 def test_compiled_kernel_equals_reference(causal, D):
@@ -215,14 +226,11 @@ def test_compiled_kernel_equals_reference(causal, D):
     from reformer_seq import kernels
 
     if kernels.library() is None:
-        pytest.skip("no C compiler on this machine: the reference path is the only one")
+        pytest.skip(f"compiled kernel unavailable, only the reference path runs: {kernels.unavailable_reason()}")
     B, H, L, C = 2, 2, 256, 8
     for name, qk, lay in _layouts(B, H, L, D, C, causal):
         G = B * H
-        g = torch.Generator().manual_seed(9)
-        q = qk.reshape(G, L, D).contiguous()
-        k = F.normalize(torch.randn(G, L, D, generator=g), dim=-1)
-        v, dout = torch.randn(G, L, D, generator=g), torch.randn(G, L, D, generator=g)
+        q, k, v, dout = _kernel_inputs(qk, B, H, L, D)
         o1, l1 = ca.chunked_attention_forward(q, k, v, lay, 0.3)
         o2, l2 = kernels.forward(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), lay, 0.3)
         o2 = o2.squeeze(2)
@@ -249,7 +257,7 @@ def test_compiled_kernel_segments_change_nothing():
     from reformer_seq import kernels
 
     if kernels.library() is None:
-        pytest.skip("no C compiler on this machine: the reference path is the only one")
+        pytest.skip(f"compiled kernel unavailable, only the reference path runs: {kernels.unavailable_reason()}")
     B, H, L, D, C = 2, 2, 256, 16, 8
     for causal in (True, False):
         for n, (name, qk, lay) in enumerate(_layouts(B, H, L, D, C, causal)):
@@ -280,7 +288,7 @@ def test_compiled_kernel_from_several_threads_and_after_release():
     from reformer_seq import kernels
 
     if kernels.library() is None:
-        pytest.skip("no C compiler on this machine: the reference path is the only one")
+        pytest.skip(f"compiled kernel unavailable, only the reference path runs: {kernels.unavailable_reason()}")
     B, H, L, D, C = 2, 2, 256, 16, 8
     jobs = []
     for n, (name, qk, lay) in enumerate(_layouts(B, H, L, D, C, causal=True)):
@@ -317,7 +325,7 @@ def test_compiled_hashing_and_sort_equal_reference(monkeypatch):
     from reformer_seq import kernels
 
     if kernels.library() is None:
-        pytest.skip("no C compiler on this machine: the reference path is the only one")
+        pytest.skip(f"compiled kernel unavailable, only the reference path runs: {kernels.unavailable_reason()}")
     for causal in (True, False):
         for name, qk, lay in _layouts(2, 3, 512, 16, 16, causal):
             if name != "lsh":
@@ -342,7 +350,7 @@ def test_shared_qk_keys_formed_inside_equal_explicit_normalize(mode, monkeypatch
     from reformer_seq import kernels
 
     if mode == "c" and kernels.library() is None:
-        pytest.skip("no C compiler on this machine: the reference path is the only one")
+        pytest.skip(f"compiled kernel unavailable, only the reference path runs: {kernels.unavailable_reason()}")
     monkeypatch.setenv("SEQFORMER_KERNEL", mode)
     for name, qk, lay in _layouts(2, 2, 128, 8, 8, True):
         if name != "lsh":
@@ -356,3 +364,132 @@ def test_shared_qk_keys_formed_inside_equal_explicit_normalize(mode, monkeypatch
         (_chunked_attention(q2, F.normalize(q2, dim=-1), v2, lay) * w).sum().backward()
         torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(v1.grad, v2.grad, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- kernel builds
+def _check_library(lib, monkeypatch) -> None:
+    """A kernel library (any compiler, flags, branch) against the PyTorch reference: forward and
+    backward on LSH and local layouts (causal or not, given keys and shared-QK), the hash codes
+    and the bucket sort."""
+    from reformer_seq import chunked_attention as ca
+    from reformer_seq import kernels
+    from reformer_seq.lsh_attention import ROW_BLOCK
+
+    B, H, L, D, C = 2, 2, 256, 16, 8
+    u = lambda t: t.unsqueeze(2)  # noqa: E731 - (G, L, D) as (B=G, L, H=1, D)
+    for causal in (True, False):
+        for name, qk, lay in _layouts(B, H, L, D, C, causal):
+            q, k, v, dout = _kernel_inputs(qk, B, H, L, D)
+            for keys in (k, None):
+                kk = F.normalize(q, dim=-1) if keys is None else keys
+                o1, l1 = ca.chunked_attention_forward(q, kk, v, lay, 0.3)
+                o2, l2 = kernels.forward(u(q), None if keys is None else u(keys), u(v), lay, 0.3, lib=lib)
+                torch.testing.assert_close(o2.squeeze(2), o1, rtol=1e-5, atol=1e-5, msg=name)
+                assert torch.equal(torch.isinf(l1), torch.isinf(l2)), name
+                torch.testing.assert_close(l2[~torch.isinf(l2)], l1[~torch.isinf(l1)], rtol=1e-5, atol=1e-5)
+                if keys is not None:  # (shared-QK's chained key gradient: test_shared_qk_keys_formed_inside)
+                    got = kernels.backward(u(q), u(k), u(v), o2, l2, u(dout), lay, 0.3, lib=lib)
+                    want = ca.chunked_attention_backward(q, k, v, o1, l1, dout, lay, 0.3)
+                    for a, b in zip(got, want):
+                        torch.testing.assert_close(a.squeeze(2), b, rtol=1e-4, atol=1e-5, msg=name)
+    # hashing and sorting, against the reference branches of lsh_attention
+    monkeypatch.setenv("SEQFORMER_KERNEL", "torch")
+    B, H, L, D, C, R = 2, 3, 512, 16, 16, 4
+    for causal in (True, False):
+        qk = torch.randn(B, H, L, D, generator=torch.Generator().manual_seed(5 + causal))
+        real = torch.ones(B, L, dtype=torch.bool)
+        real[1, 400:] = False
+        bits = torch.tensor([6, 5])
+        nf = n_hash_factors(bits)
+        rot = hash_rotations(H, D, R, nf, device=torch.device("cpu"), generator=torch.Generator().manual_seed(1))
+        want_codes = hash_codes(qk, rot, R)  # (R, B, H, L)
+        half = FACTOR // 2
+        proj = torch.matmul(qk[:, :, :ROW_BLOCK], rot).reshape(-1, nf * R * half)  # (B*H*L, F*R*half)
+        got_codes = kernels.lsh_codes(proj, nf, R, half, lib=lib).view(R, B, H, L)
+        assert torch.equal(got_codes, want_codes)
+        ref = lsh_layout(qk, real, bits, rot, R, C, causal)
+        unsorted = torch.empty_like(ref.buckets).scatter_(-1, ref.perm.long(), ref.buckets)  # (R, G, L)
+        perm, srt, uu = kernels.lsh_sort(unsorted, (1 << bits).repeat_interleave(H), C, causal, lib=lib)
+        assert torch.equal(perm.long(), ref.perm.long()) and torch.equal(srt, ref.buckets)
+        assert torch.equal(uu, ref.u)
+    monkeypatch.delenv("SEQFORMER_KERNEL")
+
+
+def _cpu_has(feature: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and feature in line.split() for line in f)
+    except OSError:
+        return False
+
+
+X86 = platform.machine() in ("x86_64", "AMD64")
+BUILDS = {  # name -> (-march value, -D defines, why it cannot run here or None)
+    "native": ("native", (), None),
+    "x86-64 baseline": ("x86-64", (), None if X86 else "not an x86-64 machine"),
+    "haswell (AVX2, no AVX-512)": ("haswell", (), None if X86 and _cpu_has("avx2") else "this CPU has no AVX2"),
+    "native, pre-GCC-12 branch": ("native", ("SEQFORMER_NO_SHUFFLEVECTOR",), None),
+}
+
+
+@pytest.fixture(scope="module")
+def kernel_builds(session_cache) -> dict:
+    """Each runnable build of BUILDS as a separate library (or the exception its build raised),
+    compiled in parallel (about 5 s each on one core)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reformer_seq import kernels
+
+    if kernels.find_compiler() is None:
+        pytest.skip(f"no C compiler: {kernels.INSTALL_C}")
+
+    def build(name):
+        march, defines, _ = BUILDS[name]
+        flags = [f"-march={march}" if f == "-march=native" else f for f in kernels.FLAGS]
+        try:
+            return kernels.load_library(flags=flags, defines=defines)
+        except Exception as e:  # noqa: BLE001 - reported by the test of that build
+            return e
+
+    names = [n for n, (_, _, why_not) in BUILDS.items() if why_not is None]
+    with pytest.MonkeyPatch.context() as mp, ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        mp.setenv("SEQFORMER_CACHE_DIR", str(session_cache))  # (the autouse fixture is per test)
+        return dict(zip(names, pool.map(build, names)))
+
+
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_kernel_builds_for_each_instruction_set_match_the_reference(build, kernel_builds, monkeypatch):
+    """The kernel built with the baseline instruction set, with AVX2 only, for this CPU, and with
+    the guard that replaces __builtin_shufflevector (GCC < 12) forced, each gives the reference's
+    results. Each build is a separate library; the process-wide one is untouched."""
+    from reformer_seq import kernels
+
+    if BUILDS[build][2]:
+        pytest.skip(BUILDS[build][2])
+    before = kernels.library()  # the process-wide library (or None)
+    lib = kernel_builds[build]
+    if isinstance(lib, Exception):
+        raise lib
+    _check_library(lib, monkeypatch)
+    assert kernels.library() is before
+
+
+OTHER_COMPILERS = ["gcc-9", "gcc-10", "gcc-11", "gcc-12", "gcc-13", "gcc-14", "clang"]
+
+
+@pytest.mark.slow
+def test_kernel_builds_with_every_installed_compiler(monkeypatch):
+    """Every GCC (9 and newer) and clang on the PATH builds the kernel for this CPU (GCC < 12
+    through the guard's fallback branch), and each build gives the reference's results."""
+    import shutil
+
+    from reformer_seq import kernels
+
+    default = kernels.find_compiler()
+    seen = {os.path.realpath(shutil.which(default))} if default and shutil.which(default) else set()
+    found = [cc for cc in OTHER_COMPILERS if shutil.which(cc) and os.path.realpath(shutil.which(cc)) not in seen]
+    if not found:
+        pytest.skip(f"no compiler besides {default} among {', '.join(OTHER_COMPILERS)}")
+    for cc in found:
+        seen.add(os.path.realpath(shutil.which(cc)))
+        _check_library(kernels.load_library(compiler=cc), monkeypatch)

@@ -19,7 +19,7 @@ PRELUDE = """
 import os, sys, torch
 from reformer_seq import block_cache as bc
 if bc._library() is None:
-    print("NO-LIBRARY"); sys.exit(0)
+    print("NO-LIBRARY:", bc.unavailable_reason()); sys.exit(0)
 """
 
 
@@ -28,7 +28,8 @@ def run_py(code: str, **env) -> str:
     res = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(code)], cwd=ROOT, env=full_env,
                          capture_output=True, text=True, timeout=300)
     if "NO-LIBRARY" in res.stdout:
-        pytest.skip("the buffer cache cannot be built here (no C++ compiler or torch headers)")
+        reason = res.stdout.split("NO-LIBRARY:", 1)[1].strip().splitlines()[0]
+        pytest.skip(f"the buffer cache cannot be built here: {reason}")
     assert res.returncode == 0, res.stdout + res.stderr
     return res.stdout
 
@@ -75,12 +76,14 @@ def test_kept_plus_used_never_exceeds_the_peak_in_use():
     assert "ok" in out
 
 
-def test_training_step_is_unchanged_and_model_turns_the_cache_on():
+def test_training_step_is_unchanged_and_the_model_turns_the_cache_on_inside_the_switch():
     """Loss and every gradient are the same with every buffer over 64 KiB going through the
-    cache; the model enables it by itself above CACHE_FROM_ELEMS (lowered here)."""
+    cache. The model turns it on above CACHE_FROM_ELEMS (lowered here) only inside
+    runtime_tuning(); outside (a library user's default) it never does, and leaving the switch
+    frees what the cache kept."""
     out = run_py("""
-        import reformer_seq.model as M
-        from reformer_seq import ReformerConfig, ReformerLM
+        from reformer_seq import ReformerConfig, ReformerLM, runtime_tuning
+        from reformer_seq import heap
         cfg = ReformerConfig(vocab_size=9, dim=32, depth=2, heads=2, bucket_size=8, n_hashes=2, causal=True,
                              max_seq_len=4096, reversible=True, attention="lsh", dropout=0.0)
         torch.manual_seed(0)
@@ -95,15 +98,25 @@ def test_training_step_is_unchanged_and_model_turns_the_cache_on():
             return loss.item(), [p.grad.clone() for p in m.parameters()]
         ref_loss, ref_grads = step()
         assert bc.stats()["hits"] + bc.stats()["misses"] == 0  # below the threshold: not enabled
-        M.CACHE_FROM_ELEMS = 1
+        bc.CACHE_FROM_ELEMS = 1
+        heap.LONG_INPUT_ELEMS = 1
         bc.MIN_BYTES = 64 << 10
-        for _ in range(3):
-            loss, gr = step()
-            assert abs(loss - ref_loss) <= 1e-6 * abs(ref_loss), (loss, ref_loss)
-            for a, b in zip(gr, ref_grads):
-                assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), float((a - b).abs().max())
-        s = bc.stats()
-        assert s["hits"] > 50, s  # steps after the first reuse their buffers
+        step()
+        assert bc.stats()["hits"] + bc.stats()["misses"] == 0  # above it, but tuning is off by default
+        assert heap._done is False  # nor are the heap thresholds touched
+        with runtime_tuning():
+            for _ in range(3):
+                loss, gr = step()
+                assert abs(loss - ref_loss) <= 1e-6 * abs(ref_loss), (loss, ref_loss)
+                for a, b in zip(gr, ref_grads):
+                    assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), float((a - b).abs().max())
+            s = bc.stats()
+            assert s["hits"] > 50, s  # steps after the first reuse their buffers
+            assert heap._done is True
+        assert bc.stats()["kept_bytes"] == 0, bc.stats()  # left the switch: nothing kept
+        hits = bc.stats()["hits"]
+        step()
+        assert bc.stats()["hits"] == hits and bc.stats()["kept_bytes"] == 0  # and nothing reused after
         print("ok", s)
     """)
     assert "ok" in out

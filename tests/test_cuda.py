@@ -131,3 +131,54 @@ def test_bf16_autocast_on_cuda_is_close_to_fp32():
     assert torch.isfinite(low).all()
     cos = torch.nn.functional.cosine_similarity(low.flatten(), ref.flatten(), dim=0)
     assert cos > 0.99, float(cos)
+
+
+NCCL_SCRIPT = """
+import os, torch
+import reformer_seq.training as T
+from reformer_seq.config import load_run_config
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("PORT", "29533"))
+torch.cuda.set_device(0)
+torch.distributed.init_process_group("nccl", world_size=1, rank=0)
+dist = T._Dist.__new__(T._Dist)  # a one-rank NCCL group, bookkept as two ranks: every collective runs
+dist.world, dist.rank, dist.local_rank, dist.started_here, dist.device = 2, 0, 0, True, torch.device("cuda", 0)
+model = torch.nn.Linear(3, 2).cuda()
+model(torch.randn(4, 3, device="cuda")).sum().backward()
+assert dist.agree(True) and not dist.agree(False)
+assert dist.all_reduce_(dist.tensor([1.0, 2.0]), average=False).tolist() == [1.0, 2.0]
+tcfg = load_run_config(os.environ["TINY"], {"train": {"max_time": 60.0}}).train
+assert T._fit_horizon(10, 5.0, (2, 1.0), tcfg, dist) >= 11
+states = dist.gather(torch.get_rng_state())
+assert len(states) == 1 and states[0].device.type == "cpu" and torch.equal(states[0], torch.get_rng_state())
+dist.gather(torch.cuda.get_rng_state(0))
+dist.average_gradients(model)
+dist.broadcast_parameters(model)
+assert dist.check_same_parameters(model) == 0.0
+dist.close(finished=True)
+print("NCCL-OK")
+"""
+
+
+def test_collectives_work_with_nccl():
+    """The training loop's collectives (stop agreement, step horizon, loss sums, RNG-state gather,
+    gradient averaging, end-of-run parameter check) on a real NCCL group: NCCL takes only CUDA
+    tensors, so any CPU tensor among them fails here."""
+    import os
+    import subprocess
+    import sys
+
+    if not torch.distributed.is_nccl_available():
+        pytest.skip("this torch has no NCCL")
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run([sys.executable, "-c", NCCL_SCRIPT], cwd=root, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TINY": str(root / "configs" / "tiny.yaml")})
+    assert res.returncode == 0 and "NCCL-OK" in res.stdout, res.stdout + res.stderr
+
+
+def test_two_gpus_train_one_model(tmp_path):
+    """Where two GPUs exist: two NCCL ranks (one per GPU) train one model through torchrun."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA GPUs (NCCL runs one rank per GPU)")
+    from test_training import train_ranks
+
+    train_ranks(tmp_path, 2, "cuda")

@@ -15,7 +15,7 @@ import pytest
 from Bio import SeqIO, bgzf
 
 from reformer_seq import fasta
-from reformer_seq.errors import InputError
+from reformer_seq.errors import InputError, InputWarning
 from reformer_seq.fasta import EncodedRecord, default_cache_dir, load_genome, read_records
 from reformer_seq.tokenizers import ByteTokenizer, NucleotideTokenizer
 
@@ -141,7 +141,8 @@ def test_strict_failure_leaves_no_cache(tmp_path: Path) -> None:
     with pytest.raises(InputError):
         load_genome(path, cache_dir=tmp_path / "c", strict=True)
     assert not list((tmp_path / "c" / "genomes").iterdir())
-    lenient, = load_genome(path, cache_dir=tmp_path / "c")[1:]
+    with pytest.warns(InputWarning, match="'bad' 1 "):
+        lenient, = load_genome(path, cache_dir=tmp_path / "c")[1:]
     assert NUC.decode(lenient.ids) == "ACGTN"
 
 

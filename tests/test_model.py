@@ -232,3 +232,52 @@ def test_head_groups_equal_all_heads_at_once(layers, monkeypatch):
     assert rel_err(out_r, out_p) < 1e-5
     for name in g_p:
         assert rel_err(g_r[name], g_p[name]) < 1e-5, name
+
+
+def test_axial_positions_with_a_first_row_are_the_later_positions():
+    from reformer_seq.axial_positions import AxialPositionalEncoding
+
+    pe = AxialPositionalEncoding(8, (16, 16), 256)
+    full = pe(256)
+    assert torch.equal(pe(40, first_row=3), full[48:88])
+    with pytest.raises(ValueError):
+        pe(40, first_row=14)  # 3 rows from row 14 leave the 16-row grid
+    torch.manual_seed(0)
+    rows = {pe.random_first_row(40) for _ in range(200)}
+    assert rows == set(range(14))  # every start row that fits is drawn
+
+
+def test_random_position_offset_only_in_training():
+    cfg = ReformerConfig(vocab_size=9, dim=16, depth=1, heads=2, bucket_size=8, max_seq_len=1024,
+                         attn_layers=["local"], local_window=16, random_position_offset=True)  # no random hashing
+    model = ReformerLM(cfg)
+    ids = torch.randint(4, 8, (1, 64))
+    model.eval()
+    with torch.no_grad():
+        a, b = model(ids), model(ids)
+    assert torch.equal(a, b)  # evaluation: positions from 0, deterministic
+    model.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        outs = [model(ids) for _ in range(4)]
+    assert any(not torch.allclose(outs[0], o) for o in outs[1:])  # training: the offset changes
+def test_full_attention_refuses_lengths_past_the_dense_limit(monkeypatch):
+    """A ``full`` layer checks the size of its dense (L, L) bias before building it: past
+    MAX_DENSE_ELEMS (lowered here to 128 * 128) it raises ConfigError naming attn_layers and the
+    lsh/local alternatives; at the limit it runs. The stated default refuses 64K (16 GiB)."""
+    from reformer_seq import full_attention as fa
+
+    with pytest.raises(ConfigError, match="over the limit of 268,435,456"):
+        fa.check_dense_size(65536)
+    fa.check_dense_size(16384)  # exactly 2**28: allowed
+    monkeypatch.setattr(fa, "MAX_DENSE_ELEMS", 128 * 128)
+    model = ReformerLM(small_config(attn_layers=["local", "full"], local_window=16))
+    model(tokens(1, 128))
+    model(tokens(1, 128), mask=torch.ones(1, 128, dtype=torch.bool))
+    with pytest.raises(ConfigError) as err:
+        model(tokens(1, 136))
+    msg = str(err.value)
+    for text in ("length 136", "attn_layers", "'lsh'", "'local'", "MAX_DENSE_ELEMS"):
+        assert text in msg, msg
+    with pytest.raises(ConfigError, match=r"dense \(B, L, L\) bias"):  # padding: one bias per sequence
+        model(tokens(2, 128), mask=torch.ones(2, 128, dtype=torch.bool).index_fill_(1, torch.tensor([127]), False))

@@ -59,11 +59,15 @@ def test_tiny_pretrain_through_cli(tmp_path):
     assert len(list((run / "checkpoints").glob("step-*"))) <= 3  # keep_last 2 + best
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("with_copy", [False, True])
+def test_resume_continues_exactly(tmp_path, with_copy):
     """Interrupted (SIGINT) and resumed, a run's losses and weights equal an uninterrupted run's,
-    with dropout and random hash rotations active."""
+    with dropout and random hash rotations active (and with copy attention, planted repeats and
+    random position offsets)."""
     cfg = load_run_config(TINY)
     cfg.model.dropout = 0.1
+    if with_copy:
+        cfg.model.copy_k, cfg.model.random_position_offset, cfg.data.plant_repeats = 6, True, 0.5
     cfg.train.log_every, cfg.train.save_every, cfg.train.eval_every, cfg.train.max_steps = 1, 4, 4, 12
     full, part = tmp_path / "full", tmp_path / "part"
     pretrain([PHIX], copy.deepcopy(cfg), full, progress=False, echo=lambda s: None)
@@ -141,20 +145,71 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     load_pretrained(run)
 
 
-def test_two_processes_train_one_model(tmp_path):
-    cfg = tiny_config(tmp_path, max_steps=4, save_every=2, eval_every=2)
+def train_ranks(tmp_path: Path, n: int, device: str) -> Path:
+    """A ``torchrun --nproc_per_node n`` run of 10 steps under --max-time (so the ranks agree on
+    the step horizon and on stopping), with checkpoints (every rank's RNG state is gathered)
+    and validation; checks what every multi-process run must give and returns the run folder."""
+    cfg = tiny_config(tmp_path, max_steps=10, save_every=5, eval_every=5)  # the horizon is fitted at step 10
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
            "-m", "pipelines.cli", "pretrain", str(PHIX), "--config", str(cfg), "--out", str(run), "--quiet",
-           "--device", "cpu"]
+           "--device", device, "--max-time", "600"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stdout + res.stderr
-    assert json.loads((run / "run.json").read_text())["world_size"] == 2
-    assert res.stdout.count("4 steps in") == 1  # only rank 0 reports and writes
+    assert json.loads((run / "run.json").read_text())["world_size"] == n
+    assert res.stdout.count("10 steps in") == 1  # only rank 0 reports and writes
     model, _, info = load_pretrained(run)
-    assert info["step"] == 4
-    assert len(metrics(run)) >= 1
+    assert info["step"] == 10
+    state = torch.load(resolve_checkpoint(run) / "training_state.pt", weights_only=False)
+    assert len(state["rng"]["torch"]) == n  # every rank's RNG state, gathered through the device
+    assert len(metrics(run)) >= 1 and len(metrics(run, "val")) >= 2
+    return run
+
+
+def test_two_processes_train_one_model(tmp_path):
+    """Two gloo ranks on the CPU: one model (the end-of-run check compares every parameter with
+    rank 0's), gradients averaged, one report."""
+    train_ranks(tmp_path, 2, "cpu")
+
+
+class _Reached(Exception):
+    pass
+
+
+def test_collectives_run_on_the_training_device(monkeypatch):
+    """Every collective gets tensors on the training device (NCCL rejects CPU tensors): a rank
+    bookkeeper for a non-CPU device (meta, so this runs anywhere) hands each collective only
+    tensors of that device, RNG states (CPU) included."""
+    import reformer_seq.training as T
+
+    seen = []
+
+    def record(name):
+        def collective(*args, **kw):
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            tensors += [t for a in args if isinstance(a, list) for t in a]
+            seen.append((name, {t.device.type for t in tensors}))
+            raise _Reached(name)
+        return collective
+
+    for name in ("all_reduce", "all_gather", "broadcast"):
+        monkeypatch.setattr(torch.distributed, name, record(name))
+    dist = T._Dist.__new__(T._Dist)
+    dist.world, dist.rank, dist.local_rank, dist.started_here = 2, 0, 0, False
+    dist.device = torch.device("meta")
+    model = torch.nn.Linear(3, 2).to("meta")
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    tcfg = load_run_config(TINY, {"train": {"max_time": 60.0}}).train
+    calls = [lambda: dist.agree(True), lambda: dist.all_reduce_(dist.tensor([1.0, 2.0]), average=False),
+             lambda: T._fit_horizon(20, 5.0, (2, 1.0), tcfg, dist), lambda: dist.gather(torch.get_rng_state()),
+             lambda: dist.average_gradients(model), lambda: dist.check_same_parameters(model),
+             lambda: dist.broadcast_parameters(model)]
+    for call in calls:
+        with pytest.raises(_Reached):
+            call()
+    assert len(seen) == len(calls) and all(devices == {"meta"} for _, devices in seen), seen
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path):
@@ -201,3 +256,36 @@ def test_version_and_help():
     assert res.exit_code == 0 and "seqformer, version" in res.output
     res = CliRunner().invoke(cli, ["pretrain", "--help"])
     assert res.exit_code == 0 and "Examples" in res.output and "--resume" in res.output
+
+
+def test_process_wide_tuning_is_off_for_library_users_and_on_in_the_cli(tmp_path, monkeypatch):
+    """pretrain() called from Python leaves the garbage collector alone (gc.freeze is part of the
+    process-wide tuning, off by default); inside runtime_tuning() it freezes for the run and
+    unfreezes after. Every seqformer command runs inside the switch and restores it on exit."""
+    import gc
+
+    from reformer_seq import process_tuning, runtime_tuning
+
+    cfg = load_run_config(TINY, {"train": {"max_steps": 2, "eval_every": 100, "device": "cpu"}})
+    seen = []
+    record = lambda step, bpb: seen.append((process_tuning(), gc.get_freeze_count()))  # noqa: E731
+    assert not process_tuning()
+    pretrain([PHIX], copy.deepcopy(cfg), tmp_path / "a", progress=False, echo=lambda s: None, on_step=record)
+    assert seen and all(s == (False, 0) for s in seen), seen
+    seen.clear()
+    with runtime_tuning():
+        pretrain([PHIX], copy.deepcopy(cfg), tmp_path / "b", progress=False, echo=lambda s: None, on_step=record)
+    assert seen and all(on and frozen > 0 for on, frozen in seen), seen
+    assert gc.get_freeze_count() == 0 and not process_tuning()
+
+    import reformer_seq.training as T
+
+    def fake_pretrain(*args, **kw):
+        seen.append(("cli", process_tuning()))
+        raise T.ConfigError("stop here")
+
+    seen.clear()
+    monkeypatch.setattr(T, "pretrain", fake_pretrain)
+    res = CliRunner().invoke(cli, ["pretrain", str(PHIX), "--config", str(TINY), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "stop here" in res.output
+    assert seen == [("cli", True)] and not process_tuning()  # on inside the command, restored after

@@ -152,6 +152,18 @@ INLINE v8f splat8(float a) { return (v8f){a, a, a, a, a, a, a, a}; }
 INLINE v16f splat(float a) { return (v16f){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
 INLINE v16i splati(int32_t a) { return (v16i){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
 INLINE float hsum8(v8f v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+/* The low and high halves of a 16-wide vector. __builtin_shufflevector exists in clang and in GCC
+ * from version 12; older GCC (11 is the default of Ubuntu 22.04) takes the halves through memcpy,
+ * which compiles to the same extract instructions and gives the same bits. Defining
+ * SEQFORMER_NO_SHUFFLEVECTOR forces that branch (the tests build both). */
+#if (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)) && !defined(SEQFORMER_NO_SHUFFLEVECTOR)
+#define LO8(p) __builtin_shufflevector(p, p, 0, 1, 2, 3, 4, 5, 6, 7)
+#define HI8(p) __builtin_shufflevector(p, p, 8, 9, 10, 11, 12, 13, 14, 15)
+#else
+INLINE v8f half8(const v16f p, const int hi) { v8f h; memcpy(&h, (const float *)&p + 8 * hi, sizeof(h)); return h; }
+#define LO8(p) half8(p, 0)
+#define HI8(p) half8(p, 1)
+#endif
 
 INLINE float dot(const float *a, const float *b, const int64_t D) {
     if (D % 8 == 0) {
@@ -159,8 +171,7 @@ INLINE float dot(const float *a, const float *b, const int64_t D) {
         int64_t d = 0;
         for (; d + 16 <= D; d += 16) {
             const v16f p = ld16(a + d) * ld16(b + d);
-            acc += __builtin_shufflevector(p, p, 0, 1, 2, 3, 4, 5, 6, 7)
-                 + __builtin_shufflevector(p, p, 8, 9, 10, 11, 12, 13, 14, 15);
+            acc += LO8(p) + HI8(p);
         }
         if (d < D) acc += ld8(a + d) * ld8(b + d);
         return hsum8(acc);

@@ -1,0 +1,269 @@
+"""Long-range recall: does the model copy from far back? (issue: long context that pays)
+
+Two parts, both on sequence the model never trained on (the held-out last 10% of a genome):
+
+1. **Copy recall.** ``P + S + F(d) + S'`` against ``P + C + F(d) + S'`` (reformer_seq/recall.py):
+   the final m bases are scored in both; recall gain = control bits - repeat bits, per distance
+   d and for direct and reverse-complement copies, mean and standard error over segments.
+   Beside the network: the Markov model (gains 0 by construction) and the copy-model baseline.
+2. **Real repeats** (``--repeats-genome``, e.g. the human chrX slice): windows of the held-out
+   split; in each, the last ``--targets`` bases are scored with the input cut to 1K / 4K / 16K /
+   64K bases (the same bases for every context), and reported at all positions and at positions
+   whose preceding 24 bases occurred earlier in the window (exactly, and with up to 2
+   mismatches), beside Markov and the copy model, with standard errors across windows.
+
+    python benchmarks/long_context.py --checkpoint runs/ecoli                       # part 1
+    python benchmarks/long_context.py --checkpoint runs/human --skip-copy \\
+        --repeats-genome ../shared/data/genomes/Human_GRCh37_chrX_20-28Mb.fa.gz     # part 2
+
+Writes ``long_context.json``, ``long_context.md`` and ``long_context.png`` under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from reformer_seq.evaluation import MarkovModel, ModelScorer, Segment, _is_base, split_segments  # noqa: E402
+from reformer_seq.fasta import load_genome  # noqa: E402
+from reformer_seq.model import ReformerLM  # noqa: E402
+from reformer_seq.recall import CopyModel, causal_bits, recall_pair, repeat_positions  # noqa: E402
+
+ECOLI = REPO / "data" / "Ecoli_K12_MG1655.fasta.gz"
+CONTEXTS = (1024, 4096, 16384, 65536)
+
+
+def mean_se(x) -> tuple[float, float]:
+    x = np.asarray(x, dtype=float)
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+def load_split(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Training and held-out token ids (the last 10% of each record)."""
+    recs = load_genome(path)
+    train, val = split_segments(recs, 0.1)
+    return ([np.asarray(s.ids[s.lo:s.hi], dtype=np.int64) for s in train],
+            [np.asarray(s.ids[s.lo:s.hi], dtype=np.int64) for s in val])
+
+
+def fit_baselines(train: list[np.ndarray], order: int, window: int, n_windows: int = 4):
+    """Markov model of ``order`` on the training split; the copy model's weights on a few training windows."""
+    markov = MarkovModel.fit([Segment(t) for t in train], order)
+    longest = max(train, key=len)
+    starts = np.linspace(0, max(0, len(longest) - window), n_windows).astype(int)
+    copy = CopyModel(markov).fit([longest[s:s + window] for s in starts])
+    return markov, copy
+
+
+# ---------------------------------------------------------------------- part 1: copy recall
+def copy_recall(scorer, held_out: np.ndarray, markov, copy, distances, m: int, segments: int, seed: int,
+                prefix: int = 1024, reverse_too: bool = True) -> dict:
+    rows = {}
+    for reverse in (False, True) if reverse_too else (False,):
+        for d in distances:
+            rng = np.random.default_rng([seed, d, int(reverse)])
+            gains = {"model": [], "markov": [], "copy": []}
+            bits = {"model_repeat": [], "model_control": []}
+            t0 = time.time()
+            for _ in range(segments):
+                pair = recall_pair(held_out, m, d, rng, prefix=prefix, reverse=reverse)
+                pos = np.arange(len(pair.repeat) - m, len(pair.repeat))
+                rep, ctl = causal_bits(scorer, pair.repeat, pos), causal_bits(scorer, pair.control, pos)
+                gains["model"].append(ctl.mean() - rep.mean())
+                bits["model_repeat"].append(rep.mean())
+                bits["model_control"].append(ctl.mean())
+                lr, _ = markov.score(pair.repeat, pos)
+                lc, _ = markov.score(pair.control, pos)
+                gains["markov"].append(float(lr.mean() - lc.mean()))
+                gains["copy"].append(copy.bits(pair.control, pos).mean() - copy.bits(pair.repeat, pos).mean())
+            key = f"{'rc' if reverse else 'direct'}_{d}"
+            rows[key] = {"distance": d, "reverse": reverse, "prefix": prefix,
+                         **{f"gain_{k}": mean_se(v) for k, v in gains.items()},
+                         **{k: mean_se(v) for k, v in bits.items()}}
+            g, se = rows[key]["gain_model"]
+            print(f"copy {'rc    ' if reverse else 'direct'} d={d:>7,}: model gain {g:.3f} +/- {se:.3f} bits/base "
+                  f"(copy model {rows[key]['gain_copy'][0]:.3f}, Markov {rows[key]['gain_markov'][0]:.3f}) "
+                  f"[{time.time() - t0:.0f} s]", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------- part 2: real repeats
+def bits_with_context(scorer, ids: np.ndarray, lo: int, hi: int, context: int) -> np.ndarray:
+    """-log2 p of ids[lo:hi], each base scored from at least ``context // 2`` and at most ``context``
+    bases before it (one pass when the block fits in half the context)."""
+    out = np.empty(hi - lo)
+    step = max(1, min(hi - lo, context // 2))
+    for s in range(lo, hi, step):
+        e = min(hi, s + step)
+        a = max(0, e - context)
+        out[s - lo:e - lo] = causal_bits(scorer, ids[a:e], np.arange(s - a, e - a))
+    return out
+
+
+def real_repeats(scorer, held_out: list[np.ndarray], markov, copy, window: int, targets: int,
+                 max_windows: int) -> dict:
+    contexts = [c for c in CONTEXTS if c <= window]
+    wins = [(r, e) for r in held_out for e in range(window, len(r) + 1, window)][:max_windows]
+    per = {"all": {c: [] for c in contexts}, "exact": {c: [] for c in contexts}, "mm2": {c: [] for c in contexts}}
+    base = {"all": {"markov": [], "copy": []}, "exact": {"markov": [], "copy": []}, "mm2": {"markov": [], "copy": []}}
+    counts = {"all": 0, "exact": 0, "mm2": 0}
+    for wi, (rec, e) in enumerate(wins):
+        ids = rec[e - window:e]
+        lo = window - targets
+        pos = np.arange(lo, window)
+        keep = _is_base(ids[pos])
+        marks = {"all": keep, "exact": keep & repeat_positions(ids, 24, 0)[pos],
+                 "mm2": keep & repeat_positions(ids, 24, 2)[pos]}
+        t0 = time.time()
+        bits = {c: bits_with_context(scorer, ids, lo, window, c) for c in contexts}
+        lp, _ = markov.score(ids, pos[keep])
+        mk = np.full(len(pos), np.nan)
+        mk[keep] = -lp
+        cp = np.full(len(pos), np.nan)
+        cp[keep] = copy.bits(ids, pos[keep])
+        for name, sel in marks.items():
+            counts[name] += int(sel.sum())
+            for c in contexts:
+                per[name][c].append((bits[c][sel].sum(), int(sel.sum())))
+            base[name]["markov"].append((mk[sel].sum(), int(sel.sum())))
+            base[name]["copy"].append((cp[sel].sum(), int(sel.sum())))
+        print(f"window {wi + 1}/{len(wins)}: {int(marks['exact'].sum())} exact / {int(marks['mm2'].sum())} "
+              f"<=2-mismatch repeat positions of {int(keep.sum())} [{time.time() - t0:.0f} s]", flush=True)
+
+    def pooled(rows):  # bits per base over the bases of all windows
+        s = np.array([r[0] for r in rows], float)
+        n = np.array([r[1] for r in rows], float)
+        return float(s.sum() / max(n.sum(), 1))
+
+    def paired(name, c):  # change against the shortest input on the same bases; SE across windows
+        a, b = per[name][c], per[name][contexts[0]]
+        n = np.array([r[1] for r in a], float)
+        diff = np.array([r[0] for r in a]) - np.array([r[0] for r in b])  # summed bits per window
+        ok = n > 0
+        mean = float(diff[ok].sum() / max(n[ok].sum(), 1))
+        d = diff[ok] / n[ok]
+        return mean, float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+
+    out = {"window": window, "targets_per_window": targets, "windows": len(wins), "counts": counts, "rows": {}}
+    for name in per:
+        out["rows"][name] = {"model": {str(c): pooled(per[name][c]) for c in contexts},
+                             "change_vs_1K": {str(c): paired(name, c) for c in contexts},
+                             "markov": pooled(base[name]["markov"]), "copy_model": pooled(base[name]["copy"])}
+    return out
+
+
+# ---------------------------------------------------------------------- report
+def markdown(res: dict) -> str:
+    lines = [f"# Long-range recall ({res['checkpoint']})", ""]
+    if "copy" in res:
+        lines += [f"Copy recall on the held-out split of `{res['genome']}`: m = {res['m']} bases, "
+                  f"{res['segments']} segments per cell; gain = control - repeat bits/base (mean +/- SE).", "",
+                  "| copy | distance | model gain | copy-model gain | Markov gain | model bits (repeat / control) |",
+                  "|---|---|---|---|---|---|"]
+        for r in res["copy"].values():
+            g, se = r["gain_model"]
+            lines.append(f"| {'reverse complement' if r['reverse'] else 'direct'} | {r['distance']:,} | "
+                         f"**{g:.3f} +/- {se:.3f}** | {r['gain_copy'][0]:.3f} +/- {r['gain_copy'][1]:.3f} | "
+                         f"{r['gain_markov'][0]:.3f} | {r['model_repeat'][0]:.3f} / {r['model_control'][0]:.3f} |")
+        lines.append("")
+    if "repeats" in res:
+        rr = res["repeats"]
+        cs = list(next(iter(rr["rows"].values()))["model"])
+        lines += [f"Real repeats in `{res['repeats_genome']}` (held-out split): {rr['windows']} windows of "
+                  f"{rr['window']:,} bases, the last {rr['targets_per_window']:,} scored; positions: "
+                  + ", ".join(f"{k} {v:,}" for k, v in rr["counts"].items()) + ".", "",
+                  "| positions | " + " | ".join(f"model, {int(c) // 1024}K input" for c in cs)
+                  + f" | change {int(cs[-1]) // 1024}K vs 1K | Markov | copy model |",
+                  "|---|" + "---|" * (len(cs) + 3)]
+        for name, row in rr["rows"].items():
+            d, se = row["change_vs_1K"][cs[-1]]
+            lines.append(f"| {name} | " + " | ".join(f"{row['model'][c]:.3f}" for c in cs)
+                         + f" | {d:+.3f} +/- {se:.3f} | {row['markov']:.3f} | {row['copy_model']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for rev, style in ((False, "o-"), (True, "s--")):
+        rows = [r for r in res.get("copy", {}).values() if r["reverse"] == rev]
+        if not rows:
+            continue
+        d = [r["distance"] for r in rows]
+        for key, label, color in (("gain_model", "seqformer", "C0"), ("gain_copy", "copy model", "C2")):
+            ax.errorbar(d, [r[key][0] for r in rows], yerr=[r[key][1] for r in rows], fmt=style, color=color,
+                        label=f"{label}, {'reverse complement' if rev else 'direct'}", capsize=3)
+    ax.axhline(0, color="grey", lw=0.8, label="Markov (0 by construction)")
+    ax.set_xscale("log")
+    ax.set_xlabel("distance between the copies (bases)")
+    ax.set_ylabel("recall gain (bits/base)")
+    ax.set_title("Copy recall on held-out sequence")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="run or checkpoint folder")
+    ap.add_argument("--genome", default=str(ECOLI), help="copy recall: genome whose held-out 10%% is used")
+    ap.add_argument("--distances", default="1024,8192,30720,61440")
+    ap.add_argument("--m", type=int, default=512)
+    ap.add_argument("--prefix", type=int, default=1024,
+                    help="bases before the first copy (a long prefix tests the copy at a late absolute position)")
+    ap.add_argument("--direct-only", action="store_true", help="skip the reverse-complement copies")
+    ap.add_argument("--segments", type=int, default=8)
+    ap.add_argument("--markov-order", type=int, default=6)
+    ap.add_argument("--skip-copy", action="store_true", help="only the real-repeat part")
+    ap.add_argument("--repeats-genome", help="real repeats: genome whose held-out 10%% is scored")
+    ap.add_argument("--repeats-markov-order", type=int, default=8)
+    ap.add_argument("--window", type=int, default=65536)
+    ap.add_argument("--targets", type=int, default=4096)
+    ap.add_argument("--max-windows", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--name", default="long_context")
+    args = ap.parse_args()
+
+    model = ReformerLM.from_pretrained(args.checkpoint)
+    scorer = ModelScorer(model, "causal")
+    res = {"checkpoint": args.checkpoint, "genome": args.genome, "m": args.m, "segments": args.segments}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.skip_copy:
+        train, val = load_split(Path(args.genome))
+        dists = [d for d in (int(x) for x in args.distances.split(","))
+                 if args.prefix + 2 * args.m + d <= scorer.max_len]
+        markov, copy = fit_baselines(train, args.markov_order, 65536)
+        res["copy_baseline_weights"] = copy.weights
+        res["copy"] = copy_recall(scorer, max(val, key=len), markov, copy, dists, args.m, args.segments, args.seed,
+                                  args.prefix, not args.direct_only)
+    if args.repeats_genome:
+        train, val = load_split(Path(args.repeats_genome))
+        window = min(args.window, scorer.max_len)
+        markov, copy = fit_baselines(train, args.repeats_markov_order, window)
+        res["repeats_genome"] = args.repeats_genome
+        res["repeats"] = real_repeats(scorer, val, markov, copy, window, args.targets, args.max_windows)
+    (out / f"{args.name}.json").write_text(json.dumps(res, indent=1, default=float))
+    (out / f"{args.name}.md").write_text(markdown(res))
+    if "copy" in res:
+        plot(res, out / f"{args.name}.png")
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
