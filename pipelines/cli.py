@@ -56,6 +56,11 @@ def _register() -> None:
     from .score_variants import score_variants
 
     cli.add_command(score_variants)
+    from .finetune import finetune
+    from .predict import predict
+
+    cli.add_command(finetune)
+    cli.add_command(predict)
 
 
 def main() -> None:

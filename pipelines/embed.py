@@ -10,8 +10,12 @@ import click
               help="A `seqformer pretrain` run folder (uses its best checkpoint) or a checkpoints/step-* folder.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Output file: .npz (numpy) or .h5 (HDF5); written atomically.")
-@click.option("--pool", type=click.Choice(["mean", "none"]), default="mean", show_default=True,
-              help="mean: one vector per record (N bases left out); none: one vector per base.")
+@click.option("--pool", type=click.Choice(["mean", "max", "none"]), default="mean", show_default=True,
+              help="mean / max: one vector per record (average / per-feature maximum over its bases, N bases "
+                   "left out); none: one vector per base.")
+@click.option("--layer", type=int, default=None,
+              help="Which block's output: 0 = the input embeddings, 1..depth = block N, -1 = the last "
+                   "[default: the last; see the README's downstream study].")
 @click.option("--rc-average", is_flag=True,
               help="Average each sequence with its reverse complement (strand-symmetric embeddings).")
 @click.option("--window", type=int, default=None,
@@ -30,8 +34,8 @@ import click
               help="Characters outside IUPAC are an error naming the record and position (default: read as N, "
                    "with one warning per file giving their count per record).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def embed(fasta, checkpoint, out, pool, rc_average, window, overlap, batch_size, device, precision, fmt, strict,
-          quiet):
+def embed(fasta, checkpoint, out, pool, layer, rc_average, window, overlap, batch_size, device, precision, fmt,
+          strict, quiet):
     """Embed the sequences of a FASTA/GenBank file (plain or gzip) with a trained model.
 
     Writes `ids` (record ids, in file order), `lengths` and `embeddings` float32: (records, dim)
@@ -44,6 +48,7 @@ def embed(fasta, checkpoint, out, pool, rc_average, window, overlap, batch_size,
     Examples:
       seqformer embed genes.fa --checkpoint runs/ecoli --out genes.npz
       seqformer embed genes.fa --checkpoint runs/ecoli --out genes.npz --rc-average
+      seqformer embed genes.fa --checkpoint runs/ecoli --out genes_l1.npz --layer 1 --pool max
       seqformer embed genome.fa.gz --checkpoint runs/ecoli/checkpoints/step-0002000 \\
           --pool none --out per_base.h5          # per-base vectors, written incrementally
       seqformer embed contigs.fa --checkpoint runs/long --window 1048576 --device cuda --precision bf16 \\
@@ -58,5 +63,5 @@ def embed(fasta, checkpoint, out, pool, rc_average, window, overlap, batch_size,
 
     summary = embed_fasta(fasta, checkpoint, out, pool=pool, rc_average=rc_average, window=window, overlap=overlap,
                           batch_size=batch_size, device=device, precision=precision, format=fmt,
-                          progress=not quiet, strict=strict)
+                          progress=not quiet, strict=strict, layer=layer)
     click.echo(summary.line())

@@ -178,6 +178,11 @@ def load_pretrained(path: PathLike, map_location: str = "cpu", **overrides: Any)
 
     folder = resolve_checkpoint(path)
     info = read_checkpoint_config(folder)
+    if "finetune" in info:  # a fine-tuned model: its backbone is the language model
+        from .finetune import load_finetuned
+
+        model, tokenizer, info = load_finetuned(folder, map_location)
+        return model.backbone, tokenizer, info
     try:
         cfg = ReformerConfig.from_dict({**info["model"], **overrides}, where=f"{folder / CONFIG_FILE} model")
     except ConfigError as e:

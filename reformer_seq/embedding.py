@@ -9,8 +9,13 @@ per-position embeddings. This module turns records of any length into them:
   (:func:`plan_windows`). Every base is *owned* by the window whose centre is nearest to it
   (the window where it is most central, so it has the most context on both sides; ties go to
   the later window); per-position output takes each base from its owner.
-* **Pooling.** ``pool="mean"`` averages the per-position vectors of the owned bases, leaving out
-  ambiguous positions (``N``; :attr:`tokenizer.ambiguous_ids`). For a windowed record this is
+* **Layers.** ``layer`` N is the output of block N (:meth:`ReformerLM.encode`: the mean of the
+  reversible stack's two streams after N blocks, through the final LayerNorm; 0 is the input
+  embeddings, the last layer is the model's final output; negative numbers count from the end).
+  The default, :data:`DEFAULT_LAYER`, is the one the downstream study picked (README).
+* **Pooling.** ``pool="max"`` takes the per-feature maximum over the owned non-N bases (of all
+  windows and, with ``rc_average``, both strands). ``pool="mean"`` averages the per-position
+  vectors of the owned bases, leaving out ambiguous positions (``N``; :attr:`tokenizer.ambiguous_ids`). For a windowed record this is
   the mean weighted by the number of (non-N) bases each window owns, so the pooled vector is
   exactly the mean of the stitched per-position output over its non-N bases. A record with no
   A/C/G/T at all has no defined mean: its row is NaN and ``pooled_bases`` is 0.
@@ -43,8 +48,8 @@ name                shape, dtype                  meaning
 ==================  ============================  ==============================================
 ``ids``             (N,) str                      record ids, in file order
 ``lengths``         (N,) int64                    record lengths in bases
-``embeddings``      (N, dim) float32              ``pool="mean"``: one vector per record
-``pooled_bases``    (N,) int64                    ``pool="mean"``: non-N bases averaged per record
+``embeddings``      (N, dim) float32              ``pool="mean"``/``"max"``: one vector per record
+``pooled_bases``    (N,) int64                    ``pool="mean"``/``"max"``: non-N bases pooled per record
 ``embeddings``      (sum(lengths), dim) float32   ``pool="none"``: per-position vectors, all records
 ``offsets``         (N+1,) int64                  ``pool="none"``: record i is rows offsets[i]:offsets[i+1]
 ``info``            JSON string                   checkpoint, window, overlap, pool, rc_average, ...
@@ -78,7 +83,8 @@ from .errors import InputError, SeqformerError
 from .tokenizers import NucleotideTokenizer, Tokenizer
 
 PathLike = Union[str, os.PathLike]
-POOL_MODES = ("mean", "none")
+DEFAULT_LAYER = -1  # the final output; chosen by benchmarks/downstream.py's layer sweep (README)
+POOL_MODES = ("mean", "max", "none")
 PRECISIONS = ("fp32", "bf16")
 FORMATS = ("npz", "h5")
 SUFFIX_FORMATS = {".npz": "npz", ".h5": "h5", ".hdf5": "h5", ".hdf": "h5"}
@@ -170,7 +176,7 @@ class _MemorySink(_Sink):
     """Everything in RAM: for :func:`embed_sequences` (small inputs, tests)."""
 
     def __init__(self, n: int, total: int, dim: int, pool: str) -> None:
-        self.emb = np.zeros((n if pool == "mean" else total, dim), np.float32)
+        self.emb = np.zeros((n if pool != "none" else total, dim), np.float32)
         self.counts = np.zeros(n, np.int64)
 
     def positions(self, row: int, values: np.ndarray, add: bool) -> None:
@@ -273,11 +279,11 @@ class _H5Sink(_Sink):
     def __init__(self, path: Path, n: int, total: int, dim: int, pool: str) -> None:
         h5py = _import_h5py()
         self.f = h5py.File(path, "w")
-        rows = n if pool == "mean" else total
+        rows = n if pool != "none" else total
         chunk_rows = max(1, min(rows, max(1, (1 << 21) // (4 * dim))))  # ~2 MB chunks
         self.emb = self.f.create_dataset("embeddings", shape=(rows, dim), dtype="<f4", chunks=(chunk_rows, dim),
                                          fillvalue=0.0)
-        self.counts = self.f.create_dataset("pooled_bases", shape=(n,), dtype="<i8") if pool == "mean" else None
+        self.counts = self.f.create_dataset("pooled_bases", shape=(n,), dtype="<i8") if pool != "none" else None
 
     def positions(self, row: int, values: np.ndarray, add: bool) -> None:
         sl = slice(row, row + len(values))
@@ -332,7 +338,7 @@ class _Engine:
 
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, pool: str, rc_average: bool,
                  window: Optional[int], overlap: Optional[int], batch_size: int, max_batch_tokens: Optional[int],
-                 device: str, precision: str) -> None:
+                 device: str, precision: str, layer: Optional[int] = None) -> None:
         if pool not in POOL_MODES:
             raise SeqformerError(f"--pool must be one of {', '.join(POOL_MODES)}, got {pool!r}")
         if batch_size < 1:
@@ -351,6 +357,7 @@ class _Engine:
         self.ambiguous = np.zeros(max(tokenizer.vocab_size, 1), dtype=bool)
         self.ambiguous[list(tokenizer.ambiguous_ids)] = True
         self.dim = int(model.config.dim)
+        self.layer = model.resolve_layer(DEFAULT_LAYER if layer is None else layer)  # a block count
 
     # -------------------------------------------------------------- items and batches
     def _items(self, lengths: Sequence[int]) -> Iterator[_Item]:
@@ -403,7 +410,7 @@ class _Engine:
         x = torch.from_numpy(batch).to(self.device)
         m = None if mask.all() else torch.from_numpy(mask).to(self.device)
         with torch.inference_mode(), _autocast(self.device, self.precision):
-            h = self.model.encode(x, m)
+            h = self.model.encode(x, m, layer=self.layer)
         return h.float()
 
     # -------------------------------------------------------------- running
@@ -439,7 +446,10 @@ class _Engine:
                     else:
                         st = state.setdefault(it.rec, _RecordState(remaining=n_windows[it.rec] * n_strands))
                         keep = ~self.ambiguous[toks[i][a:b]]
-                        st.sums[(it.strand, it.index)] = owned.sum(0, dtype=np.float64, where=keep[:, None])
+                        if self.pool == "max":
+                            st.sums[(it.strand, it.index)] = owned.max(0, where=keep[:, None], initial=-np.inf)
+                        else:
+                            st.sums[(it.strand, it.index)] = owned.sum(0, dtype=np.float64, where=keep[:, None])
                         st.counts[(it.strand, it.index)] = int(keep.sum())
                         st.remaining -= 1
                         if st.remaining == 0:
@@ -450,8 +460,16 @@ class _Engine:
         return empty
 
     def _finish_pooled(self, rec: int, st: _RecordState, n_win: int, sink: _Sink) -> int:
-        """Sum each strand over its windows in window order (deterministic), then average."""
+        """Sum each strand over its windows in window order (deterministic), then average (or the
+        maximum over windows and strands for ``pool="max"``)."""
         strands = (0, 1) if self.rc_average else (0,)
+        if self.pool == "max":
+            count = sum(st.counts.values()) // len(strands)
+            if count == 0:
+                sink.pooled(rec, np.full(self.dim, np.nan, np.float32), 0)
+                return 1
+            sink.pooled(rec, np.max(np.stack(list(st.sums.values())), axis=0).astype(np.float32), count)
+            return 0
         per_strand = [sum((st.sums[(s, k)] for k in range(n_win)), np.zeros(self.dim)) for s in strands]
         total = per_strand[0] + per_strand[1] if self.rc_average else per_strand[0]
         count = sum(st.counts[(s, k)] for s in strands for k in range(n_win))
@@ -475,7 +493,7 @@ def _as_ids(seq: Any, tokenizer: Tokenizer) -> np.ndarray:
 def embed_sequences(model: torch.nn.Module, sequences: Sequence[Any], tokenizer: Optional[Tokenizer] = None, *,
                     pool: str = "mean", rc_average: bool = False, window: Optional[int] = None,
                     overlap: Optional[int] = None, batch_size: int = 16, max_batch_tokens: Optional[int] = None,
-                    device: str = "auto", precision: str = "fp32", progress: bool = False
+                    device: str = "auto", precision: str = "fp32", progress: bool = False, layer: Optional[int] = None
                     ) -> Union[np.ndarray, list[np.ndarray]]:
     """Embed sequences (strings or token id arrays) in memory.
 
@@ -488,11 +506,12 @@ def embed_sequences(model: torch.nn.Module, sequences: Sequence[Any], tokenizer:
     for i, r in enumerate(recs):
         if r.size == 0:
             raise InputError(f"sequence #{i + 1} is empty; every sequence needs at least one base")
-    eng = _Engine(model, tokenizer, pool, rc_average, window, overlap, batch_size, max_batch_tokens, device, precision)
+    eng = _Engine(model, tokenizer, pool, rc_average, window, overlap, batch_size, max_batch_tokens, device, precision,
+                  layer)
     total = sum(len(r) for r in recs)
     sink = _MemorySink(len(recs), total, eng.dim, pool)
     eng.run(recs, sink, progress)
-    if pool == "mean":
+    if pool != "none":
         return sink.emb
     offsets = np.concatenate([[0], np.cumsum([len(r) for r in recs])])
     return [sink.emb[offsets[i]:offsets[i + 1]] for i in range(len(recs))]
@@ -524,8 +543,8 @@ class EmbedSummary:
 
     def line(self) -> str:
         """A one-line summary for the CLI."""
-        rows = self.n_records if self.pool == "mean" else self.n_bases
-        what = "pooled" if self.pool == "mean" else "per-position"
+        rows = self.n_records if self.pool != "none" else self.n_bases
+        what = f"{self.pool}-pooled" if self.pool != "none" else "per-position"
         extra = f"; {self.empty_records} all-N record(s) have NaN rows" if self.empty_records else ""
         return (f"embedded {self.n_records:,} record(s), {self.n_bases:,} bases in {self.seconds:.1f} s "
                 f"({self.bases_per_second:,.0f} bases/s, {self.device}, {self.precision}"
@@ -550,7 +569,7 @@ def embed_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, *, pool: s
                 rc_average: bool = False, window: Optional[int] = None, overlap: Optional[int] = None,
                 batch_size: int = 16, max_batch_tokens: Optional[int] = None, device: str = "auto",
                 precision: str = "fp32", format: Optional[str] = None, progress: bool = True,
-                use_cache: bool = True, strict: bool = False) -> EmbedSummary:
+                use_cache: bool = True, strict: bool = False, layer: Optional[int] = None) -> EmbedSummary:
     """Embed every record of a FASTA/GenBank file with a checkpoint and write ``out`` atomically.
 
     ``checkpoint``: a checkpoint folder or a ``seqformer pretrain`` run folder (its best
@@ -569,13 +588,14 @@ def embed_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, *, pool: s
     if out.is_dir():
         raise SeqformerError(f"--out {out} is a directory; give a file name such as {out / 'embeddings.npz'}")
     model, tokenizer, info = load_pretrained(checkpoint, map_location="cpu")
-    eng = _Engine(model, tokenizer, pool, rc_average, window, overlap, batch_size, max_batch_tokens, device, precision)
+    eng = _Engine(model, tokenizer, pool, rc_average, window, overlap, batch_size, max_batch_tokens, device, precision,
+                  layer)
     records = load_genome(fasta, tokenizer, use_cache=use_cache, strict=strict)
     ids = np.array([r.id for r in records])
     lengths = np.array([len(r) for r in records], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     meta = {"checkpoint": info["path"], "fasta": str(fasta), "pool": pool, "rc_average": rc_average,
-            "window": eng.window, "overlap": eng.overlap, "precision": precision, "dim": eng.dim,
+            "window": eng.window, "overlap": eng.overlap, "precision": precision, "dim": eng.dim, "layer": eng.layer,
             "seqformer_version": _version()}
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

@@ -18,6 +18,7 @@ from .attention import SelfAttention
 from .axial_positions import AxialPositionalEncoding
 from .config import ReformerConfig
 from .copy_attention import CopyAttention, CopyMixture
+from .errors import ConfigError
 from .feedforward import FeedForward
 from .heap import LONG_INPUT_ELEMS
 from .reversible import ReversibleBlock, run_blocks
@@ -83,8 +84,9 @@ class ReformerLM(nn.Module):
             raise ValueError(f"mask must be a bool tensor of shape {tuple(tokens.shape)}, "
                              f"got {tuple(mask.shape)} {mask.dtype}")
 
-    def _stack(self, tokens: Tensor, mask: Optional[Tensor]) -> Tensor:
-        """The reversible stack's output (B, L, dim), before the final norm."""
+    def _stack(self, tokens: Tensor, mask: Optional[Tensor], n_blocks: Optional[int] = None) -> Tensor:
+        """The reversible stack's output (B, L, dim) after its first ``n_blocks`` blocks (default: all),
+        before the final norm: the mean of the two residual streams, (y1 + y2) / 2."""
         self._check(tokens, mask)
         B, L = tokens.shape
         runtime.tune_for_input(B * L * self.config.dim, tokens.device.type)  # process-wide; only if allowed
@@ -98,17 +100,33 @@ class ReformerLM(nn.Module):
             real_len = mask.sum(1)
         if self.conv is not None:
             x = self.conv(x)
+        blocks = self.layers if n_blocks is None else self.layers[:n_blocks]
         top = self.config.copy_position == "top"
         if self.copy is not None and self.config.copy_position == "bottom":  # what followed earlier copies of the last k bases
             x = x + self.copy(x, tokens, mask)
-        h = run_blocks(self.layers, x, mask, real_len, self.config.reversible)
-        if self.copy is not None and top:  # beside the stack, straight to the head; values from the bases alone
-            h = h + self.copy(tok, tokens, mask)
+        h = run_blocks(blocks, x, mask, real_len, self.config.reversible)
+        if self.copy is not None and top and len(blocks) == len(self.layers):  # beside the stack, straight to the head
+            h = h + self.copy(tok, tokens, mask)  # values from the bases alone
         return h
 
-    def encode(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """Final hidden states (B, L, dim). mask: (B, L) bool, True = real token, False = padding."""
-        return self.norm(self._stack(tokens, mask))
+    def resolve_layer(self, layer: Optional[int]) -> int:
+        """``layer`` as a block count in [0, depth]: None = the last, negative counts from the end."""
+        depth = len(self.layers)
+        n = depth if layer is None else (layer + depth + 1 if layer < 0 else layer)
+        if not 0 <= n <= depth:
+            raise ConfigError(f"layer {layer} does not exist: this model has layers 0 (embeddings) to {depth} "
+                              f"(the last block; -1 also means the last)")
+        return n
+
+    def encode(self, tokens: Tensor, mask: Optional[Tensor] = None, layer: Optional[int] = None) -> Tensor:
+        """Hidden states (B, L, dim). mask: (B, L) bool, True = real token, False = padding.
+
+        ``layer`` N (default: the last, ``depth``) is the output of block N: the mean of the
+        reversible stack's two streams after N blocks, (y1 + y2) / 2, through the final LayerNorm,
+        so ``layer=depth`` is the model's final output. Layer 0 is the input embeddings (tokens +
+        positions, and the causal convolution when the model has one) through the same norm.
+        """
+        return self.norm(self._stack(tokens, mask, self.resolve_layer(layer)))
 
     def _head(self, h: Tensor) -> Tensor:
         return self.to_logits(self.norm(h))

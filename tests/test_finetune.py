@@ -1,0 +1,289 @@
+"""`seqformer finetune` / `predict` and embeddings by layer: a planted motif the head must learn,
+a frozen backbone that stays bit-identical, exact resume, predictions in file order, clear errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipelines.cli import cli
+from reformer_seq.checkpoint import load_pretrained
+from reformer_seq.errors import SeqformerError
+from reformer_seq.finetune import SequenceModel, load_finetuned
+from reformer_seq.finetune_train import FinetuneOptions, finetune
+from reformer_seq.metrics import auroc, bootstrap_se
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny.yaml"
+PHIX = ROOT / "data" / "phiX174_NC_001422.1.fa"
+MOTIF = "GATTACAG"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    res = invoke("pretrain", PHIX, "--config", TINY, "--out", run, "--max-steps", "20", "--quiet")
+    assert res.exit_code == 0, res.output
+    return run
+
+
+def planted(n: int, length: int = 60, copies: int = 3, seed: int = 0) -> tuple[list[str], list[int]]:
+    """Random sequences; the odd ones carry ``copies`` planted copies of MOTIF."""
+    rng = np.random.default_rng(seed)
+    seqs, labels = [], []
+    for i in range(n):
+        s = rng.choice(list("ACGT"), length)
+        if i % 2:
+            for _ in range(copies):
+                p = rng.integers(0, length - len(MOTIF))
+                s[p:p + len(MOTIF)] = list(MOTIF)
+        seqs.append("".join(s))
+        labels.append(i % 2)
+    return seqs, labels
+
+
+def write_tsv(path: Path, seqs, labels) -> Path:
+    path.write_text("sequence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in zip(seqs, labels)))
+    return path
+
+
+def write_fasta(path: Path, seqs, prefix: str = "r") -> Path:
+    path.write_text("".join(f">{prefix}{i}\n{s}\n" for i, s in enumerate(seqs)))
+    return path
+
+
+def test_metrics_auroc_oracle():
+    y = np.array([0, 0, 1, 1])
+    assert auroc(y, np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert auroc(y, np.array([0.4, 0.3, 0.2, 0.1])) == 0.0
+    assert auroc(y, np.array([0.5, 0.5, 0.5, 0.5])) == 0.5  # ties count half
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    s = rng.normal(size=400) + y
+    # equals the pairwise definition
+    pairs = (s[y == 1][:, None] > s[y == 0][None, :]).mean()
+    assert auroc(y, s) == pytest.approx(pairs)
+    assert 0.01 < bootstrap_se(y, s) < 0.05
+
+
+def test_planted_motif_is_learned_and_predicted_in_file_order(tmp_path, backbone):
+    seqs, labels = planted(1000)
+    tsv = write_tsv(tmp_path / "train.tsv", seqs, labels)
+    out = tmp_path / "ft"
+    res = invoke("finetune", tsv, "--checkpoint", backbone, "--out", out, "--lr", "0.01", "--backbone-lr-scale", "1",
+                 "--max-steps", "300", "--eval-every", "100", "--quiet")
+    assert res.exit_code == 0, res.output
+    for name in ("metrics.jsonl", "curve.png", "best.json", "finetune.json", "result.json"):
+        assert (out / name).is_file(), name
+    # fresh held-out sequences, scored through `predict`
+    test_seqs, test_labels = planted(200, seed=1)
+    fasta = write_fasta(tmp_path / "test.fa", test_seqs)
+    res = invoke("predict", fasta, "--checkpoint", out, "--out", tmp_path / "preds.tsv", "--quiet")
+    assert res.exit_code == 0, res.output
+    rows = [line.split("\t") for line in (tmp_path / "preds.tsv").read_text().splitlines()]
+    assert rows[0] == ["id", "length", "predicted", "p_0", "p_1"]
+    assert [r[0] for r in rows[1:]] == [f"r{i}" for i in range(200)]  # file order
+    p1 = np.array([float(r[4]) for r in rows[1:]])
+    assert auroc(np.array(test_labels), p1) > 0.9
+    # the same numbers from the library, record by record
+    model = SequenceModel.from_pretrained(out)
+    from reformer_seq.finetune import predict_tokens
+    from reformer_seq.tokenizers import NucleotideTokenizer
+
+    tok = NucleotideTokenizer()
+    single = predict_tokens(model, [tok.encode(test_seqs[7])], tok.pad_id)
+    assert single[0, 1] == pytest.approx(p1[7], rel=1e-4)
+
+
+def test_frozen_backbone_stays_bit_identical(tmp_path, backbone):
+    seqs, labels = planted(200)
+    tsv = write_tsv(tmp_path / "t.tsv", seqs, labels)
+    before, _, _ = load_pretrained(backbone)
+    r = finetune({"tsv": str(tsv)}, backbone, tmp_path / "ft", FinetuneOptions(freeze="all", max_steps=30,
+                                                                                 eval_every=10), progress=False)
+    after, _, _ = load_finetuned(r.run_dir)
+    for (name, a), (_, b) in zip(before.state_dict().items(), after.backbone.state_dict().items()):
+        assert torch.equal(a, b), name
+    lm, _, _ = load_pretrained(r.run_dir)  # a fine-tuned run serves as a language model too (embed)
+    assert type(lm).__name__ == "ReformerLM" and lm.state_dict().keys() == before.state_dict().keys()
+    head0 = SequenceModel(before, after.head_config).head.out[-1].weight
+    assert not torch.equal(head0, after.head.out[-1].weight)  # the head did train
+    # --head-steps: the backbone waits that many steps, then trains
+    for steps, same in ((6, True), (8, False)):
+        r = finetune({"tsv": str(tsv)}, backbone, tmp_path / f"h{steps}",
+                     FinetuneOptions(head_steps=6, max_steps=steps, eval_every=100), progress=False)
+        bb = load_finetuned(r.run_dir)[0].backbone
+        assert all(torch.equal(a, b) for a, b in zip(bb.parameters(), before.parameters())) == same
+    # --freeze 1 trains the top block only
+    r = finetune({"tsv": str(tsv)}, backbone, tmp_path / "ft1", FinetuneOptions(freeze=1, max_steps=5, eval_every=5),
+                 progress=False)
+    top = load_finetuned(r.run_dir)[0].backbone
+    assert all(torch.equal(a, b) for a, b in zip(top.layers[0].parameters(), before.layers[0].parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(top.layers[1].parameters(), before.layers[1].parameters()))
+
+
+def test_resume_equals_uninterrupted(tmp_path, backbone):
+    seqs, labels = planted(160)
+    tsv = write_tsv(tmp_path / "t.tsv", seqs, labels)
+    opts = dict(max_steps=16, eval_every=5, patience=100, pool="attention", hidden=8, dropout=0.2)
+    finetune({"tsv": str(tsv)}, backbone, tmp_path / "full", FinetuneOptions(**opts), progress=False)
+    finetune({"tsv": str(tsv)}, backbone, tmp_path / "part", FinetuneOptions(**{**opts, "max_steps": 8}),
+             progress=False)
+    finetune({}, None, tmp_path / "part", FinetuneOptions(**opts), resume=True, progress=False, echo=lambda s: None)
+
+    def last(run):
+        return load_finetuned(run / json.loads((run / "latest.json").read_text())["path"])[0].state_dict()
+
+    a, b = last(tmp_path / "full"), last(tmp_path / "part")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+    def losses(run):
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
+
+    assert losses(tmp_path / "full") == losses(tmp_path / "part")
+
+
+def test_class_fastas_and_regression(tmp_path, backbone):
+    seqs, labels = planted(60)
+    pos = write_fasta(tmp_path / "pos.fa", [s for s, y in zip(seqs, labels) if y], "p")
+    neg = write_fasta(tmp_path / "neg.fa", [s for s, y in zip(seqs, labels) if not y], "n")
+    res = invoke("finetune", "--class", f"motif={pos}", "--class", f"plain={neg}", "--checkpoint", backbone,
+                 "--out", tmp_path / "c", "--max-steps", "4", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert load_finetuned(tmp_path / "c")[0].head_config.classes == ["motif", "plain"]
+    # regression on GC content, TSV with record ids from a FASTA
+    gc = [f"{(s.count('G') + s.count('C')) / len(s):.4f}" for s in seqs]
+    fa = write_fasta(tmp_path / "all.fa", seqs)
+    (tmp_path / "ids.tsv").write_text("id\tlabel\n" + "".join(f"r{i}\t{g}\n" for i, g in enumerate(gc)))
+    res = invoke("finetune", tmp_path / "ids.tsv", "--fasta", fa, "--checkpoint", backbone, "--out", tmp_path / "r",
+                 "--max-steps", "4", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert "pearson" in res.output
+    res = invoke("predict", fa, "--checkpoint", tmp_path / "r", "--out", tmp_path / "v.tsv", "--quiet")
+    rows = (tmp_path / "v.tsv").read_text().splitlines()
+    assert rows[0] == "id\tlength\tvalue" and len(rows) == 61
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("one_class", "only one class"),
+    ("regress_text", "not a number"),
+    ("too_long", "longer than the model's max_seq_len"),
+    ("unknown_id", "not in"),
+    ("no_label_column", "needs a 'label' column"),
+    ("bad_freeze", "--freeze"),
+])
+def test_clear_errors(tmp_path, backbone, case, expect):
+    seqs, labels = planted(20)
+    args = ["--checkpoint", backbone, "--out", tmp_path / "o", "--max-steps", "2", "--quiet"]
+    if case == "one_class":
+        tsv = write_tsv(tmp_path / "t.tsv", seqs, [1] * 20)
+    elif case == "regress_text":
+        tsv = write_tsv(tmp_path / "t.tsv", seqs, ["high", "low"] * 10)
+        args += ["--task", "regress"]
+    elif case == "too_long":
+        tsv = write_tsv(tmp_path / "t.tsv", seqs[:-1] + ["A" * 2000], labels)
+    elif case == "unknown_id":
+        fa = write_fasta(tmp_path / "a.fa", seqs)
+        tsv = tmp_path / "t.tsv"
+        tsv.write_text("id\tlabel\nr1\t0\nnope\t1\n")
+        args += ["--fasta", fa]
+    elif case == "no_label_column":
+        tsv = tmp_path / "t.tsv"
+        tsv.write_text("sequence\tclass\nACGT\t0\n")
+    else:
+        tsv = write_tsv(tmp_path / "t.tsv", seqs, labels)
+        args += ["--freeze", "top"]
+    res = CliRunner().invoke(cli, ["finetune", str(tsv)] + [str(a) for a in args])
+    assert res.exit_code == 2, res.output
+    assert expect in res.output and "Traceback" not in res.output
+    assert res.output.count("\n") == 1
+
+
+def test_predict_rejects_a_pretrained_checkpoint(tmp_path, backbone):
+    fa = write_fasta(tmp_path / "a.fa", ["ACGT"])
+    res = CliRunner().invoke(cli, ["predict", str(fa), "--checkpoint", str(backbone), "--out", str(tmp_path / "p.tsv")])
+    assert res.exit_code == 2 and "not a fine-tuned one" in res.output
+
+
+def test_encode_layers(backbone):
+    model, tok, _ = load_pretrained(backbone)
+    model.eval()
+    x = torch.from_numpy(tok.encode("ACGTTGCA" * 8)).long()[None]
+    with torch.no_grad():
+        final = model.encode(x)
+        assert torch.equal(model.encode(x, layer=2), final) and torch.equal(model.encode(x, layer=-1), final)
+        h0 = model.encode(x, layer=0)
+        emb = model.token_emb(x) + model.pos_emb(x.shape[1])
+        assert torch.allclose(h0, model.norm(model.conv(emb)), atol=1e-6)
+        assert not torch.allclose(model.encode(x, layer=1), final)
+    with pytest.raises(SeqformerError, match="layers 0"):
+        model.encode(x, layer=3)
+
+
+@pytest.mark.parametrize("rc_average", [False, True])
+def test_embed_layer_and_max_pool_equal_per_position_output(backbone, rc_average):
+    from reformer_seq.embedding import embed_sequences
+
+    model, tok, _ = load_pretrained(backbone)
+    rng = np.random.default_rng(3)
+    seqs = ["".join(rng.choice(list("ACGTN"), n, p=[.24, .24, .24, .24, .04])) for n in (300, 57, 1000)]
+    kw = dict(window=128, overlap=32, device="cpu")
+    rc = [s[::-1].translate(str.maketrans("ACGTN", "TGCAN")) for s in seqs]
+    for layer in (0, 1, 2):
+        per_pos = embed_sequences(model, seqs, tok, pool="none", layer=layer, rc_average=rc_average, **kw)
+        maxed = embed_sequences(model, seqs, tok, pool="max", layer=layer, rc_average=rc_average, **kw)
+        meaned = embed_sequences(model, seqs, tok, pool="mean", layer=layer, rc_average=rc_average, **kw)
+        fwd = embed_sequences(model, seqs, tok, pool="none", layer=layer, **kw)
+        rev = embed_sequences(model, rc, tok, pool="none", layer=layer, **kw)
+        for s, h, mx, mn, f, r in zip(seqs, per_pos, maxed, meaned, fwd, rev):
+            keep = np.array([c != "N" for c in s])
+            # max: over the bases of each strand (both strands with rc_average); mean: of the per-base output
+            want = np.maximum(f[keep].max(0), r[keep[::-1]].max(0)) if rc_average else h[keep].max(0)
+            np.testing.assert_allclose(mx, want, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(mn, h[keep].mean(0), rtol=1e-4, atol=1e-5)
+    # one window: layer 1 is encode(layer=1), which differs from the final layer
+    x = torch.from_numpy(tok.encode(seqs[1])).long()[None]
+    with torch.no_grad():
+        want = model.eval().encode(x, layer=1)[0].numpy()
+    got = embed_sequences(model, [seqs[1]], tok, pool="none", layer=1, device="cpu")[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, embed_sequences(model, [seqs[1]], tok, pool="none", device="cpu")[0], atol=1e-3)
+
+
+def test_cli_embed_layer_max(tmp_path, backbone):
+    fa = write_fasta(tmp_path / "a.fa", planted(4)[0])
+    res = invoke("embed", fa, "--checkpoint", backbone, "--out", tmp_path / "e.npz", "--layer", "1", "--pool", "max",
+                 "--quiet")
+    assert res.exit_code == 0, res.output
+    z = np.load(tmp_path / "e.npz")
+    assert z["embeddings"].shape == (4, 16) and json.loads(str(z["info"]))["layer"] == 1
+    res = CliRunner().invoke(cli, ["embed", str(fa), "--checkpoint", str(backbone), "--out", str(tmp_path / "f.npz"),
+                                   "--layer", "7"])
+    assert res.exit_code == 2 and "layer 7 does not exist" in res.output
+
+
+def test_dinucleotide_shuffle_keeps_pairs_and_is_uniform():
+    from collections import Counter
+
+    from reformer_seq.shuffle import dinucleotide_shuffle
+
+    rng = np.random.default_rng(0)
+    seq = "".join(rng.choice(list("ACGT"), 200, p=[.1, .4, .4, .1]))
+    pairs = Counter(zip(seq, seq[1:]))
+    outs = [dinucleotide_shuffle(seq, rng) for _ in range(50)]
+    for s in outs:
+        assert Counter(zip(s, s[1:])) == pairs and s[0] == seq[0] and s[-1] == seq[-1]
+    assert len(set(outs)) == 50 and seq not in outs
+    # uniform over the Eulerian paths: "ACAGA" has exactly two (ACAGA, AGACA), each drawn half the time
+    draws = Counter(dinucleotide_shuffle("ACAGA", rng) for _ in range(2000))
+    assert set(draws) == {"ACAGA", "AGACA"} and abs(draws["ACAGA"] - 1000) < 100
