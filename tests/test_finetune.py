@@ -79,7 +79,7 @@ def test_planted_motif_is_learned_and_predicted_in_file_order(tmp_path, backbone
     tsv = write_tsv(tmp_path / "train.tsv", seqs, labels)
     out = tmp_path / "ft"
     res = invoke("finetune", tsv, "--checkpoint", backbone, "--out", out, "--lr", "0.01", "--backbone-lr-scale", "1",
-                 "--max-steps", "300", "--eval-every", "100", "--quiet")
+                 "--max-steps", "600", "--eval-every", "100", "--quiet")
     assert res.exit_code == 0, res.output
     for name in ("metrics.jsonl", "curve.png", "best.json", "finetune.json", "result.json"):
         assert (out / name).is_file(), name
