@@ -126,14 +126,14 @@ def _rss_bytes(pid: int):
 
 
 # ====================================================================== the models (child side)
-def build_seqformer(L: int, copy_k: int = 0):
+def build_seqformer(L: int, **copy):
     from reformer_seq import ReformerConfig, ReformerLM, set_process_tuning
 
     set_process_tuning(True)  # buffer cache and heap thresholds, as the seqformer commands have them
 
     cfg = ReformerConfig(vocab_size=VOCAB, dim=DIM, depth=DEPTH, heads=HEADS, bucket_size=BUCKET,
                          n_hashes=N_HASHES, causal=True, max_seq_len=next_pow2(L), reversible=True,
-                         attention="lsh", dropout=0.0, copy_k=copy_k)
+                         attention="lsh", dropout=0.0, **copy)
     model = ReformerLM(cfg)
     info = {"config": cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg)}
     return model, (lambda x: model(x)), info
@@ -231,8 +231,9 @@ def build_sdpa(L: int):
 
 
 def build_seqformer_copy(L: int):
-    """seqformer with the copy attention of the default config (model.copy_k 12) below the stack."""
-    return build_seqformer(L, copy_k=12)
+    """seqformer with the copy attention of configs/default.yaml (12-mer codes, 2 hash rounds,
+    fixed temperature 11, the mixture)."""
+    return build_seqformer(L, copy_k=12, copy_hashes=2, copy_temperature=11.0, copy_learn_temperature=False)
 
 
 BUILDERS = {"seqformer": build_seqformer, "seqformer_copy": build_seqformer_copy, "hf": build_hf,

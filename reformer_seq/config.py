@@ -83,7 +83,11 @@ class ReformerConfig:
     copy_rc: bool = True  # a second head for reverse-complement (inverted) copies
     copy_temperature: float = 16.0  # logit scale T of an exact k-mer match (see copy_attention.py)
     copy_learn_temperature: bool = True  # learn T (from copy_temperature) or keep it fixed
-    copy_hashes: Optional[int] = None  # hash rounds of the copy layer; None: n_hashes
+    copy_hashes: Optional[int] = None  # hash rounds of the copy layer in training; None: n_hashes
+    # Hash rounds in evaluation; None: copy_hashes. More rounds than in training only help (the
+    # Reformer paper, section 5: a model trained with few hashes evaluates better with more):
+    # each round is another chance that the earlier copy is among a query's look-back keys.
+    copy_eval_hashes: Optional[int] = None
     # Where the copy signal joins: "mix" (the copy heads' next-base distributions, from fixed
     # one-hot values, are mixed with the network's by a learned gate: a pointer-generator),
     # "top" (learned values added to the stack's output before the head) or "bottom" (added to
@@ -127,6 +131,10 @@ class ReformerConfig:
         if self.copy_k and self.vocab_size > 16:
             raise ConfigError(f"model.copy_k needs the nucleotide alphabet, got vocab_size {self.vocab_size} "
                               f"(byte-level); set copy_k: 0 for byte-level models")
+        for name in ("copy_hashes", "copy_eval_hashes"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ConfigError(f"model.{name} must be a positive integer or null, got {v!r}")
         if self.copy_temperature <= 0:
             raise ConfigError(f"model.copy_temperature must be > 0, got {self.copy_temperature}")
         if self.conv_kernel < 0:

@@ -96,9 +96,11 @@ class CopyAttention(nn.Module):
     """(B, L, dim) hidden states + (B, L) tokens -> (B, L, dim) copy signal (causal only)."""
 
     def __init__(self, dim: int, k: int = 12, reverse_complement: bool = True, bucket_size: int = 16,
-                 n_hashes: int = 4, temperature: float = 16.0, hash_seed: int = 0, learn_temperature: bool = True):
+                 n_hashes: int = 4, temperature: float = 16.0, hash_seed: int = 0, learn_temperature: bool = True,
+                 eval_hashes: Optional[int] = None):
         super().__init__()
-        self.k, self.rc, self.bucket_size, self.n_hashes = k, reverse_complement, bucket_size, n_hashes
+        self.k, self.rc, self.bucket_size, self.train_hashes = k, reverse_complement, bucket_size, n_hashes
+        self.eval_hashes = eval_hashes or n_hashes
         self.heads = 2 if reverse_complement else 1
         self.dim_head = N_BASES * k
         self.hash_seed = hash_seed
@@ -112,6 +114,11 @@ class CopyAttention(nn.Module):
             self.log_temperature = nn.Parameter(log_t)
         else:
             self.register_buffer("log_temperature", log_t)
+
+    @property
+    def n_hashes(self) -> int:
+        """Hash rounds now: ``eval_hashes`` in eval mode, the training count otherwise."""
+        return self.train_hashes if self.training else self.eval_hashes
 
     def _rotations(self, n_factors: int, device: torch.device) -> Tensor:
         if not self.training:  # eval: fixed rotations, the same on every device (see attention.py)

@@ -234,3 +234,13 @@ def test_dataset_plants_training_windows_only(ecoli_records):
     assert all(changed)
     assert all(torch.equal(val[i]["input_ids"], plain_val[i]["input_ids"]) for i in range(5))
     assert torch.equal(train[3]["input_ids"], train[3]["input_ids"])  # deterministic
+
+
+def test_more_hash_rounds_in_evaluation():
+    m = CopyAttention(dim=8, k=6, n_hashes=2, eval_hashes=4)
+    ids = torch.from_numpy(random_ids(256, 6))[None]
+    vec = base_vectors(ids)
+    fwd, rc = (F.normalize(c, dim=-1) for c in kmer_codes(vec, 6))
+    real = torch.ones(1, 256, dtype=torch.bool)
+    assert m.train().layout(fwd, rc, real, real.sum(1)).rounds == 2
+    assert m.eval().layout(fwd, rc, real, real.sum(1)).rounds == 4
