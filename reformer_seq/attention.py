@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .chunked_attention import chunked_attention
 from .full_attention import full_attention
 from .local_attention import local_layout
-from .lsh_attention import bucket_bits, hash_rotations, lsh_layout, n_hash_factors
+from .lsh_attention import bucket_bits, layer_rotations, lsh_layout, n_hash_factors
 
 
 # Above this many elements per (B, Lp, heads, D) tensor, heads are attended a group at a time
@@ -57,14 +57,8 @@ class SelfAttention(nn.Module):
         return F.pad(t, (0, 0, 0, 0, 0, Lp - L)) if Lp > L else t
 
     def _rotations(self, n_factors: int, device: torch.device) -> Tensor:
-        if not self.training:  # eval: the same rotations every call, on every device
-            # Drawn on the CPU and moved: a CUDA generator with the same seed gives other numbers,
-            # and a checkpoint must embed and score alike on CPU and GPU.
-            gen = torch.Generator().manual_seed(self.hash_seed)
-            rot = hash_rotations(self.heads, self.dim_head, self.n_hashes, n_factors,
-                                 device=torch.device("cpu"), generator=gen)
-            return rot.to(device)
-        return hash_rotations(self.heads, self.dim_head, self.n_hashes, n_factors, device=device)
+        return layer_rotations(self.heads, self.dim_head, self.n_hashes, n_factors, device, self.training,
+                               self.hash_seed)
 
     # ------------------------------------------------------------------ the pieces
     def prepare(self, h: Tensor, real: Optional[Tensor], real_len: Optional[Tensor], cache: Optional[dict]) -> dict:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .chunked_attention import Layout, chunked_attention
-from .lsh_attention import bucket_bits, hash_rotations, lsh_layout, n_hash_factors
+from .lsh_attention import bucket_bits, layer_rotations, lsh_layout, n_hash_factors
 
 FIRST_BASE_ID = 4  # token ids of A, C, G, T are 4..7 (tokenizers.py); complement of i is 3 - i
 N_BASES = 4
@@ -121,11 +121,8 @@ class CopyAttention(nn.Module):
         return self.train_hashes if self.training else self.eval_hashes
 
     def _rotations(self, n_factors: int, device: torch.device) -> Tensor:
-        if not self.training:  # eval: fixed rotations, the same on every device (see attention.py)
-            gen = torch.Generator().manual_seed(self.hash_seed)
-            return hash_rotations(self.heads, self.dim_head, self.n_hashes, n_factors,
-                                  device=torch.device("cpu"), generator=gen).to(device)
-        return hash_rotations(self.heads, self.dim_head, self.n_hashes, n_factors, device=device)
+        return layer_rotations(self.heads, self.dim_head, self.n_hashes, n_factors, device, self.training,
+                               self.hash_seed)
 
     def layout(self, fwd: Tensor, rc: Tensor, real: Tensor, real_len: Tensor) -> Layout:
         """Hash the strand-symmetric code of every position (both heads, own rotations) and sort."""
@@ -174,7 +171,8 @@ class CopyAttention(nn.Module):
         reverse-complement head the complement of the base before it. Mass that lands on N is
         spread evenly; a query that sees nothing gets the uniform distribution. Also ``seen``."""
         B, L = tokens.shape
-        onehot = base_vectors(tokens) + 0.25 * (base_vectors(tokens).abs().sum(-1, keepdim=True) > 0)  # (B, L, 4)
+        vec = base_vectors(tokens)  # centred one-hot; zero rows for N
+        onehot = vec + (vec.abs().sum(-1, keepdim=True) > 0) / N_BASES  # (B, L, 4)
         vals = [onehot, onehot.flip(-1)][:self.heads]  # complement: channels A C G T reversed
         v = F.pad(torch.stack(vals, dim=2), (0, self.dim_head - N_BASES))  # (B, L, H, D)
         out, seen = self.attend(v, tokens, real)

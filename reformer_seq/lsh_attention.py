@@ -65,6 +65,17 @@ def hash_rotations(heads: int, dim_head: int, n_hashes: int, n_factors: int, *, 
     return torch.cat(parts, dim=-1) if parts else torch.zeros(heads, dim_head, 0, device=device)
 
 
+def layer_rotations(heads: int, dim_head: int, n_hashes: int, n_factors: int, device: torch.device,
+                    training: bool, seed: int) -> Tensor:
+    """A layer's rotations for one call: fresh random ones in training; in evaluation the same
+    ones every call and on every device (drawn on the CPU from ``seed`` and moved: a CUDA
+    generator with the same seed gives other numbers, and a checkpoint must score alike on both)."""
+    if training:
+        return hash_rotations(heads, dim_head, n_hashes, n_factors, device=device)
+    gen = torch.Generator().manual_seed(seed)
+    return hash_rotations(heads, dim_head, n_hashes, n_factors, device=torch.device("cpu"), generator=gen).to(device)
+
+
 def hash_codes(qk: Tensor, rotations: Tensor, n_hashes: int) -> Tensor:
     """Bucket codes of every position in every round: qk (B, H, L, D) -> (R, B, H, L) int64.
 

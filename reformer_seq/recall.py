@@ -22,14 +22,15 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .evaluation import MarkovModel, _is_base
+from .tokenizers import NucleotideTokenizer
 
 A_ID = 4  # token id of A; C, G, T follow (tokenizers.py)
-_COMPLEMENT = np.array([0, 1, 2, 3, 7, 6, 5, 4, 8], dtype=np.int64)  # A<->T, C<->G, N and specials kept
+_TOKENIZER = NucleotideTokenizer()
 
 
 def reverse_complement(ids: np.ndarray) -> np.ndarray:
-    """Reverse complement of nucleotide token ids (L,)."""
-    return _COMPLEMENT[np.asarray(ids, dtype=np.int64)[::-1]]
+    """Reverse complement of nucleotide token ids (L,), as int64 (the tokenizer's, widened)."""
+    return _TOKENIZER.reverse_complement(np.asarray(ids)).astype(np.int64)
 
 
 # ---------------------------------------------------------------------- the copy test
@@ -203,7 +204,7 @@ def copy_predictions(ids: np.ndarray, k: int, reverse: bool = False) -> np.ndarr
     f = follow[q]
     valid = _is_base(ids[f])
     base = ids[f[valid]]
-    pred[q[valid] + k] = _COMPLEMENT[base] if reverse else base
+    pred[q[valid] + k] = reverse_complement(base[::-1]) if reverse else base  # complement, in order
     return pred
 
 
