@@ -43,9 +43,9 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def one_repeat(path: Path, seq_len: int) -> dict[str, float]:
     """Seconds for each stage, with a fresh cache folder."""
-    from reformer_seq.fasta import file_sha256, load_genome, read_records
-    from reformer_seq.tokenizers import NucleotideTokenizer
-    from reformer_seq.windows import CausalCollator, GenomeWindowDataset, MaskedCollator, make_dataloader
+    from reformer_seq.genome.fasta import file_sha256, load_genome, read_records
+    from reformer_seq.genome.tokenizers import NucleotideTokenizer
+    from reformer_seq.genome.windows import CausalCollator, GenomeWindowDataset, MaskedCollator, make_dataloader
 
     tok = NucleotideTokenizer()
     r: dict[str, float] = {}
@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "data_speed.json")
     args = ap.parse_args()
 
-    t_import, _ = timed(lambda: (__import__("torch"), __import__("Bio.SeqIO"), __import__("reformer_seq.windows")))
+    t_import, _ = timed(lambda: (__import__("torch"), __import__("Bio.SeqIO"), __import__("reformer_seq.genome.windows")))
     runs = [one_repeat(args.genome, args.seq_len) for _ in range(args.repeats)]
     keys = list(runs[0])
     median = {k: statistics.median(r[k] for r in runs) for k in keys}

@@ -13,7 +13,7 @@ windows of the same region):
 * ``coding``: 200-base windows of the forward strand inside a CDS against windows overlapping no
   annotated gene; same split.
 * ``ctcf``: the 500 GM12878 CTCF ChIP-seq peaks (200 bases) against one Altschul-Erickson
-  dinucleotide shuffle of each (:mod:`reformer_seq.shuffle`); test = peaks on chr18-22 and chrX,
+  dinucleotide shuffle of each (:mod:`reformer_seq.genome.shuffle`); test = peaks on chr18-22 and chrX,
   validation = chr14-16, train = the rest (a peak and its shuffle are always on the same side).
 
 For each task, test AUROC with a bootstrap standard error (200 resamples) of:
@@ -176,8 +176,8 @@ def coding_task(seq, genes, cds, rng, w: int = 200, max_per_class: int = 2500) -
 
 
 def ctcf_task(rng) -> dict:
-    from reformer_seq.fasta import read_records
-    from reformer_seq.shuffle import dinucleotide_shuffle
+    from reformer_seq.genome.fasta import read_records
+    from reformer_seq.genome.shuffle import dinucleotide_shuffle
 
     data = {k: ([], []) for k in ("train", "val", "test")}
     for r in read_records(CTCF):
@@ -222,7 +222,7 @@ def fit_logreg(X: np.ndarray, y: np.ndarray, lam: float) -> torch.Tensor:
 
 def probe(Xtr, ytr, Xva, yva, Xte, standardize: bool = True) -> np.ndarray:
     """Test scores of a logistic regression whose L2 strength is chosen on the validation set."""
-    from reformer_seq.metrics import auroc
+    from reformer_seq.tasks.finetune.metrics import auroc
 
     if standardize:
         mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
@@ -241,9 +241,9 @@ def mean_cosine(X: np.ndarray, rng, pairs: int = 2000) -> float:
 
 # ---------------------------------------------------------------------- one task
 def run_task(name: str, data: dict, checkpoint: str, finetune_budget: tuple[int, float], rng, out: dict) -> None:
-    from reformer_seq.checkpoint import load_pretrained
-    from reformer_seq.embedding import embed_sequences
-    from reformer_seq.metrics import auroc, bootstrap_se
+    from reformer_seq.runtime.checkpoint import load_pretrained
+    from reformer_seq.tasks.embedding import embed_sequences
+    from reformer_seq.tasks.finetune.metrics import auroc, bootstrap_se
 
     (tr, ytr), (va, yva), (te, yte) = [(d[0], np.array(d[1])) for d in (data["train"], data["val"], data["test"])]
     res = out.setdefault(name, {"sizes": {k: [len(v[0]), int(np.sum(v[1]))] for k, v in data.items()},
@@ -274,8 +274,8 @@ def run_task(name: str, data: dict, checkpoint: str, finetune_budget: tuple[int,
 
 
 def finetune_scores(tr, ytr, va, yva, te, checkpoint: str, steps: int, seconds: float) -> tuple[np.ndarray, dict]:
-    from reformer_seq.finetune import load_finetuned, predict_tokens
-    from reformer_seq.finetune_train import FinetuneOptions, finetune
+    from reformer_seq.tasks.finetune.model import load_finetuned, predict_tokens
+    from reformer_seq.tasks.finetune.train import FinetuneOptions, finetune
 
     with tempfile.TemporaryDirectory() as tmp:
         for fname, seqs, ys in (("train.tsv", tr, ytr), ("val.tsv", va, yva)):
@@ -335,7 +335,7 @@ def main() -> None:
     args = ap.parse_args()
     if not GBK.is_file() or not CTCF.is_file():
         sys.exit(f"needs {GBK} and {CTCF} (the shared data set)")
-    from reformer_seq.checkpoint import resolve_checkpoint
+    from reformer_seq.runtime.checkpoint import resolve_checkpoint
 
     t_start = time.perf_counter()
     torch.manual_seed(0)

@@ -4,7 +4,7 @@
 Two measurements, each in a fresh child process (so one's memory does not count in the other's
 peak, and the peak includes the interpreter and torch, as a real ``seqformer embed`` would):
 
-* ``ecoli``: throughput (bases per second) of :func:`reformer_seq.embedding.embed_fasta` on the
+* ``ecoli``: throughput (bases per second) of :func:`reformer_seq.tasks.embedding.embed_fasta` on the
   shipped E. coli K-12 MG1655 genome (4.6 Mb, one record) with the model of
   ``configs/default.yaml`` (dim 64, 2 layers: local + LSH, 4 heads, bucket size 16, 4 hash
   rounds, causal conv, max_seq_len 65,536), random weights, pooled (``--pool mean``), default
@@ -48,7 +48,7 @@ def model_config(name: str) -> dict[str, Any]:
     from dataclasses import asdict
 
     from reformer_seq.config import load_run_config
-    from reformer_seq.tokenizers import NucleotideTokenizer
+    from reformer_seq.genome.tokenizers import NucleotideTokenizer
 
     cfg = asdict(load_run_config(REPO / "configs" / f"{name}.yaml").model)
     cfg["vocab_size"] = NucleotideTokenizer().vocab_size  # as `seqformer pretrain` sets it
@@ -84,10 +84,10 @@ def child(which: str, threads: int, device: str, precision: str, limit: int | No
     import torch
 
     from reformer_seq import set_process_tuning
-    from reformer_seq.embedding import embed_fasta
-    from reformer_seq.fasta import load_genome, read_records
+    from reformer_seq.tasks.embedding import embed_fasta
+    from reformer_seq.genome.fasta import load_genome, read_records
 
-    set_process_tuning(True)  # as the seqformer commands do (reformer_seq/runtime.py)
+    set_process_tuning(True)  # as the seqformer commands do (reformer_seq/runtime/tuning.py)
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)

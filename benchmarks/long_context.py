@@ -2,7 +2,7 @@
 
 Two parts, both on sequence the model never trained on (the held-out last 10% of a genome):
 
-1. **Copy recall.** ``P + S + F(d) + S'`` against ``P + C + F(d) + S'`` (reformer_seq/recall.py):
+1. **Copy recall.** ``P + S + F(d) + S'`` against ``P + C + F(d) + S'`` (reformer_seq/tasks/recall.py):
    the final m bases are scored in both; recall gain = control bits - repeat bits, per distance
    d and for direct and reverse-complement copies, mean and standard error over segments.
    Beside the network: the Markov model (gains 0 by construction) and the copy-model baseline.
@@ -32,10 +32,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from reformer_seq.evaluation import MarkovModel, ModelScorer, Segment, _is_base, split_segments  # noqa: E402
-from reformer_seq.fasta import load_genome  # noqa: E402
-from reformer_seq.model import ReformerLM  # noqa: E402
-from reformer_seq.recall import CopyModel, causal_bits, recall_pair, repeat_positions  # noqa: E402
+from reformer_seq.tasks.evaluation.evaluate import MarkovModel, ModelScorer, Segment, _is_base, split_segments  # noqa: E402
+from reformer_seq.genome.fasta import load_genome  # noqa: E402
+from reformer_seq.model.lm import ReformerLM  # noqa: E402
+from reformer_seq.tasks.recall import CopyModel, causal_bits, recall_pair, repeat_positions  # noqa: E402
 
 ECOLI = REPO / "data" / "Ecoli_K12_MG1655.fasta.gz"
 CONTEXTS = (1024, 4096, 16384, 65536)

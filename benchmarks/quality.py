@@ -20,7 +20,7 @@ bases, all inside the held-out split) with its input cut to 1K, 4K, 16K and 64K 
 model that uses distant context scores those bases better with the longer input. ``--probe``
 reruns only the probe on the kept runs.
 
-Each variant runs in this process, one after the other (``reformer_seq.training.pretrain``
+Each variant runs in this process, one after the other (``reformer_seq.tasks.training.trainer.pretrain``
 with the variant's overrides); results go to ``<out>/quality_<study>.json`` and ``.md``, and
 the validation curves to ``.png``. Runs are kept under ``<out>/runs/<study>/<variant>``.
 
@@ -45,10 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from reformer_seq.config import load_run_config  # noqa: E402
-from reformer_seq.evaluation import markov_holdout_table  # noqa: E402
-from reformer_seq.fasta import load_genome  # noqa: E402
-from reformer_seq.tokenizers import NucleotideTokenizer  # noqa: E402
-from reformer_seq.training import pretrain  # noqa: E402
+from reformer_seq.tasks.evaluation.evaluate import markov_holdout_table  # noqa: E402
+from reformer_seq.genome.fasta import load_genome  # noqa: E402
+from reformer_seq.genome.tokenizers import NucleotideTokenizer  # noqa: E402
+from reformer_seq.tasks.training.trainer import pretrain  # noqa: E402
 
 ECOLI = ROOT / "data" / "Ecoli_K12_MG1655.fasta.gz"
 CHRX = ROOT.parent / "shared" / "data" / "genomes" / "Human_GRCh37_chrX_20-28Mb.fa.gz"
@@ -203,8 +203,8 @@ def context_probe(records, runs: Path, names: list[str], val_fraction: float = 0
     """
     import numpy as np
 
-    from reformer_seq.evaluation import ModelScorer, _is_base, split_segments
-    from reformer_seq.model import ReformerLM
+    from reformer_seq.tasks.evaluation.evaluate import ModelScorer, _is_base, split_segments
+    from reformer_seq.model.lm import ReformerLM
 
     _, val = split_segments(records, val_fraction)
     ends = [(seg.ids, e) for seg in val for e in range(seg.lo + max(PROBE_CONTEXTS), seg.hi + 1, PROBE_STEP)]

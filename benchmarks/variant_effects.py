@@ -7,7 +7,7 @@ last 10% of the genome (the validation region ``seqformer pretrain`` never train
 enumerate every SNV of their codons except the start and stop codons, classed with the bacterial
 code (table 11) as synonymous, missense or nonsense (a new stop). A seeded sample of
 ``--n-per-class`` of each class is written to a VCF in a temporary folder and scored by
-:func:`reformer_seq.variants.score_vcf` with ``--baseline markov`` (both strands, default window).
+:func:`reformer_seq.tasks.scoring.variants.score_vcf` with ``--baseline markov`` (both strands, default window).
 
 Reported: AUROC of nonsense vs synonymous and missense vs synonymous, where a more negative llr
 means more damaging (AUROC = P(llr of a damaging SNV < llr of a synonymous one), ties count
@@ -140,10 +140,10 @@ def read_scores(tsv: Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def study(args: argparse.Namespace) -> dict[str, Any]:
-    from reformer_seq.checkpoint import load_pretrained
-    from reformer_seq.fasta import read_records
-    from reformer_seq.variants import score_vcf
-    from reformer_seq.windows import split_bounds
+    from reformer_seq.runtime.checkpoint import load_pretrained
+    from reformer_seq.genome.fasta import read_records
+    from reformer_seq.tasks.scoring.variants import score_vcf
+    from reformer_seq.genome.windows import split_bounds
 
     rec = read_genbank(args.genbank)
     ref_seq = next(read_records(args.reference)).sequence.upper()

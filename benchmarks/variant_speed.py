@@ -4,7 +4,7 @@
 Model: ``configs/default.yaml`` (dim 64, 2 layers local + LSH, max_seq_len 65,536), random
 weights (speed does not depend on training), default window (4,096 bases), both strands, batch 8,
 ``--threads`` torch threads (default 2). Reference: the shipped E. coli genome. Three variant sets,
-each written to a VCF and scored end to end by :func:`reformer_seq.variants.score_vcf` (genome
+each written to a VCF and scored end to end by :func:`reformer_seq.tasks.scoring.variants.score_vcf` (genome
 cache warmed first; the time includes loading the checkpoint, reading the VCF, writing the TSV;
 each set runs ``--repeats`` times, interleaved, and the fastest run is kept, since other jobs on a
 shared machine only ever slow a run down):
@@ -48,7 +48,7 @@ def make_checkpoint(folder: Path) -> Path:
 
     from reformer_seq import ReformerLM
     from reformer_seq.config import load_run_config
-    from reformer_seq.tokenizers import NucleotideTokenizer
+    from reformer_seq.genome.tokenizers import NucleotideTokenizer
 
     cfg = load_run_config(REPO / "configs" / "default.yaml").model
     cfg.vocab_size = NucleotideTokenizer().vocab_size
@@ -80,8 +80,8 @@ def write_vcf(path: Path, variants: list[tuple[int, str, str]]) -> None:
 
 def window_pass_seconds(ckpt: Path, records, window: int, batch: int, repeats: int = 3) -> float:
     """Seconds per window in a batch of ``batch`` equal windows: the fastest of ``repeats`` passes."""
-    from reformer_seq.checkpoint import load_pretrained
-    from reformer_seq.evaluation import ModelScorer
+    from reformer_seq.runtime.checkpoint import load_pretrained
+    from reformer_seq.tasks.evaluation.evaluate import ModelScorer
 
     model, _, _ = load_pretrained(ckpt)
     scorer = ModelScorer(model, device="cpu")
@@ -108,8 +108,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from reformer_seq.fasta import load_genome, read_records
-    from reformer_seq.variants import score_vcf
+    from reformer_seq.genome.fasta import load_genome, read_records
+    from reformer_seq.tasks.scoring.variants import score_vcf
 
     rng = np.random.default_rng(0)
     seq = next(read_records(ECOLI)).sequence.upper()

@@ -8,12 +8,12 @@ import click
 
 from reformer_seq import __version__
 from reformer_seq.errors import SeqformerError
-from reformer_seq.runtime import runtime_tuning
+from reformer_seq.runtime.tuning import runtime_tuning
 
 
 class _Group(click.Group):
     """Turns SeqformerError (bad file, bad config, bad checkpoint) into one line and exit code 2,
-    and runs every command with process-wide tuning on (reformer_seq.runtime: buffer cache, heap
+    and runs every command with process-wide tuning on (reformer_seq.runtime.tuning: buffer cache, heap
     thresholds, gc.freeze; a library user's default is off)."""
 
     def invoke(self, ctx: click.Context):

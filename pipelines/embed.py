@@ -1,4 +1,4 @@
-"""``seqformer embed``: parse options, call :func:`reformer_seq.embedding.embed_fasta`, report one line."""
+"""``seqformer embed``: parse options, call :func:`reformer_seq.tasks.embedding.embed_fasta`, report one line."""
 from __future__ import annotations
 
 import click
@@ -59,7 +59,7 @@ def embed(fasta, checkpoint, out, pool, layer, rc_average, window, overlap, batc
       >>> import numpy as np; z = np.load("genes.npz")
       >>> z["ids"], z["embeddings"].shape
     """
-    from reformer_seq.embedding import embed_fasta
+    from reformer_seq.tasks.embedding import embed_fasta
 
     summary = embed_fasta(fasta, checkpoint, out, pool=pool, rc_average=rc_average, window=window, overlap=overlap,
                           batch_size=batch_size, device=device, precision=precision, format=fmt,

@@ -1,4 +1,4 @@
-"""``seqformer evaluate``: parse options, call :func:`reformer_seq.evaluation.evaluate_checkpoint`, print a summary."""
+"""``seqformer evaluate``: parse options, call :func:`reformer_seq.tasks.evaluation.evaluate.evaluate_checkpoint`, print a summary."""
 from __future__ import annotations
 
 import click
@@ -79,7 +79,7 @@ def evaluate(fasta, checkpoint, out_dir, motif_files, motif_ids, threshold, batc
     control_accuracy, site_bits_per_base, control_bits_per_base, true_vs_shuffled_win_rate,
     p_value, per_position), REPORT_DIR/report.md and REPORT_DIR/profiles/<motif>.png.
     """
-    from reformer_seq.evaluation import evaluate_checkpoint
+    from reformer_seq.tasks.evaluation.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(fasta, checkpoint, out_dir, motif_files=motif_files, motif_ids=motif_ids,
                                  threshold=threshold, batch_size=batch_size, device=device, window=window,

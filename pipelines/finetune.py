@@ -1,4 +1,4 @@
-"""``seqformer finetune``: parse options, call :func:`reformer_seq.finetune_train.finetune`, report one line."""
+"""``seqformer finetune``: parse options, call :func:`reformer_seq.tasks.finetune.train.finetune`, report one line."""
 from __future__ import annotations
 
 import sys
@@ -61,7 +61,7 @@ def finetune(tsv, checkpoint, out, fasta, classes, val, val_fraction, task, pool
       seqformer finetune ids.tsv --fasta genes.fa --checkpoint runs/ecoli --out runs/genes --pool mean --hidden 64
       seqformer finetune --out runs/ctcf --resume --max-steps 4000
     """
-    from reformer_seq.finetune_train import FinetuneOptions, finetune as run_finetune
+    from reformer_seq.tasks.finetune.train import FinetuneOptions, finetune as run_finetune
 
     opts = FinetuneOptions(task=task, pool=pool, hidden=hidden, layer=layer, freeze=freeze, lr=lr,
                            backbone_lr_scale=backbone_lr_scale, head_steps=head_steps,

@@ -1,4 +1,4 @@
-"""``seqformer predict``: parse options, call :func:`reformer_seq.finetune.predict_fasta`, report one line."""
+"""``seqformer predict``: parse options, call :func:`reformer_seq.tasks.finetune.model.predict_fasta`, report one line."""
 from __future__ import annotations
 
 import click
@@ -23,7 +23,7 @@ def predict(fasta, checkpoint, out, batch_size, device, precision, quiet):
     Example:
       seqformer predict peaks.fa --checkpoint runs/ctcf --out preds.tsv
     """
-    from reformer_seq.finetune import predict_fasta
+    from reformer_seq.tasks.finetune.model import predict_fasta
 
     summary = predict_fasta(fasta, checkpoint, out, batch_size=batch_size, device=device, precision=precision,
                             progress=not quiet)

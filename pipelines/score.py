@@ -1,4 +1,4 @@
-"""``seqformer score``: parse options, call :func:`reformer_seq.scoring.score_fasta`, print a summary."""
+"""``seqformer score``: parse options, call :func:`reformer_seq.tasks.scoring.tracks.score_fasta`, print a summary."""
 from __future__ import annotations
 
 import click
@@ -48,7 +48,7 @@ def score(fasta, checkpoint, out, window, overlap, rc_average, region, regions_b
     Output: bedGraph (0-based half-open, chrom = record id, a track line), npz (one float32
     array per record, NaN where unscored: np.load(OUT)[record_id]) or bigWig.
     """
-    from reformer_seq.scoring import score_fasta
+    from reformer_seq.tasks.scoring.tracks import score_fasta
 
     s = score_fasta(fasta, checkpoint, out, window=window, overlap=overlap, rc_average=rc_average, region=region,
                     regions_bed=regions_bed, batch_size=batch_size, device=device, digits=digits,

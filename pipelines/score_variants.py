@@ -1,4 +1,4 @@
-"""``seqformer score-variants``: parse options, call :func:`reformer_seq.variants.score_vcf`, print a summary."""
+"""``seqformer score-variants``: parse options, call :func:`reformer_seq.tasks.scoring.variants.score_vcf`, print a summary."""
 from __future__ import annotations
 
 import click
@@ -55,7 +55,7 @@ def score_variants(vcf, reference, checkpoint, out, window, strand, baseline, tr
     1-based as in the VCF) or VCF with INFO/SEQFORMER_LLR, _LLR_FWD, _LLR_REV, _NOTE
     (and _LLR_MARKOV), Number=A.
     """
-    from reformer_seq.variants import score_vcf
+    from reformer_seq.tasks.scoring.variants import score_vcf
 
     s = score_vcf(vcf, reference, checkpoint, out, window=window, strand=strand, baseline=baseline,
                   train_fasta=train_fasta, batch_size=batch_size, device=device, progress=not quiet)

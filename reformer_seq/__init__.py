@@ -3,9 +3,9 @@ from .config import DataConfig, ReformerConfig, RunConfig, TrainConfig, load_run
 from .errors import CheckpointError, ConfigError, InputError, SeqformerError
 
 __version__ = "0.1.0"
-from .model import ReformerLM
-from .runtime import process_tuning, runtime_tuning, set_process_tuning
-from .tokenizers import ByteTokenizer, NucleotideTokenizer, make_tokenizer, tokenizer_from_spec
-from .fasta import EncodedRecord, load_genome, read_records
-from .windows import (CausalCollator, GenomeWindowDataset, MaskedCollator, datasets_from_config, genome_windows,
+from .model.lm import ReformerLM
+from .runtime.tuning import process_tuning, runtime_tuning, set_process_tuning
+from .genome.tokenizers import ByteTokenizer, NucleotideTokenizer, make_tokenizer, tokenizer_from_spec
+from .genome.fasta import EncodedRecord, load_genome, read_records
+from .genome.windows import (CausalCollator, GenomeWindowDataset, MaskedCollator, datasets_from_config, genome_windows,
                       make_collator, make_dataloader, set_epoch)

@@ -36,7 +36,7 @@ def factor_axial(max_seq_len: int) -> tuple[int, int]:
 
 @dataclass
 class ReformerConfig:
-    """Architecture of a :class:`~reformer_seq.model.ReformerLM` (Kitaev et al., ICLR 2020)."""
+    """Architecture of a :class:`~reformer_seq.model.lm.ReformerLM` (Kitaev et al., ICLR 2020)."""
 
     vocab_size: int = 16  # token ids are in [0, vocab_size)
     dim: int = 64  # model width
@@ -179,7 +179,7 @@ class ReformerConfig:
 
 @dataclass
 class DataConfig:
-    """How genomes become training windows (see :mod:`reformer_seq.windows`)."""
+    """How genomes become training windows (see :mod:`reformer_seq.genome.windows`)."""
 
     alphabet: str = "nucleotide"  # nucleotide | byte
     seq_len: int = 65536  # window length in tokens
@@ -224,7 +224,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and bookkeeping of a pretraining run (see :mod:`reformer_seq.training`)."""
+    """Optimisation and bookkeeping of a pretraining run (see :mod:`reformer_seq.tasks.training.trainer`)."""
 
     objective: str = "causal"  # causal (next base) | masked (masked LM; needs model.causal false)
     batch_size: int = 1  # windows per optimiser step per process (before accumulation)

@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reformer_seq.chunked_attention import chunked_attention as _chunked_attention
-from reformer_seq.full_attention import full_attention
-from reformer_seq.local_attention import local_layout
-from reformer_seq.lsh_attention import (FACTOR, bucket_bits, hash_codes, hash_rotations, lsh_layout,
+from reformer_seq.model.attention.chunked import chunked_attention as _chunked_attention
+from reformer_seq.model.attention.exact import full_attention
+from reformer_seq.model.attention.local import local_layout
+from reformer_seq.model.attention.lsh import (FACTOR, bucket_bits, hash_codes, hash_rotations, lsh_layout,
                                         n_hash_factors)
 
 
@@ -222,8 +222,8 @@ def _kernel_inputs(qk, B, H, L, D):
 def test_compiled_kernel_equals_reference(causal, D):
     """The C kernel (sparse-window, vectorised) and the dense PyTorch reference agree, forward
     and backward, for LSH and local layouts with padding."""
-    from reformer_seq import chunked_attention as ca
-    from reformer_seq import kernels
+    from reformer_seq.model.attention import chunked as ca
+    from reformer_seq.model.attention import kernel as kernels
 
     if kernels.library() is None:
         pytest.skip(f"compiled kernel unavailable, only the reference path runs: {kernels.unavailable_reason()}")
@@ -254,7 +254,7 @@ def test_compiled_kernel_segments_change_nothing():
     """The kernel works through each round's sorted order in segments (2**18 queries by default,
     so tests' inputs are one segment); many short segments give the one-segment results, forward
     and backward, shared-QK and given keys, causal and not (look-ahead windows: one segment)."""
-    from reformer_seq import kernels
+    from reformer_seq.model.attention import kernel as kernels
 
     if kernels.library() is None:
         pytest.skip(f"compiled kernel unavailable, only the reference path runs: {kernels.unavailable_reason()}")
@@ -285,7 +285,7 @@ def test_compiled_kernel_from_several_threads_and_after_release():
     after release_buffers() all give the single-threaded result."""
     import threading
 
-    from reformer_seq import kernels
+    from reformer_seq.model.attention import kernel as kernels
 
     if kernels.library() is None:
         pytest.skip(f"compiled kernel unavailable, only the reference path runs: {kernels.unavailable_reason()}")
@@ -322,7 +322,7 @@ def test_compiled_kernel_from_several_threads_and_after_release():
 
 
 def test_compiled_hashing_and_sort_equal_reference(monkeypatch):
-    from reformer_seq import kernels
+    from reformer_seq.model.attention import kernel as kernels
 
     if kernels.library() is None:
         pytest.skip(f"compiled kernel unavailable, only the reference path runs: {kernels.unavailable_reason()}")
@@ -347,7 +347,7 @@ def test_compiled_hashing_and_sort_equal_reference(monkeypatch):
 def test_shared_qk_keys_formed_inside_equal_explicit_normalize(mode, monkeypatch):
     """k=None (keys normalised inside, their gradient chained into dq) equals passing
     F.normalize(q) explicitly and letting autograd differentiate the normalisation."""
-    from reformer_seq import kernels
+    from reformer_seq.model.attention import kernel as kernels
 
     if mode == "c" and kernels.library() is None:
         pytest.skip(f"compiled kernel unavailable, only the reference path runs: {kernels.unavailable_reason()}")
@@ -371,9 +371,9 @@ def _check_library(lib, monkeypatch) -> None:
     """A kernel library (any compiler, flags, branch) against the PyTorch reference: forward and
     backward on LSH and local layouts (causal or not, given keys and shared-QK), the hash codes
     and the bucket sort."""
-    from reformer_seq import chunked_attention as ca
-    from reformer_seq import kernels
-    from reformer_seq.lsh_attention import ROW_BLOCK
+    from reformer_seq.model.attention import chunked as ca
+    from reformer_seq.model.attention import kernel as kernels
+    from reformer_seq.model.attention.lsh import ROW_BLOCK
 
     B, H, L, D, C = 2, 2, 256, 16, 8
     u = lambda t: t.unsqueeze(2)  # noqa: E731 - (G, L, D) as (B=G, L, H=1, D)
@@ -438,7 +438,7 @@ def kernel_builds(session_cache) -> dict:
     compiled in parallel (about 5 s each on one core)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from reformer_seq import kernels
+    from reformer_seq.model.attention import kernel as kernels
 
     if kernels.find_compiler() is None:
         pytest.skip(f"no C compiler: {kernels.INSTALL_C}")
@@ -462,7 +462,7 @@ def test_kernel_builds_for_each_instruction_set_match_the_reference(build, kerne
     """The kernel built with the baseline instruction set, with AVX2 only, for this CPU, and with
     the guard that replaces __builtin_shufflevector (GCC < 12) forced, each gives the reference's
     results. Each build is a separate library; the process-wide one is untouched."""
-    from reformer_seq import kernels
+    from reformer_seq.model.attention import kernel as kernels
 
     if BUILDS[build][2]:
         pytest.skip(BUILDS[build][2])
@@ -483,7 +483,7 @@ def test_kernel_builds_with_every_installed_compiler(monkeypatch):
     through the guard's fallback branch), and each build gives the reference's results."""
     import shutil
 
-    from reformer_seq import kernels
+    from reformer_seq.model.attention import kernel as kernels
 
     default = kernels.find_compiler()
     seen = {os.path.realpath(shutil.which(default))} if default and shutil.which(default) else set()

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PRELUDE = """
 import os, sys, torch
-from reformer_seq import block_cache as bc
+from reformer_seq.runtime.tuning import block_cache as bc
 if bc._library() is None:
     print("NO-LIBRARY:", bc.unavailable_reason()); sys.exit(0)
 """
@@ -83,7 +83,7 @@ def test_training_step_is_unchanged_and_the_model_turns_the_cache_on_inside_the_
     frees what the cache kept."""
     out = run_py("""
         from reformer_seq import ReformerConfig, ReformerLM, runtime_tuning
-        from reformer_seq import heap
+        from reformer_seq.runtime.tuning import heap
         cfg = ReformerConfig(vocab_size=9, dim=32, depth=2, heads=2, bucket_size=8, n_hashes=2, causal=True,
                              max_seq_len=4096, reversible=True, attention="lsh", dropout=0.0)
         torch.manual_seed(0)

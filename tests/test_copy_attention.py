@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reformer_seq import kernels
-from reformer_seq.chunked_attention import chunked_attention_forward
+from reformer_seq.model.attention import kernel as kernels
+from reformer_seq.model.attention.chunked import chunked_attention_forward
 from reformer_seq.config import ReformerConfig
-from reformer_seq.copy_attention import CopyAttention, alone_mask, base_vectors, kmer_codes
-from reformer_seq.model import ReformerLM
-from reformer_seq.planted_repeats import RepeatPlanting, plant_repeats
-from reformer_seq.recall import reverse_complement
+from reformer_seq.model.attention.copy_attention import CopyAttention, alone_mask, base_vectors, kmer_codes
+from reformer_seq.model.lm import ReformerLM
+from reformer_seq.genome.planted_repeats import RepeatPlanting, plant_repeats
+from reformer_seq.tasks.recall import reverse_complement
 
 
 def random_ids(n, seed):
@@ -160,7 +160,7 @@ def test_next_base_distributions_read_the_copy(reverse):
 
 
 def test_copy_mixture_is_the_weighted_sum():
-    from reformer_seq.copy_attention import CopyMixture
+    from reformer_seq.model.attention.copy_attention import CopyMixture
 
     torch.manual_seed(0)
     mix = CopyMixture(dim=8, heads=2)
@@ -179,7 +179,7 @@ def test_copy_mixture_is_the_weighted_sum():
 
 
 def test_recent_hits_by_hand():
-    from reformer_seq.copy_attention import recent_hits
+    from reformer_seq.model.attention.copy_attention import recent_hits
 
     p = torch.full((1, 4, 1, 4), 0.25)
     p[0, 0, 0] = torch.tensor([0.7, 0.1, 0.1, 0.1])  # at t=0 the head says A (id 4)
@@ -225,7 +225,7 @@ def test_plant_repeats_copies_and_reverse_complements():
 
 def test_dataset_plants_training_windows_only(ecoli_records):
     from reformer_seq.config import DataConfig
-    from reformer_seq.windows import build_datasets
+    from reformer_seq.genome.windows import build_datasets
 
     cfg = DataConfig(seq_len=2048, plant_repeats=1.0, rc_augment=False)
     train, val = build_datasets(ecoli_records, cfg)

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from reformer_seq import ReformerConfig, ReformerLM
-from reformer_seq.fasta import load_genome
-from reformer_seq.tokenizers import NucleotideTokenizer
-from reformer_seq.windows import CausalCollator, GenomeWindowDataset
+from reformer_seq.genome.fasta import load_genome
+from reformer_seq.genome.tokenizers import NucleotideTokenizer
+from reformer_seq.genome.windows import CausalCollator, GenomeWindowDataset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 GIB = 1 << 30
@@ -135,7 +135,7 @@ def test_bf16_autocast_on_cuda_is_close_to_fp32():
 
 NCCL_SCRIPT = """
 import os, torch
-import reformer_seq.training as T
+import reformer_seq.tasks.training.trainer as T
 from reformer_seq.config import load_run_config
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("PORT", "29533"))
 torch.cuda.set_device(0)

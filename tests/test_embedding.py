@@ -1,4 +1,4 @@
-"""``seqformer embed`` and :mod:`reformer_seq.embedding`: window plans, stitching against one-pass
+"""``seqformer embed`` and :mod:`reformer_seq.tasks.embedding`: window plans, stitching against one-pass
 embedding, pooling without N, reverse-complement averaging, batching, npz/h5 outputs, the CLI
 and its errors, atomic writes."""
 from __future__ import annotations
@@ -14,11 +14,11 @@ import torch
 from click.testing import CliRunner
 
 from reformer_seq import ReformerConfig, ReformerLM
-from reformer_seq.embedding import (Window, check_window, embed_fasta, embed_sequences, load_embeddings,
+from reformer_seq.tasks.embedding import (Window, check_window, embed_fasta, embed_sequences, load_embeddings,
                                     output_format, plan_windows)
 from reformer_seq.errors import CheckpointError, InputError, SeqformerError
-from reformer_seq.fasta import read_records
-from reformer_seq.tokenizers import NucleotideTokenizer
+from reformer_seq.genome.fasta import read_records
+from reformer_seq.genome.tokenizers import NucleotideTokenizer
 
 TOK = NucleotideTokenizer()
 
@@ -241,7 +241,7 @@ def test_output_format_from_suffix():
 
 def test_atomic_write_leaves_no_file_on_failure(tmp_path, fasta, checkpoint, monkeypatch):
     """A failure mid-run leaves neither a final file nor temporaries; an existing output stays intact."""
-    from reformer_seq import embedding
+    from reformer_seq.tasks import embedding
 
     path, _ = fasta
     calls = {"n": 0}

@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from reformer_seq import ReformerConfig, ReformerLM
-from reformer_seq.evaluation import (FunctionScorer, MarkovModel, ModelScorer, Segment, evaluate_records, likelihood,
+from reformer_seq.tasks.evaluation.evaluate import (FunctionScorer, MarkovModel, ModelScorer, Segment, evaluate_records, likelihood,
                                      markov_holdout_table, motif_masking, sign_test_pvalue)
-from reformer_seq.fasta import EncodedRecord, read_records
-from reformer_seq.motifs import load_motifs
-from reformer_seq.tokenizers import MASK_ID, NucleotideTokenizer
+from reformer_seq.genome.fasta import EncodedRecord, read_records
+from reformer_seq.tasks.motifs import load_motifs
+from reformer_seq.genome.tokenizers import MASK_ID, NucleotideTokenizer
 
 from conftest import DATA
 
@@ -170,7 +170,7 @@ def test_motif_without_sites_is_listed():
 
 
 def test_span_windows_hold_the_span_and_give_a_causal_model_left_context():
-    from reformer_seq.evaluation import span_window
+    from reformer_seq.tasks.evaluation.evaluate import span_window
 
     for length, start, w, window in [(200, 0, 15, 64), (200, 1, 15, 16), (200, 90, 15, 16), (200, 185, 15, 64),
                                      (30, 10, 15, 512), (1000, 500, 15, 64)]:
@@ -233,7 +233,7 @@ def test_markov_counts_stay_inside_segments_and_dense_equals_sparse(monkeypatch)
     seg = [Segment(ids, 0, 2000)]
     dense = MarkovModel.fit(seg, 3)
     assert dense.tables[3].dense.sum() == 2000 - 3  # 4-mers wholly inside [0, 2000)
-    import reformer_seq.evaluation as ev
+    import reformer_seq.tasks.evaluation.evaluate as ev
 
     monkeypatch.setattr(ev, "_DENSE_MAX_ORDER", -1)
     sparse = MarkovModel.fit(seg, 3)
@@ -347,7 +347,7 @@ def test_cli_masked_checkpoint_without_training_data(tiny_checkpoints, tmp_path)
 
 
 def test_python_api_val_split(tiny_checkpoints, tmp_path):
-    from reformer_seq.evaluation import evaluate_checkpoint
+    from reformer_seq.tasks.evaluation.evaluate import evaluate_checkpoint
 
     rep = evaluate_checkpoint(tiny_checkpoints["train"], tiny_checkpoints["causal"], None, split="val",
                               progress=False, batch_size=64)
@@ -385,7 +385,7 @@ def test_evaluate_records_accepts_any_scorer():
 @pytest.mark.parametrize("split", ["val", "all"])
 def test_report_says_when_the_markov_order_was_chosen_on_the_scored_bases(split):
     """With --split val the Markov order is picked on the very bases scored: report.md must say so."""
-    from reformer_seq.evaluation import report_markdown
+    from reformer_seq.tasks.evaluation.evaluate import report_markdown
 
     base = {"n_bases": 100, "bits_per_base": 1.9, "accuracy": 0.3, "fitted_on": "train.fa (train region)"}
     report = {"fasta": "x.fa", "n_records": 1, "split": split, "val_fraction": 0.1, "checkpoint": "ck",

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from Bio import SeqIO, bgzf
 
-from reformer_seq import fasta
+from reformer_seq.genome import fasta
 from reformer_seq.errors import InputError, InputWarning
-from reformer_seq.fasta import EncodedRecord, default_cache_dir, load_genome, read_records
-from reformer_seq.tokenizers import ByteTokenizer, NucleotideTokenizer
+from reformer_seq.genome.fasta import EncodedRecord, default_cache_dir, load_genome, read_records
+from reformer_seq.genome.tokenizers import ByteTokenizer, NucleotideTokenizer
 
 from conftest import DATA, ECOLI, SHARED
 

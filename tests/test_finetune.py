@@ -11,11 +11,11 @@ import torch
 from click.testing import CliRunner
 
 from pipelines.cli import cli
-from reformer_seq.checkpoint import load_pretrained
+from reformer_seq.runtime.checkpoint import load_pretrained
 from reformer_seq.errors import SeqformerError
-from reformer_seq.finetune import SequenceModel, load_finetuned
-from reformer_seq.finetune_train import FinetuneOptions, finetune
-from reformer_seq.metrics import auroc, bootstrap_se
+from reformer_seq.tasks.finetune.model import SequenceModel, load_finetuned
+from reformer_seq.tasks.finetune.train import FinetuneOptions, finetune
+from reformer_seq.tasks.finetune.metrics import auroc, bootstrap_se
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -95,8 +95,8 @@ def test_planted_motif_is_learned_and_predicted_in_file_order(tmp_path, backbone
     assert auroc(np.array(test_labels), p1) > 0.9
     # the same numbers from the library, record by record
     model = SequenceModel.from_pretrained(out)
-    from reformer_seq.finetune import predict_tokens
-    from reformer_seq.tokenizers import NucleotideTokenizer
+    from reformer_seq.tasks.finetune.model import predict_tokens
+    from reformer_seq.genome.tokenizers import NucleotideTokenizer
 
     tok = NucleotideTokenizer()
     single = predict_tokens(model, [tok.encode(test_seqs[7])], tok.pad_id)
@@ -232,7 +232,7 @@ def test_encode_layers(backbone):
 
 @pytest.mark.parametrize("rc_average", [False, True])
 def test_embed_layer_and_max_pool_equal_per_position_output(backbone, rc_average):
-    from reformer_seq.embedding import embed_sequences
+    from reformer_seq.tasks.embedding import embed_sequences
 
     model, tok, _ = load_pretrained(backbone)
     rng = np.random.default_rng(3)
@@ -275,7 +275,7 @@ def test_cli_embed_layer_max(tmp_path, backbone):
 def test_dinucleotide_shuffle_keeps_pairs_and_is_uniform():
     from collections import Counter
 
-    from reformer_seq.shuffle import dinucleotide_shuffle
+    from reformer_seq.genome.shuffle import dinucleotide_shuffle
 
     rng = np.random.default_rng(0)
     seq = "".join(rng.choice(list("ACGT"), 200, p=[.1, .4, .4, .1]))

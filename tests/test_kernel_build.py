@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reformer_seq import kernels
+from reformer_seq.model.attention import kernel as kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from reformer_seq import ConfigError, ReformerConfig, ReformerLM
-from reformer_seq.axial_positions import AxialPositionalEncoding
-from reformer_seq.feedforward import FeedForward
+from reformer_seq.model.positions import AxialPositionalEncoding
+from reformer_seq.model.feedforward import FeedForward
 
 
 def small_config(**kw) -> ReformerConfig:
@@ -217,7 +217,7 @@ GOLDEN = [87.272, 5.2752]
 def test_head_groups_equal_all_heads_at_once(layers, monkeypatch):
     """Long inputs attend a head group at a time (and the reversible backward frees each group
     before the next); forcing one head per group changes nothing, gradients included."""
-    from reformer_seq import attention
+    from reformer_seq.model.attention import layer as attention
 
     cfg = small_config(depth=2, dropout=0.1, attn_layers=layers, heads=4)
     torch.manual_seed(0)
@@ -235,7 +235,7 @@ def test_head_groups_equal_all_heads_at_once(layers, monkeypatch):
 
 
 def test_axial_positions_with_a_first_row_are_the_later_positions():
-    from reformer_seq.axial_positions import AxialPositionalEncoding
+    from reformer_seq.model.positions import AxialPositionalEncoding
 
     pe = AxialPositionalEncoding(8, (16, 16), 256)
     full = pe(256)
@@ -265,7 +265,7 @@ def test_full_attention_refuses_lengths_past_the_dense_limit(monkeypatch):
     """A ``full`` layer checks the size of its dense (L, L) bias before building it: past
     MAX_DENSE_ELEMS (lowered here to 128 * 128) it raises ConfigError naming attn_layers and the
     lsh/local alternatives; at the limit it runs. The stated default refuses 64K (16 GiB)."""
-    from reformer_seq import full_attention as fa
+    from reformer_seq.model.attention import exact as fa
 
     with pytest.raises(ConfigError, match="over the limit of 268,435,456"):
         fa.check_dense_size(65536)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from reformer_seq.errors import InputError
-from reformer_seq.fasta import EncodedRecord, load_genome
-from reformer_seq.motifs import (Motif, Threshold, background_from_records, fraction_with_site, load_motifs,
+from reformer_seq.genome.fasta import EncodedRecord, load_genome
+from reformer_seq.tasks.motifs import (Motif, Threshold, background_from_records, fraction_with_site, load_motifs,
                                  make_pssm, non_overlapping, read_motifs, scan_records, score_sequence,
                                  select_motifs, shuffle_records)
-from reformer_seq.tokenizers import NucleotideTokenizer
+from reformer_seq.genome.tokenizers import NucleotideTokenizer
 
 from conftest import DATA
 
@@ -185,7 +185,7 @@ def test_scan_finds_planted_sites_on_both_strands_at_the_right_positions():
 
 
 def test_non_overlapping_keeps_the_best_site():
-    from reformer_seq.motifs import Site
+    from reformer_seq.tasks.motifs import Site
 
     sites = [Site("r", 0, 10, "+", 5.0), Site("r", 5, 15, "-", 7.0), Site("r", 14, 24, "+", 6.0),
              Site("r", 30, 40, "+", 1.0)]

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from reformer_seq.errors import InputError
-from reformer_seq.evaluation import ModelScorer, evaluate_checkpoint, likelihood
-from reformer_seq.fasta import EncodedRecord, read_records
-from reformer_seq.scoring import parse_region, read_bed, read_bedgraph, resolve_regions, runs, score_tracks
-from reformer_seq.tokenizers import NucleotideTokenizer
+from reformer_seq.tasks.evaluation.evaluate import ModelScorer, evaluate_checkpoint, likelihood
+from reformer_seq.genome.fasta import EncodedRecord, read_records
+from reformer_seq.tasks.scoring.tracks import parse_region, read_bed, read_bedgraph, resolve_regions, runs, score_tracks
+from reformer_seq.genome.tokenizers import NucleotideTokenizer
 
 from test_variants import sharp_model
 

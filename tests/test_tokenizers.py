@@ -10,8 +10,8 @@ from Bio import SeqIO
 from Bio.Seq import Seq
 
 from reformer_seq.errors import CheckpointError, InputError
-from reformer_seq.fasta import read_records
-from reformer_seq.tokenizers import (ByteTokenizer, InvalidCharacterError, NucleotideTokenizer, make_tokenizer,
+from reformer_seq.genome.fasta import read_records
+from reformer_seq.genome.tokenizers import (ByteTokenizer, InvalidCharacterError, NucleotideTokenizer, make_tokenizer,
                                      tokenizer_from_spec)
 
 from conftest import DATA, ECOLI

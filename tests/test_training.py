@@ -17,9 +17,9 @@ import yaml
 from click.testing import CliRunner
 
 from pipelines.cli import cli
-from reformer_seq.checkpoint import load_pretrained, resolve_checkpoint
+from reformer_seq.runtime.checkpoint import load_pretrained, resolve_checkpoint
 from reformer_seq.config import load_run_config
-from reformer_seq.training import lr_at, pretrain
+from reformer_seq.tasks.training.trainer import lr_at, pretrain
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -181,7 +181,7 @@ def test_collectives_run_on_the_training_device(monkeypatch):
     """Every collective gets tensors on the training device (NCCL rejects CPU tensors): a rank
     bookkeeper for a non-CPU device (meta, so this runs anywhere) hands each collective only
     tensors of that device, RNG states (CPU) included."""
-    import reformer_seq.training as T
+    import reformer_seq.tasks.training.trainer as T
 
     seen = []
 
@@ -278,7 +278,7 @@ def test_process_wide_tuning_is_off_for_library_users_and_on_in_the_cli(tmp_path
     assert seen and all(on and frozen > 0 for on, frozen in seen), seen
     assert gc.get_freeze_count() == 0 and not process_tuning()
 
-    import reformer_seq.training as T
+    import reformer_seq.tasks.training.trainer as T
 
     def fake_pretrain(*args, **kw):
         seen.append(("cli", process_tuning()))

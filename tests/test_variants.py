@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from reformer_seq.evaluation import LN2, MarkovModel, ModelScorer, Segment
-from reformer_seq.fasta import EncodedRecord, read_records
-from reformer_seq.tokenizers import NucleotideTokenizer
-from reformer_seq.variant_scoring import variant_window
-from reformer_seq.variants import Allele, score_alleles
+from reformer_seq.tasks.evaluation.evaluate import LN2, MarkovModel, ModelScorer, Segment
+from reformer_seq.genome.fasta import EncodedRecord, read_records
+from reformer_seq.genome.tokenizers import NucleotideTokenizer
+from reformer_seq.tasks.scoring.variant_effects import variant_window
+from reformer_seq.tasks.scoring.variants import Allele, score_alleles
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -31,7 +31,7 @@ def sharp_model(causal: bool = True, seed: int = 0):
     import torch
 
     from reformer_seq.config import load_run_config
-    from reformer_seq.model import ReformerLM
+    from reformer_seq.model.lm import ReformerLM
 
     cfg = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").model
     cfg.causal = causal
@@ -125,8 +125,8 @@ def test_mirror_variant_on_the_reverse_complemented_reference_swaps_strands(geno
 
 
 def test_masked_model_scores_snvs_at_the_masked_position(genome):
-    from reformer_seq.evaluation import span_window
-    from reformer_seq.tokenizers import MASK_ID
+    from reformer_seq.tasks.evaluation.evaluate import span_window
+    from reformer_seq.genome.tokenizers import MASK_ID
 
     sc = ModelScorer(sharp_model(False), device="cpu")
     p = 500

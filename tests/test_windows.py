@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from reformer_seq.config import DataConfig
-from reformer_seq.fasta import EncodedRecord, load_genome
-from reformer_seq.tokenizers import ByteTokenizer, NucleotideTokenizer
-from reformer_seq.windows import (IGNORE_INDEX, CausalCollator, GenomeWindowDataset, MaskedCollator, ShardedSampler,
+from reformer_seq.genome.fasta import EncodedRecord, load_genome
+from reformer_seq.genome.tokenizers import ByteTokenizer, NucleotideTokenizer
+from reformer_seq.genome.windows import (IGNORE_INDEX, CausalCollator, GenomeWindowDataset, MaskedCollator, ShardedSampler,
                                   ambiguous_runs, choose_mask_positions, count_in_runs, datasets_from_config,
                                   genome_windows, make_dataloader, set_epoch, split_bounds, window_starts)
 
@@ -255,7 +255,7 @@ def test_byte_tokenizer_windows_and_collation() -> None:
 
 
 def _phix_text():
-    from reformer_seq.fasta import read_records
+    from reformer_seq.genome.fasta import read_records
     return (r.sequence for r in read_records(DATA / "phiX174_NC_001422.1.fa"))
 
 

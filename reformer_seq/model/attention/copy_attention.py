@@ -1,0 +1,240 @@
+"""Copy attention: LSH attention on content codes of the last k bases, with shifted values.
+
+Genomes repeat themselves (transposons, paralogs, rRNA operons, inverted repeats). A model that
+has seen a segment once can predict its second copy base by base, if a query can find the
+earlier copy and read what came *after* it. LSH attention (Kitaev et al., ICLR 2020, section 2)
+is the right memory for that: equal content lands in the same bucket in every round, so the
+earlier copy is visible however far back it lies, and most of the window is not. What learned
+queries built on positional embeddings did not find within minutes of CPU training, three
+ingredients together do (measured; see the README's "Does it model DNA?"):
+
+* **content codes without positions.** The query and key of position ``t`` are fixed functions
+  of the bases ``x[t-k+1..t]``: the one-hot codes of the ``k`` last bases, centred and concatenated
+  (most recent first), unit-normalised. Two positions' logit is ``T * (4m - k) / 3k`` for ``m``
+  matching bases, with a learned temperature ``T`` per head (initially ``temperature``): an
+  exact k-mer match gets ``T``, a one-mismatch neighbour ``4T / 3k`` less, a random k-mer about 0.
+* **shifted values.** A query matching key ``j`` wants the base *after* ``j``: the direct head's
+  value at ``j`` is the projection of position ``j + 1``. Keys are strictly earlier than the
+  query (``j < t``, so ``j + 1 <= t``): nothing from the future is read.
+* **no self fallback.** The shared-QK rule (a query alone in its bucket takes its own value)
+  would hand a query its own shifted value, the next base; here a query that sees no key in
+  any round gets zero instead.
+
+A second head finds **reverse-complement copies** (inverted repeats): its key at ``j`` is the code
+of the reverse complement of ``x[j-k+1..j]``, and its value is the projection of position
+``j - k``, the base before that k-mer, whose complement follows the query's k-mer. Both heads
+hash the strand-symmetric code ``code(kmer) + code(revcomp(kmer))``, which a k-mer, its direct
+copy and its reverse-complement copy share, so one sorted layout serves both.
+
+The layer reads token ids (it needs the bases, not hidden states), so it sits below the
+reversible stack: ``x = x + copy(x, tokens)``, and the stack's layers learn when to trust it.
+
+Letters: B batch, L length, Lp padded length, H heads (1 direct + 1 reverse-complement),
+k k-mer length, D = 4k code width, R hash rounds, C bucket size (look-back), G = B * H.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .chunked import Layout, chunked_attention
+from .lsh import bucket_bits, layer_rotations, lsh_layout, n_hash_factors
+
+FIRST_BASE_ID = 4  # token ids of A, C, G, T are 4..7 (tokenizers.py); complement of i is 3 - i
+N_BASES = 4
+# Buckets per round: 2**EXTRA_BITS times the LSH layer's (real_length / bucket_size). Exact
+# k-mer matches share a bucket whatever the bucket count, but angular LSH fills buckets unevenly
+# (a position's bucket holds ~3x the mean), and a causal query sees only the ``bucket_size``
+# nearest earlier keys of its bucket: finer buckets keep the earlier copy among them.
+EXTRA_BITS = 3
+
+
+def base_vectors(tokens: Tensor) -> Tensor:
+    """(B, L) token ids -> (B, L, 4) centred one-hot of A/C/G/T (``onehot - 1/4``); zero rows for
+    N, padding and specials. Centred, two random k-mers' codes have cosine 0 on average (plain
+    one-hot codes all lie in one orthant, cosine 1/4, and angular LSH piles them into few buckets);
+    k-mers with ``m`` of ``k`` bases equal have cosine ``(4m - k) / 3k``."""
+    idx = tokens.long() - FIRST_BASE_ID
+    is_base = (idx >= 0) & (idx < N_BASES)
+    onehot = F.one_hot(idx.clamp(0, N_BASES - 1), N_BASES).to(torch.float32)  # (B, L, 4)
+    return (onehot - 1.0 / N_BASES) * is_base.unsqueeze(-1)
+
+
+def kmer_codes(vec: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Unnormalised content codes of the k-mer ending at each position, (B, L, 4k) each.
+
+    ``vec`` (B, L, 4): per-base vectors (:func:`base_vectors`; channels A, C, G, T, so reversing
+    the channels complements a base). ``fwd[t]`` holds ``vec[t - i]`` in slot ``i`` (most recent
+    base first); ``rc[t]`` is the code of the reverse complement of the same k-mer: slot ``i``
+    holds ``complement(vec[t - k + 1 + i])``. Bases before the start of the sequence are zero.
+    """
+    B, L, _ = vec.shape
+    padded = F.pad(vec, (0, 0, k - 1, 0))  # (B, L + k - 1, 4)
+    win = padded.unfold(1, k, 1)  # (B, L, 4, k): win[..., i] = vec[t - k + 1 + i]
+    fwd = win.flip(-1).transpose(-1, -2).reshape(B, L, k * N_BASES)  # slot i: vec[t - i]
+    rc = win.flip(-2).transpose(-1, -2).reshape(B, L, k * N_BASES)  # slot i: complement(vec[t-k+1+i])
+    return fwd, rc
+
+
+def alone_mask(lay: Layout, L: int) -> Tensor:
+    """(G, L) bool: queries that see no key in any round (first of their bucket in every
+    round's sorted order). Causal LSH windows always include the nearest earlier same-bucket
+    position, so "no earlier same-bucket neighbour" is exactly "sees nothing"."""
+    b = lay.buckets  # (R, G, L) sorted bucket ids
+    first = torch.ones_like(b, dtype=torch.bool)
+    first[..., 1:] = b[..., 1:] != b[..., :-1]  # (R, G, L) in sorted order
+    alone_orig = torch.empty_like(first)
+    alone_orig.scatter_(-1, lay.perm.long(), first)  # back to original positions
+    return alone_orig.all(dim=0)[:, :L]  # (G, L)
+
+
+class CopyAttention(nn.Module):
+    """(B, L, dim) hidden states + (B, L) tokens -> (B, L, dim) copy signal (causal only)."""
+
+    def __init__(self, dim: int, k: int = 12, reverse_complement: bool = True, bucket_size: int = 16,
+                 n_hashes: int = 4, temperature: float = 16.0, hash_seed: int = 0, learn_temperature: bool = True,
+                 eval_hashes: Optional[int] = None):
+        super().__init__()
+        self.k, self.rc, self.bucket_size, self.train_hashes = k, reverse_complement, bucket_size, n_hashes
+        self.eval_hashes = eval_hashes or n_hashes
+        self.heads = 2 if reverse_complement else 1
+        self.dim_head = N_BASES * k
+        self.hash_seed = hash_seed
+        self.norm = nn.LayerNorm(dim)
+        self.to_v = nn.Linear(dim, self.heads * self.dim_head, bias=False)
+        self.to_out = nn.Linear(self.heads * self.dim_head, dim)
+        nn.init.zeros_(self.to_out.weight)  # the layer starts silent (x + 0); training turns it on
+        nn.init.zeros_(self.to_out.bias)
+        log_t = torch.full((self.heads,), math.log(temperature))
+        if learn_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+
+    @property
+    def n_hashes(self) -> int:
+        """Hash rounds now: ``eval_hashes`` in eval mode, the training count otherwise."""
+        return self.train_hashes if self.training else self.eval_hashes
+
+    def _rotations(self, n_factors: int, device: torch.device) -> Tensor:
+        return layer_rotations(self.heads, self.dim_head, self.n_hashes, n_factors, device, self.training,
+                               self.hash_seed)
+
+    def layout(self, fwd: Tensor, rc: Tensor, real: Tensor, real_len: Tensor) -> Layout:
+        """Hash the strand-symmetric code of every position (both heads, own rotations) and sort."""
+        B, Lp, D = fwd.shape
+        sym = (fwd + rc).unsqueeze(1).expand(B, self.heads, Lp, D)  # (B, H, Lp, D)
+        bits = bucket_bits(real_len, self.bucket_size, None) + EXTRA_BITS
+        rot = self._rotations(n_hash_factors(bits), fwd.device)
+        return lsh_layout(sym, real, bits, rot, self.n_hashes, self.bucket_size, causal=True)
+
+    def attend(self, values: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """Copy attention with per-position ``values`` (B, L, H, D): key j of the direct head reads
+        ``values[j + 1, 0]``, of the reverse-complement head ``values[j - k, 1]``. Returns the
+        output (B, L, H, D), zero where a query sees nothing, and ``seen`` (B, L, H) bool."""
+        B, L = tokens.shape
+        C, k = self.bucket_size, self.k
+        Lp = math.ceil(L / C) * C
+        real = torch.ones(B, L, dtype=torch.bool, device=tokens.device) if real is None else real
+        real_p = F.pad(real, (0, Lp - L), value=False)  # (B, Lp)
+        vec = F.pad(base_vectors(tokens) * real.unsqueeze(-1), (0, 0, 0, Lp - L))  # (B, Lp, 4)
+        fwd, rc = kmer_codes(vec, k)  # (B, Lp, D) each
+        fwd, rc = F.normalize(fwd, dim=-1), F.normalize(rc, dim=-1)
+        with torch.no_grad():
+            lay = self.layout(fwd, rc, real_p, real_p.sum(1))
+        temp = self.log_temperature.exp()  # (H,)
+        q = fwd.unsqueeze(2) * temp.view(1, 1, -1, 1)  # (B, Lp, H, D): scale 1, logit = T * cos
+        keys = torch.stack([fwd, rc], dim=2)[:, :, :self.heads]  # (B, Lp, H, D)
+        v = F.pad(values, (0, 0, 0, 0, 0, Lp - L))  # (B, Lp, H, D)
+        shifted = [F.pad(v[:, 1:, 0], (0, 0, 0, 1))]  # direct: key j reads position j + 1
+        if self.rc:
+            shifted.append(F.pad(v[:, :Lp - k, 1], (0, 0, k, 0)))  # reverse complement: position j - k
+        vs = torch.stack(shifted, dim=2)  # (B, Lp, H, D)
+        out = chunked_attention(q.contiguous(), keys.contiguous(), vs.contiguous(), lay, scale=1.0)  # (B, Lp, H, D)
+        seen = ~alone_mask(lay, L).view(B, self.heads, L).transpose(1, 2)  # (B, L, H)
+        return out[:, :L] * seen.unsqueeze(-1).to(out.dtype), seen  # no self fallback: alone -> 0
+
+    def forward(self, x: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> Tensor:
+        """Learned values: x (B, L, dim) -> copy signal (B, L, dim) (``copy_position`` top/bottom)."""
+        B, L, _ = x.shape
+        v = self.to_v(self.norm(x)).view(B, L, self.heads, self.dim_head)  # (B, L, H, D)
+        out, _ = self.attend(v, tokens, real)
+        return self.to_out(out.reshape(B, L, self.heads * self.dim_head))
+
+    def next_base(self, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """Each head's distribution over the next base (B, L, H, 4) with fixed one-hot values
+        (``copy_position: mix``): the direct head reads the base after its earlier copy, the
+        reverse-complement head the complement of the base before it. Mass that lands on N is
+        spread evenly; a query that sees nothing gets the uniform distribution. Also ``seen``."""
+        B, L = tokens.shape
+        vec = base_vectors(tokens)  # centred one-hot; zero rows for N
+        onehot = vec + (vec.abs().sum(-1, keepdim=True) > 0) / N_BASES  # (B, L, 4)
+        vals = [onehot, onehot.flip(-1)][:self.heads]  # complement: channels A C G T reversed
+        v = F.pad(torch.stack(vals, dim=2), (0, self.dim_head - N_BASES))  # (B, L, H, D)
+        out, seen = self.attend(v, tokens, real)
+        p = out[..., :N_BASES]  # (B, L, H, 4)
+        p = p + (1.0 - p.sum(-1, keepdim=True)).clamp(min=0) / N_BASES
+        return p, seen
+
+
+HIT_WINDOWS = (4, 16, 64)  # the copy mixture's gate sees each head's recent hit rate over these spans
+
+
+def recent_hits(p_copy: Tensor, tokens: Tensor, windows: tuple[int, ...] = HIT_WINDOWS) -> Tensor:
+    """How well each copy head predicted the bases just before each position: (B, L, H * len(windows)).
+
+    ``hit[t]`` is the probability head h gave at ``t - 1`` to the base ``tokens[t]`` (0.25 where
+    that is not a base, and at t = 0); the feature is its mean over the last ``w`` positions
+    ``t - w + 1 .. t``. All of it is known at t: the classic copy model's "match length" signal.
+    """
+    B, L, H, _ = p_copy.shape
+    idx = (tokens.long() - FIRST_BASE_ID)  # (B, L)
+    is_base = ((idx >= 0) & (idx < N_BASES)).unsqueeze(-1)  # (B, L, 1)
+    prev = F.pad(p_copy[:, :-1], (0, 0, 0, 0, 1, 0), value=1.0 / N_BASES)  # (B, L, H, 4): p at t - 1
+    got = prev.gather(-1, idx.clamp(0, N_BASES - 1).view(B, L, 1, 1).expand(B, L, H, 1)).squeeze(-1)
+    hit = torch.where(is_base, got, torch.full_like(got, 1.0 / N_BASES))  # (B, L, H)
+    cs = F.pad(hit.cumsum(1), (0, 0, 1, 0))  # (B, L + 1, H)
+    feats = []
+    for w in windows:
+        lo = (torch.arange(L, device=hit.device) + 1 - w).clamp(min=0)  # (L,)
+        n = (torch.arange(L, device=hit.device) + 1 - lo).to(hit.dtype).view(1, L, 1)
+        feats.append((cs[:, 1:] - cs[:, lo]) / n)  # (B, L, H) mean over the last w positions
+    return torch.cat(feats, dim=-1)
+
+
+class CopyMixture(nn.Module):
+    """Pointer-generator style mixture (See et al., ACL 2017) of the network's next-base
+    distribution with the copy heads': ``p = w_0 p_model + w_1 p_direct + w_2 p_revcomp``, the
+    weights a softmax of a small gate network on the hidden state, on each copy distribution and
+    how peaked it is, and on how well each head predicted the last 4, 16 and 64 bases
+    (:func:`recent_hits`). Returns log-probabilities, which stand in for logits everywhere
+    (``log_softmax`` leaves them unchanged)."""
+
+    def __init__(self, dim: int, heads: int, hidden: int = 32):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        n_in = dim + heads * (N_BASES + 2 + len(HIT_WINDOWS))
+        self.gate = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, heads + 1))
+        nn.init.zeros_(self.gate[2].weight)
+        with torch.no_grad():  # start trusting the network: copy weights e^-3 each
+            self.gate[2].bias.copy_(torch.tensor([3.0] + [0.0] * heads))
+
+    def features(self, h: Tensor, p_copy: Tensor, seen: Tensor, tokens: Tensor) -> Tensor:
+        peak = p_copy.max(-1).values  # (B, L, H)
+        return torch.cat([self.norm(h), p_copy.flatten(2), peak, seen.to(h.dtype),
+                          recent_hits(p_copy, tokens).to(h.dtype)], dim=-1)
+
+    def forward(self, logits: Tensor, h: Tensor, p_copy: Tensor, seen: Tensor, tokens: Tensor) -> Tensor:
+        """logits (B, L, V), h (B, L, dim), p_copy (B, L, H, 4), seen (B, L, H), tokens (B, L)
+        -> log p (B, L, V)."""
+        w = torch.softmax(self.gate(self.features(h, p_copy, seen, tokens)), dim=-1)  # (B, L, 1 + H)
+        p = torch.softmax(logits.float(), dim=-1) * w[..., :1]  # (B, L, V)
+        copy_p = (p_copy * w[..., 1:].unsqueeze(-1)).sum(2)  # (B, L, 4)
+        p = torch.cat([p[..., :FIRST_BASE_ID], p[..., FIRST_BASE_ID:FIRST_BASE_ID + N_BASES] + copy_p,
+                       p[..., FIRST_BASE_ID + N_BASES:]], dim=-1)
+        return torch.log(p.clamp(min=1e-30)).to(logits.dtype)

@@ -1,0 +1,169 @@
+"""ReformerLM: token embedding, axial positions, a reversible stack of attention and
+feed-forward blocks, and a language-model head (Kitaev, Kaiser, Levskaya, ICLR 2020).
+
+``reversible`` chooses how the stack executes (RevNet backward or plain autograd), not what it
+computes: the parameters and their names are the same, so a ``state_dict`` moves between the
+two unchanged.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention.layer import SelfAttention
+from .positions import AxialPositionalEncoding
+from ..config import ReformerConfig
+from .attention.copy_attention import CopyAttention, CopyMixture
+from ..errors import ConfigError
+from .feedforward import FeedForward
+from ..runtime.heap import LONG_INPUT_ELEMS
+from .reversible import ReversibleBlock, run_blocks
+from ..runtime import tuning as runtime
+
+HEAD_CHECKPOINT_ELEMS = LONG_INPUT_ELEMS  # (B, L, dim) sizes from which the final norm is recomputed
+
+
+class CausalConv(nn.Module):
+    """Depthwise causal convolution with a residual: each position mixes in its left neighbours."""
+
+    def __init__(self, dim: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv1d(dim, dim, kernel, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, dim)
+        h = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))  # (B, dim, L + k - 1), left padding only
+        return x + self.conv(h).transpose(1, 2)
+
+
+class ReformerLM(nn.Module):
+    """Reformer language model: tokens (B, L) -> logits (B, L, vocab_size)."""
+
+    def __init__(self, config: ReformerConfig):
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        self.token_emb = nn.Embedding(c.vocab_size, c.dim)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
+        self.pos_emb = AxialPositionalEncoding(c.dim, c.axial, c.max_seq_len) if c.positions == "axial" else None
+        self.conv = CausalConv(c.dim, c.conv_kernel) if c.conv_kernel > 0 else None
+        self.copy = None
+        if c.copy_k:
+            self.copy = CopyAttention(c.dim, c.copy_k, c.copy_rc, c.bucket_size, c.copy_hashes or c.n_hashes,
+                                      c.copy_temperature, hash_seed=c.hash_seed * 1000 + 999,
+                                      learn_temperature=c.copy_learn_temperature, eval_hashes=c.copy_eval_hashes)
+        self.copy_mix = CopyMixture(c.dim, self.copy.heads) if c.copy_k and c.copy_position == "mix" else None
+        self.layers = nn.ModuleList()
+        for i, kind in enumerate(c.layer_kinds()):
+            attn = SelfAttention(c.dim, c.heads, c.head_dim, kind=kind, causal=c.causal, bucket_size=c.bucket_size,
+                                 n_hashes=c.n_hashes, n_buckets=c.n_buckets, local_window=c.local_window,
+                                 dropout=c.dropout, hash_seed=c.hash_seed * 1000 + i)
+            ff = FeedForward(c.dim, c.ff_mult, c.dropout, c.ff_chunk_size)
+            self.layers.append(ReversibleBlock(attn, ff))
+        self.norm = nn.LayerNorm(c.dim)
+        self.to_logits = nn.Linear(c.dim, c.vocab_size)
+
+    def _check(self, tokens: Tensor, mask: Optional[Tensor]) -> None:
+        c = self.config
+        if tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64, torch.int16, torch.uint8):
+            raise ValueError(f"tokens must be a (batch, length) integer tensor, got {tuple(tokens.shape)} {tokens.dtype}")
+        L = tokens.shape[1]
+        if L == 0:
+            raise ValueError("tokens is empty (length 0)")
+        if L > c.max_seq_len:
+            raise ValueError(f"sequence length {L:,} exceeds max_seq_len {c.max_seq_len:,}; use a config with "
+                             f"max_seq_len >= {L:,} (e.g. configs/long.yaml) or split the sequence into windows")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= c.vocab_size:
+            raise ValueError(f"token ids must be in [0, {c.vocab_size}), got values in [{lo}, {hi}]")
+        if mask is not None and (mask.shape != tokens.shape or mask.dtype != torch.bool):
+            raise ValueError(f"mask must be a bool tensor of shape {tuple(tokens.shape)}, "
+                             f"got {tuple(mask.shape)} {mask.dtype}")
+
+    def _stack(self, tokens: Tensor, mask: Optional[Tensor], n_blocks: Optional[int] = None) -> Tensor:
+        """The reversible stack's output (B, L, dim) after its first ``n_blocks`` blocks (default: all),
+        before the final norm: the mean of the two residual streams, (y1 + y2) / 2."""
+        self._check(tokens, mask)
+        B, L = tokens.shape
+        runtime.tune_for_input(B * L * self.config.dim, tokens.device.type)  # process-wide; only if allowed
+        x = tok = self.token_emb(tokens.long())  # (B, L, dim)
+        if self.pos_emb is not None:
+            first_row = self.pos_emb.random_first_row(L) if self.training and self.config.random_position_offset else 0
+            x = x + self.pos_emb(L, first_row)
+        real_len = None
+        if mask is not None:
+            x = x * mask.unsqueeze(-1)  # padded embeddings are zero, whatever their token
+            real_len = mask.sum(1)
+        if self.conv is not None:
+            x = self.conv(x)
+        blocks = self.layers if n_blocks is None else self.layers[:n_blocks]
+        top = self.config.copy_position == "top"
+        if self.copy is not None and self.config.copy_position == "bottom":  # what followed earlier copies of the last k bases
+            x = x + self.copy(x, tokens, mask)
+        h = run_blocks(blocks, x, mask, real_len, self.config.reversible)
+        if self.copy is not None and top and len(blocks) == len(self.layers):  # beside the stack, straight to the head
+            h = h + self.copy(tok, tokens, mask)  # values from the bases alone
+        return h
+
+    def resolve_layer(self, layer: Optional[int]) -> int:
+        """``layer`` as a block count in [0, depth]: None = the last, negative counts from the end."""
+        depth = len(self.layers)
+        n = depth if layer is None else (layer + depth + 1 if layer < 0 else layer)
+        if not 0 <= n <= depth:
+            raise ConfigError(f"layer {layer} does not exist: this model has layers 0 (embeddings) to {depth} "
+                              f"(the last block; -1 also means the last)")
+        return n
+
+    def encode(self, tokens: Tensor, mask: Optional[Tensor] = None, layer: Optional[int] = None) -> Tensor:
+        """Hidden states (B, L, dim). mask: (B, L) bool, True = real token, False = padding.
+
+        ``layer`` N (default: the last, ``depth``) is the output of block N: the mean of the
+        reversible stack's two streams after N blocks, (y1 + y2) / 2, through the final LayerNorm,
+        so ``layer=depth`` is the model's final output. Layer 0 is the input embeddings (tokens +
+        positions, and the causal convolution when the model has one) through the same norm.
+        """
+        return self.norm(self._stack(tokens, mask, self.resolve_layer(layer)))
+
+    def _head(self, h: Tensor) -> Tensor:
+        return self.to_logits(self.norm(h))
+
+    def forward(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Logits (B, L, vocab_size); in a causal model position t predicts token t + 1. With the
+        copy mixture (``copy_position: mix``) these are log-probabilities (see CopyMixture)."""
+        h = self._stack(tokens, mask)
+        if torch.is_grad_enabled() and h.requires_grad and h.numel() >= HEAD_CHECKPOINT_ELEMS:
+            # long inputs: keep only h for the backward, recompute the norm (saves a (B, L, dim) buffer)
+            logits = checkpoint(self._head, h, use_reentrant=False)
+        else:
+            logits = self._head(h)
+        if self.copy_mix is not None:
+            p_copy, seen = self.copy.next_base(tokens, mask)
+            logits = self.copy_mix(logits, h, p_copy, seen, tokens)
+        return logits
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, folder, tokenizer=None, meta: Optional[dict] = None):
+        """Write ``model.safetensors`` + ``config.json`` to ``folder`` atomically.
+
+        ``tokenizer``: the tokenizer whose spec is stored (default: the nucleotide tokenizer).
+        """
+        from ..runtime.checkpoint import save_checkpoint
+        from ..genome.tokenizers import NucleotideTokenizer
+
+        spec = (tokenizer or NucleotideTokenizer()).spec()
+        return save_checkpoint(self, self.config, spec, folder, meta=meta)
+
+    @classmethod
+    def from_pretrained(cls, folder, map_location: str = "cpu", **overrides) -> "ReformerLM":
+        """A model from a checkpoint folder or a run folder (its best checkpoint)."""
+        from ..runtime.checkpoint import load_pretrained
+
+        model, _, _ = load_pretrained(folder, map_location, **overrides)
+        return model

@@ -1,0 +1,2 @@
+"""The machine: device and precision, atomic files and checkpoints, building and loading compiled
+code, allocator and heap policy, execution policy."""

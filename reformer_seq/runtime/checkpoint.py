@@ -1,0 +1,193 @@
+"""Checkpoints: safe to download, atomic to write.
+
+A checkpoint is a folder holding ``model.safetensors`` (weights only: loading it cannot run
+code) and ``config.json`` (format version, model config, tokenizer spec, and a few facts
+about the run). A training run adds ``training_state.pt`` (optimizer, scheduler, step, RNG
+states, data position), read with ``torch.load(weights_only=True)`` so it cannot run code
+either; ``embed`` and ``evaluate`` never read it.
+
+Writes are atomic: a checkpoint is written into a hidden temporary folder that is renamed to
+its final name only when complete, and the run's pointers (``latest.json``, ``best.json``) are
+replaced with ``os.replace``. A ``kill -9`` at any moment leaves either the previous state or
+the new one, never a checkpoint that fails to load.
+
+Run folder layout::
+
+    RUN/config.yaml                 resolved run config
+    RUN/metrics.jsonl               one JSON object per log/validation event
+    RUN/loss_curve.png
+    RUN/checkpoints/step-0000100/   model.safetensors, config.json, training_state.pt
+    RUN/latest.json, RUN/best.json  {"step": .., "path": "checkpoints/step-..", ...}
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from ..config import ReformerConfig
+from ..errors import CheckpointError, ConfigError
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "training_state.pt"
+PathLike = Union[str, Path]
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_checkpoint(model: torch.nn.Module, config: ReformerConfig, tokenizer_spec: dict, folder: PathLike,
+                    training_state: Optional[dict] = None, meta: Optional[dict] = None) -> Path:
+    """Write a checkpoint folder atomically (replacing an existing one). Returns its path."""
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        info = {"format_version": FORMAT_VERSION, "seqformer_version": __version__,
+                "model": config.to_dict(), "tokenizer": tokenizer_spec, **(meta or {})}
+        (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if training_state is not None:
+            torch.save(training_state, tmp / STATE_FILE)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _read_pointer(run: Path, name: str) -> Optional[Path]:
+    p = run / name
+    if not p.is_file():
+        return None
+    try:
+        rel = json.loads(p.read_text())["path"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    target = run / rel
+    return target if (target / MODEL_FILE).is_file() and (target / CONFIG_FILE).is_file() else None
+
+
+def resolve_checkpoint(path: PathLike, prefer: str = "best") -> Path:
+    """A checkpoint folder from a checkpoint folder or a run folder.
+
+    For a run folder: its best checkpoint (``prefer="best"``) or latest (``prefer="latest"``),
+    falling back to the newest complete ``checkpoints/step-*`` folder.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run folder; pass the --out folder of "
+                              f"`seqformer pretrain` or one of its checkpoints/step-* folders")
+    if (path / MODEL_FILE).is_file() or (path / CONFIG_FILE).is_file():
+        return path
+    order = ["best.json", "latest.json"] if prefer == "best" else ["latest.json", "best.json"]
+    for name in order:
+        target = _read_pointer(path, name)
+        if target is not None:
+            return target
+    steps = sorted((path / "checkpoints").glob("step-*")) if (path / "checkpoints").is_dir() else []
+    steps = [s for s in steps if (s / MODEL_FILE).is_file() and (s / CONFIG_FILE).is_file()]
+    if steps:
+        return steps[-1]
+    raise CheckpointError(f"{path}: holds no checkpoint ({MODEL_FILE} + {CONFIG_FILE}, or a run's "
+                          f"checkpoints/step-* folders); train one with `seqformer pretrain --out {path}`")
+
+
+def read_checkpoint_config(folder: PathLike) -> dict:
+    """The checkpoint's ``config.json``, checked for version and contents."""
+    folder = Path(folder)
+    for name in (CONFIG_FILE, MODEL_FILE):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder}: missing {name}; a checkpoint folder needs {MODEL_FILE} and "
+                                  f"{CONFIG_FILE} (written by `seqformer pretrain`)")
+    try:
+        info = json.loads((folder / CONFIG_FILE).read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: not valid JSON ({e})") from None
+    version = info.get("format_version") if isinstance(info, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{folder}: checkpoint format {version!r}, this seqformer reads format "
+                              f"{FORMAT_VERSION}; retrain it or use the seqformer version that wrote it "
+                              f"({info.get('seqformer_version', 'unknown') if isinstance(info, dict) else 'unknown'})")
+    for key in ("model", "tokenizer"):
+        if key not in info:
+            raise CheckpointError(f"{folder / CONFIG_FILE}: has no {key!r} section; the file is incomplete")
+    return info
+
+
+def load_model_weights(model: torch.nn.Module, folder: PathLike, map_location: str = "cpu") -> None:
+    """Load ``model.safetensors`` into ``model``, with a clear error on any mismatch."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(folder) / MODEL_FILE
+    try:
+        state = load_file(str(path), device=map_location)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read weights ({e}); the file is corrupt or truncated") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the model in {CONFIG_FILE} "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}); the checkpoint was "
+                              f"made by an incompatible version")
+
+
+def load_pretrained(path: PathLike, map_location: str = "cpu", **overrides: Any):
+    """(model, tokenizer, info) from a checkpoint or run folder. ``overrides`` change model config
+    fields that do not affect parameters (e.g. ``max_seq_len`` is *not* one of them)."""
+    from ..model.lm import ReformerLM
+    from ..genome.tokenizers import tokenizer_from_spec
+
+    folder = resolve_checkpoint(path)
+    info = read_checkpoint_config(folder)
+    if "finetune" in info:  # a fine-tuned model: its backbone is the language model
+        from ..tasks.finetune.model import load_finetuned
+
+        model, tokenizer, info = load_finetuned(folder, map_location)
+        return model.backbone, tokenizer, info
+    try:
+        cfg = ReformerConfig.from_dict({**info["model"], **overrides}, where=f"{folder / CONFIG_FILE} model")
+    except ConfigError as e:
+        raise CheckpointError(f"{folder}: {e}") from None
+    model = ReformerLM(cfg)
+    load_model_weights(model, folder, map_location)
+    tokenizer = tokenizer_from_spec(info["tokenizer"])
+    return model, tokenizer, {**info, "path": str(folder)}

@@ -1,0 +1,1 @@
+"""Evaluation of a trained model: likelihood, Markov baselines, motif masking, the report."""

@@ -1,0 +1,1 @@
+"""Zero-shot scores: per-base tracks and variant effects."""

@@ -1,0 +1,1 @@
+"""Pre-training a ReformerLM on genomes."""
