@@ -14,7 +14,8 @@
 # $OUT/gpu_check.tar.gz (one file: the device tool returns at most 8).
 # Packages missing on the machine (biopython, reformer-pytorch and its needs) may sit as wheels in
 # .whl/; they are installed into /tmp/site first. DEVICE, LENGTHS, FIT4, FIT16 and PEER_LENGTHS
-# override the defaults (a dry run on a CPU: DEVICE=cpu LENGTHS=1K,2K FIT4=4K FIT16=8K ...).
+# override the defaults, and T_TESTS, T_SPEED, T_SDPA, T_FIT4, T_FIT16, T_PEERS each stage's time limit
+# in seconds (a dry run on a CPU: DEVICE=cpu LENGTHS=1K,2K FIT4=4K FIT16=8K ...).
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
 DEVICE=${DEVICE:-cuda}
@@ -41,23 +42,23 @@ stage environment
   nproc; } 2>&1 | tee "$WORK/env.txt"
 
 stage "tests/test_cuda.py"
-timeout 80 $PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tee "$WORK/test_cuda.log"
+timeout ${T_TESTS:-80} $PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tee "$WORK/test_cuda.log"
 
 stage "speed and memory: seqformer and exact SDPA"
-timeout 130 $PY benchmarks/speed_memory.py --device "$DEVICE" --models seqformer --lengths "$LENGTHS" \
+timeout ${T_SPEED:-130} $PY benchmarks/speed_memory.py --device "$DEVICE" --models seqformer --lengths "$LENGTHS" \
   --repeats 3 --timeout 45 --mem-cap-gb 0 --out-dir "$WORK" --name speed_memory_cuda
-timeout 60 $PY benchmarks/speed_memory.py --device "$DEVICE" --models sdpa --lengths "$SDPA_LENGTHS" \
+timeout ${T_SDPA:-60} $PY benchmarks/speed_memory.py --device "$DEVICE" --models sdpa --lengths "$SDPA_LENGTHS" \
   --repeats 3 --timeout 30 --mem-cap-gb 0 --out-dir "$WORK" --name speed_memory_cuda --merge
 
 stage "largest length within 4 GiB"
-timeout 90 $PY benchmarks/speed_memory.py --device "$DEVICE" --models seqformer --lengths "$FIT4" \
+timeout ${T_FIT4:-90} $PY benchmarks/speed_memory.py --device "$DEVICE" --models seqformer --lengths "$FIT4" \
   --repeats 1 --timeout 40 --mem-cap-gb 4 --out-dir "$WORK" --name fit_4gib
 
 stage "largest length within 16 GiB"
-timeout 110 $PY benchmarks/speed_memory.py --device "$DEVICE" --models seqformer --lengths "$FIT16" \
+timeout ${T_FIT16:-110} $PY benchmarks/speed_memory.py --device "$DEVICE" --models seqformer --lengths "$FIT16" \
   --repeats 1 --timeout 80 --mem-cap-gb 16 --out-dir "$WORK" --name fit_16gib
 
 stage "peers: HF ReformerModel and reformer-pytorch"
-timeout 95 $PY benchmarks/speed_memory.py --device "$DEVICE" --models hf,reformer_pytorch --lengths "$PEER_LENGTHS" \
+timeout ${T_PEERS:-95} $PY benchmarks/speed_memory.py --device "$DEVICE" --models hf,reformer_pytorch --lengths "$PEER_LENGTHS" \
   --repeats 3 --timeout 35 --mem-cap-gb 0 --out-dir "$WORK" --name speed_memory_cuda --merge
 stage done

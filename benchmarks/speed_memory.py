@@ -278,6 +278,8 @@ def child_main(args) -> int:
         if not torch.cuda.is_available():
             _emit({**rec, "status": "error: CUDA not available"})
             return 0
+        if dev.index is None:  # set_per_process_memory_fraction needs an index: "cuda" is the current device
+            dev = torch.device("cuda", torch.cuda.current_device())
         if args.mem_cap_gb:
             total = torch.cuda.get_device_properties(dev).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, args.mem_cap_gb * GIB / total), dev)
@@ -371,7 +373,7 @@ def run_one(model: str, L: int, args) -> dict:
            "--budget", str(args.timeout)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    if args.device.startswith("cuda") and args.mem_cap_gb:
+    if args.device.startswith("cuda"):  # always: the child's own default is a 20 GiB cap, 0 means none
         cmd += ["--mem-cap-gb", str(args.mem_cap_gb)]
     host_cap = (args.mem_cap_gb if not args.device.startswith("cuda") else args.host_mem_cap_gb)
     host_cap_b = int(host_cap * GIB) if host_cap else None
