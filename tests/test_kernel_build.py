@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from reformer_seq.model.attention import kernel as kernels
+from reformer_seq.runtime import build
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,29 +35,29 @@ Target: arm64-apple-darwin23.2.0
 
 
 def test_native_target_is_read_from_the_compilers_own_expansion():
-    gcc = kernels._expanded_target(GCC_X86)
+    gcc = build._expanded_target(GCC_X86)
     assert gcc.startswith("-march=znver3") and "-mavx2" in gcc and "-mno-avx512er" in gcc
     assert "--param l1-cache-size=32" in gcc and "COLLECT" not in gcc
-    arm = kernels._expanded_target(GCC_ARM)  # aarch64: no /proc/cpuinfo "flags" line, still a key
+    arm = build._expanded_target(GCC_ARM)  # aarch64: no /proc/cpuinfo "flags" line, still a key
     assert "-march=armv8.2-a+crypto+fp16+rcpc+dotprod+ssbs" in arm
-    clang = kernels._expanded_target(CLANG_ARM)
+    clang = build._expanded_target(CLANG_ARM)
     assert "-target-cpu apple-m1" in clang and "-target-feature +neon" in clang
     assert "somewhere" not in clang  # nothing that depends on the current folder
-    assert kernels._expanded_target("no compiler output") == ""
+    assert build._expanded_target("no compiler output") == ""
     # two machines that differ only in one feature get different keys
-    other = kernels._expanded_target(CLANG_ARM.replace('"+neon"', '"-neon"'))
+    other = build._expanded_target(CLANG_ARM.replace('"+neon"', '"-neon"'))
     assert other != clang
 
 
 def test_signature_on_this_machine_is_the_native_expansion():
-    cc = kernels.find_compiler()
+    cc = build.find_compiler()
     if cc is None:
         pytest.skip(f"no C compiler: {kernels.INSTALL_C}")
-    native = kernels.compiler_signature(cc, ("-O3", "-march=native"))
-    plain = kernels.compiler_signature(cc, ("-O3",))
+    native = build.compiler_signature(cc, ("-O3", "-march=native"))
+    plain = build.compiler_signature(cc, ("-O3",))
     assert native.startswith(plain) and len(native) > len(plain) + 20
     assert "-march=" in native or "-target-cpu" in native or "--help=target" not in native
-    assert kernels.compiler_signature(cc, ("-O3", "-march=native")) is native  # asked once per process
+    assert build.compiler_signature(cc, ("-O3", "-march=native")) is native  # asked once per process
 
 
 FAKE_CC = """#!/bin/sh
@@ -82,7 +83,7 @@ def test_failed_build_is_remembered_and_warns_what_to_install(fake_cc: Path, tmp
     warns with the compiler's error and what to install; the second does not compile again and
     says the failure is remembered (and where to delete it). The reason reaches unavailable_reason."""
     code = ("import warnings; warnings.simplefilter('always')\n"
-            "from reformer_seq import kernels\n"
+            "from reformer_seq.model.attention import kernel as kernels\n"
             "assert kernels.library() is None\n"
             "print('REASON', kernels.unavailable_reason())\n")
     env = {**os.environ, "CC": str(fake_cc), "SEQFORMER_CACHE_DIR": str(tmp_path / "cache"),
@@ -102,7 +103,7 @@ def test_failed_build_is_remembered_and_warns_what_to_install(fake_cc: Path, tmp
     markers = list((tmp_path / "cache" / "kernels").glob("*.failed"))
     assert len(markers) == 1 and "delete " + str(markers[0]) in outs[1]
     # SEQFORMER_KERNEL=c turns the remembered failure into an error
-    res = subprocess.run([sys.executable, "-c", "from reformer_seq import kernels; kernels.library()"], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-c", "from reformer_seq.model.attention import kernel as kernels; kernels.library()"], cwd=ROOT,
                          env={**env, "SEQFORMER_KERNEL": "c"}, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "involves truncation" in res.stderr
 
@@ -111,14 +112,14 @@ def test_failure_is_per_compiler(fake_cc: Path, tmp_path: Path, monkeypatch: pyt
     """A marker left by one compiler does not stop another (here a second failing one, which
     must then be tried: its attempt is counted) from building."""
     monkeypatch.setenv("SEQFORMER_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(kernels.BuildError, match="involves truncation"):
+    with pytest.raises(build.BuildError, match="involves truncation"):
         kernels.load_library(compiler=str(fake_cc))
-    with pytest.raises(kernels.BuildError, match="remembered"):
+    with pytest.raises(build.BuildError, match="remembered"):
         kernels.load_library(compiler=str(fake_cc))
     other = fake_cc.with_name("othercc")
     other.write_text(FAKE_CC.replace("fakecc 1.0", "othercc 2.0"))
     other.chmod(0o755)
-    with pytest.raises(kernels.BuildError, match="othercc.*involves truncation"):
+    with pytest.raises(build.BuildError, match="othercc.*involves truncation"):
         kernels.load_library(compiler=str(other))
     assert (fake_cc.parent / "attempts").read_text().count("x") == 2
     assert len(list((tmp_path / "cache" / "kernels").glob("*.failed"))) == 2

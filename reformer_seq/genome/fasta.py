@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import IO, Any, Iterator, NamedTuple, Optional, Union
 import numpy as np
 
 from ..errors import InputError, InputWarning
+from ..runtime.files import atomic_folder
 from .tokenizers import InvalidCharacterError, NucleotideTokenizer, Tokenizer
 
 PathLike = Union[str, os.PathLike]
@@ -362,22 +362,12 @@ def _remove_stale(root: Path, source: str, sha: str) -> None:
 def _build_entry(path: Path, root: Path, folder: Path, key: str, sha: str, tokenizer: Tokenizer,
                  strict: bool, keep_softmask: bool, format: Optional[str]) -> None:
     """Write the entry in a temporary folder next to ``folder`` and rename it into place."""
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
-    try:
+    with atomic_folder(folder, keep_existing=lambda f: _load_entry(f) is not None) as tmp:
         index, invalid = _encode_into(path, tokenizer, strict, keep_softmask, tmp, format)
         meta = {"cache_format": CACHE_FORMAT, "source": str(path.resolve()), "sha256": sha,
                 "tokenizer": tokenizer.spec(), "strict": strict, "softmask": keep_softmask,
                 "total": sum(r["length"] for r in index), "records": index, "invalid": invalid}
         (tmp / "index.json").write_text(json.dumps(meta))
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another process finished the same entry first: keep theirs
-            if _load_entry(folder) is None:
-                shutil.rmtree(folder, ignore_errors=True)
-                os.rename(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     _remove_stale(root, str(path.resolve()), sha)
 
 

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from ..model.attention.kernel import BuildError, compile_library, find_compiler
+from .build import BuildError, LazyLibrary, compile_library, find_compiler
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "block_cache.cpp"
 # B * L * dim from which the model turns the cache on: (B, L, dim) buffers of 16 MB
@@ -44,9 +43,6 @@ MIN_BYTES = 16 << 20  # smaller buffers come from glibc's heap, which reuses the
 
 INSTALL_CXX = ("install a C++17 compiler, g++ 9 or newer or clang++ (Debian/Ubuntu: apt install g++; Fedora: dnf "
                "install gcc-c++; macOS: xcode-select --install), or set CXX to one")
-_lib: Optional[ctypes.CDLL] = None
-_tried = False
-_error: Optional[str] = None  # why the cache is unavailable
 _ensured: Optional[bool] = None
 
 
@@ -73,23 +69,17 @@ def _build() -> ctypes.CDLL:
     return lib
 
 
+_LIB = LazyLibrary(_build, "CPU buffer cache", "long inputs run a little slower", INSTALL_CXX)
+
+
 def _library() -> Optional[ctypes.CDLL]:
-    global _lib, _tried, _error
-    if not _tried:
-        _tried = True
-        try:
-            _lib = _build()
-        except Exception as e:  # noqa: BLE001 - any build problem: run without the cache
-            _lib, _error = None, str(e)
-            warnings.warn(f"seqformer: CPU buffer cache unavailable ({e}); long inputs run a little slower; "
-                          f"{INSTALL_CXX}")
-    return _lib
+    return _LIB.get()
 
 
 def unavailable_reason() -> Optional[str]:
     """Why the cache cannot be built here (the build error; for skip messages), or None."""
     _library()
-    return _error
+    return _LIB.error
 
 
 def cap_bytes() -> int:
@@ -134,22 +124,22 @@ def suspend() -> None:
     since buffers it handed out must be freed through it); the next :func:`ensure` turns it on
     again. What :func:`~reformer_seq.runtime.tuning.set_process_tuning` (False) calls."""
     global _ensured
-    if _lib is not None and _ensured:
-        _lib.seq_block_cache_enable(0, MIN_BYTES)
+    if _LIB.lib is not None and _ensured:
+        _LIB.lib.seq_block_cache_enable(0, MIN_BYTES)
         release()
     _ensured = None
 
 
 def release() -> None:
     """Free every kept buffer now (buffers in use are unaffected)."""
-    if _lib is not None:
-        _lib.seq_block_cache_release()
+    if _LIB.lib is not None:
+        _LIB.lib.seq_block_cache_release()
 
 
 def stats() -> dict:
     """hits, misses (requests of at least ``min_bytes``), kept_bytes, in_use (blocks handed out)."""
-    if _lib is None:
+    if _LIB.lib is None:
         return {"hits": 0, "misses": 0, "kept_bytes": 0, "in_use": 0}
     out = (ctypes.c_longlong * 4)()
-    _lib.seq_block_cache_stats(out)
+    _LIB.lib.seq_block_cache_stats(out)
     return {"hits": out[0], "misses": out[1], "kept_bytes": out[2], "in_use": out[3]}

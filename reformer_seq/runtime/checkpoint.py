@@ -22,9 +22,6 @@ Run folder layout::
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -32,32 +29,13 @@ import torch
 
 from ..config import ReformerConfig
 from ..errors import CheckpointError, ConfigError
+from .files import atomic_folder
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "training_state.pt"
 PathLike = Union[str, Path]
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def save_checkpoint(model: torch.nn.Module, config: ReformerConfig, tokenizer_spec: dict, folder: PathLike,
@@ -68,9 +46,7 @@ def save_checkpoint(model: torch.nn.Module, config: ReformerConfig, tokenizer_sp
     from .. import __version__
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt"})
         info = {"format_version": FORMAT_VERSION, "seqformer_version": __version__,
@@ -78,19 +54,6 @@ def save_checkpoint(model: torch.nn.Module, config: ReformerConfig, tokenizer_sp
         (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if training_state is not None:
             torch.save(training_state, tmp / STATE_FILE)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -80,6 +80,8 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError, SeqformerError
+from ..runtime.device import autocast, resolve_device
+from ..runtime.files import atomic_path
 from ..genome.tokenizers import NucleotideTokenizer, Tokenizer
 
 PathLike = Union[str, os.PathLike]
@@ -134,31 +136,6 @@ def plan_windows(length: int, window: int, overlap: int) -> list[Window]:
     # Between windows i and i+1 the centres' midpoint is (s_{i+1} + e_i - 1) / 2.
     cuts = [0] + [(starts[i + 1] + starts[i] + window) // 2 for i in range(len(starts) - 1)] + [length]
     return [Window(s, s + window, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
-
-
-# ---------------------------------------------------------------------- devices and precision
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cpu``, ``cuda`` or ``cuda:N`` as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SeqformerError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SeqformerError(f"--device {device} but no CUDA GPU is visible to torch {torch.__version__}; "
-                             f"use --device cpu (or auto)")
-    if dev.type not in ("cpu", "cuda"):
-        raise SeqformerError(f"--device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return dev
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision not in PRECISIONS:
-        raise SeqformerError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
 
 
 # ---------------------------------------------------------------------- output sinks
@@ -348,7 +325,7 @@ class _Engine:
         self.overlap = default_overlap(self.window) if overlap is None else int(overlap)
         check_window(self.window, self.overlap, max_len)
         self.device = resolve_device(device)
-        _autocast(self.device, precision)  # validates
+        autocast(self.device, precision)  # validates
         self.precision = precision
         self.model = model.to(self.device).eval()
         self.tokenizer, self.pool, self.rc_average = tokenizer, pool, rc_average
@@ -409,7 +386,7 @@ class _Engine:
             mask[i, :len(t)] = True
         x = torch.from_numpy(batch).to(self.device)
         m = None if mask.all() else torch.from_numpy(mask).to(self.device)
-        with torch.inference_mode(), _autocast(self.device, self.precision):
+        with torch.inference_mode(), autocast(self.device, self.precision):
             h = self.model.encode(x, m, layer=self.layer)
         return h.float()
 
@@ -597,30 +574,23 @@ def embed_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, *, pool: s
     meta = {"checkpoint": info["path"], "fasta": str(fasta), "pool": pool, "rc_average": rc_average,
             "window": eng.window, "overlap": eng.overlap, "precision": precision, "dim": eng.dim, "layer": eng.layer,
             "seqformer_version": _version()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     sink: Union[_NpzSink, _H5Sink, None] = None
     try:
-        total = int(offsets[-1])
-        if fmt == "npz":
-            sink = _NpzSink(out.parent, out.name, len(records), total, eng.dim, pool)
-        else:
-            sink = _H5Sink(tmp, len(records), total, eng.dim, pool)
-        empty = eng.run([r.ids for r in records], sink, progress)
-        arrays: dict[str, np.ndarray] = {"ids": ids, "lengths": lengths}
-        if pool == "none":
-            arrays["offsets"] = offsets
-        info_json = json.dumps(meta)
-        if isinstance(sink, _NpzSink):
-            sink.finish(tmp, {**arrays, "info": np.array(info_json)})
-        else:
-            sink.finish(arrays, info_json)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic_path(out) as tmp:
+            total = int(offsets[-1])
+            if fmt == "npz":
+                sink = _NpzSink(out.parent, out.name, len(records), total, eng.dim, pool)
+            else:
+                sink = _H5Sink(tmp, len(records), total, eng.dim, pool)
+            empty = eng.run([r.ids for r in records], sink, progress)
+            arrays: dict[str, np.ndarray] = {"ids": ids, "lengths": lengths}
+            if pool == "none":
+                arrays["offsets"] = offsets
+            info_json = json.dumps(meta)
+            if isinstance(sink, _NpzSink):
+                sink.finish(tmp, {**arrays, "info": np.array(info_json)})
+            else:
+                sink.finish(arrays, info_json)
     finally:
         if sink is not None:
             sink.cleanup()

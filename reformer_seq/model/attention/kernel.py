@@ -21,19 +21,13 @@ library uses; the kernel functions take it as ``lib=``.
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
 import os
-import platform
-import shlex
-import shutil
-import subprocess
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+
+from ...runtime.build import BuildError, LazyLibrary, compile_library, find_compiler
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "seqformer_kernels.c"
 # -ffp-contract=fast: -std=c99 alone turns off fused multiply-adds (ISO C), which made every
@@ -43,138 +37,11 @@ LIBS = ["-lm"]
 # what a failed build's warning asks for
 INSTALL_C = ("install a C compiler, GCC 9 or newer or clang (Debian/Ubuntu: apt install gcc; Fedora: dnf install "
              "gcc; macOS: xcode-select --install), or set CC to one")
-_lib: Optional[ctypes.CDLL] = None
-_tried = False
-_error: Optional[str] = None  # why the kernel is unavailable (None: available, or not tried yet)
-
-
-class BuildError(RuntimeError):
-    """A compiled piece could not be built: no compiler, a compiler error, or one remembered."""
-
-
 def mode() -> str:
     m = os.environ.get("SEQFORMER_KERNEL", "auto").lower()
     if m not in ("auto", "c", "torch"):
         raise ValueError(f"SEQFORMER_KERNEL={m!r}; use auto, c or torch")
     return m
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("SEQFORMER_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "seqformer")
-    return Path(base) / "kernels"
-
-
-def find_compiler(cxx: bool = False) -> Optional[str]:
-    """``$CC`` (``$CXX``), else the first of cc, gcc, clang (c++, g++, clang++) on the PATH."""
-    if cxx:
-        return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-
-
-_PAIRED = ("-target-cpu", "-target-feature", "-tune-cpu", "-triple", "--param")  # clang -cc1: flag value
-
-
-def _expanded_target(verbose: str) -> str:
-    """The target options in a ``cc -march=native -E -v`` log: GCC's cc1 line spells out
-    ``-march=<cpu> -m<feature> -mno-<feature> ...``, clang's ``-cc1`` line ``-target-cpu <cpu>
-    -target-feature +<feature> ...``. Empty when neither is there."""
-    for line in verbose.splitlines():
-        if "cc1" not in line or "native" in line.split("cc1", 1)[1]:
-            continue
-        try:
-            tokens = shlex.split(line)
-        except ValueError:
-            tokens = line.split()
-        keep, i = [], 0
-        while i < len(tokens):
-            tok = tokens[i]
-            if tok in _PAIRED and i + 1 < len(tokens):
-                keep += tokens[i:i + 2]
-                i += 2
-                continue
-            if tok.startswith(("-m", "--param")):
-                keep.append(tok)
-            i += 1
-        if any(t.startswith(("-march=", "-mcpu=")) or t == "-target-cpu" for t in keep):
-            return " ".join(keep)
-    return ""
-
-
-def _proc_cpu_flags() -> str:
-    try:
-        return next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith(("flags", "Features")))
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
-@functools.lru_cache(maxsize=None)
-def compiler_signature(compiler: str, flags: tuple[str, ...] = ()) -> str:
-    """The compiler's ``--version`` line and, when ``flags`` hold ``-march=native`` (or
-    ``-mcpu=native``), what that means to this compiler here: the target options it expands to
-    (``cc -march=native -E -v``; GCC's ``-Q --help=target`` where that says nothing), falling
-    back to the CPU's feature list. Asked once per process and compiler."""
-
-    def run(args: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
-
-    try:
-        version = (run([compiler, "--version"]).stdout.strip().splitlines() or [""])[0]
-    except (OSError, subprocess.SubprocessError):
-        version = "?"
-    native = [f for f in flags if f.endswith("=native")]
-    if not native:
-        return version
-    target = ""
-    try:
-        target = _expanded_target(run([compiler, *native, "-E", "-v", "-x", "c", "-"]).stderr)
-        if not target:
-            res = run([compiler, *native, "-Q", "--help=target"])
-            target = res.stdout if res.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return f"{version}\n{platform.machine()}\n{target or _proc_cpu_flags()}"
-
-
-def compile_library(source: Path, compiler: str, flags: Sequence[str], libs: Sequence[str],
-                    key_extra: str = "") -> Path:
-    """Compile ``source`` into a shared library cached under the kernel cache directory, keyed
-    by the source, the compiler (its version and, for ``-march=native``, the target it means
-    here: :func:`compiler_signature`), the flags and ``key_extra``; returns its path. The file
-    appears atomically, so concurrent builders never load a half-written library. A compiler
-    error is remembered in a ``.failed`` file with the same key and raised again (as
-    :class:`BuildError`) without compiling until that file is deleted."""
-    src = source.read_bytes()
-    recipe = "\n".join([compiler, *flags, *libs, compiler_signature(compiler, tuple(flags)), key_extra]).encode()
-    key = hashlib.sha256(src + recipe).hexdigest()[:16]
-    out = _cache_dir() / f"lib{source.stem}-{key}.so"
-    failed = out.with_suffix(".failed")
-    if out.is_file():
-        return out
-    if failed.is_file():
-        raise BuildError(f"{failed.read_text().strip()} [remembered from an earlier attempt: delete {failed} "
-                         f"to try again]")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        try:
-            res = subprocess.run([compiler, *flags, "-o", tmp, str(source), *libs], capture_output=True, text=True)
-        except OSError as e:
-            raise BuildError(f"cannot run the compiler {compiler} ({e.strerror})") from None
-        if res.returncode != 0:
-            errors = [ln for ln in res.stderr.splitlines() if "error" in ln] or res.stderr.strip().splitlines()
-            msg = f"{compiler} ({compiler_signature(compiler).strip() or '?'}) failed on {source.name}: " + \
-                  " | ".join(errors[:3])[:600]
-            fd2, tmp2 = tempfile.mkstemp(suffix=".failed", dir=out.parent)
-            with os.fdopen(fd2, "w") as f:
-                f.write(msg + "\n")
-            os.replace(tmp2, failed)
-            raise BuildError(msg)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return out
 
 
 def load_library(compiler: Optional[str] = None, flags: Optional[Sequence[str]] = None,
@@ -212,28 +79,19 @@ def unavailable_reason() -> Optional[str]:
         library()
     except Exception:  # noqa: BLE001 - SEQFORMER_KERNEL=c: the error is the answer
         pass
-    return _error
+    return _LIB.error
 
 
 def library() -> Optional[ctypes.CDLL]:
     """The loaded kernel library, or None (reference path)."""
-    global _lib, _tried, _error
     m = mode()
     if m == "torch":
         return None
-    if not _tried:
-        _tried = True
-        try:
-            _lib = load_library()
-        except Exception as e:  # noqa: BLE001 - any build problem means: use the reference
-            _lib, _error = None, str(e)
-            if m == "c":
-                raise
-            warnings.warn(f"seqformer: compiled attention kernel unavailable ({e}); using the PyTorch path, "
-                          f"about 3x slower and with more memory at long inputs; {INSTALL_C}")
-    if _lib is None and m == "c":
-        raise BuildError(f"SEQFORMER_KERNEL=c but the compiled kernel is unavailable: {_error}")
-    return _lib
+    return _LIB.get(required="SEQFORMER_KERNEL=c" if m == "c" else "")
+
+
+_LIB = LazyLibrary(load_library, "compiled attention kernel",
+                   "using the PyTorch path, about 3x slower and with more memory at long inputs", INSTALL_C)
 
 
 def usable(*tensors: torch.Tensor) -> bool:
@@ -322,8 +180,8 @@ def lsh_sort(buckets: torch.Tensor, n_real_buckets: torch.Tensor, chunk: int, ca
 def release_buffers() -> None:
     """Free the kernel's kept work buffers (an arena reused from call to call, as large as the
     largest call so far: ~0.4 GB after a 1M-token backward). The next call allocates again."""
-    if _lib is not None:
-        _lib.seq_release_buffers()
+    if _LIB.lib is not None:
+        _LIB.lib.seq_release_buffers()
 
 
 def set_segment_rows(n: int) -> int:

@@ -55,7 +55,6 @@ import datetime as _dt
 import math
 import os
 import re
-import tempfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +63,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, Sequen
 import numpy as np
 
 from ...errors import CheckpointError, InputError
+from ...runtime.device import resolve_device
+from ...runtime.files import atomic_write, atomic_write_json, atomic_write_text
 from ...genome.fasta import EncodedRecord, load_genome
 from ..motifs import (DEFAULT_PSEUDOCOUNT, PSSM, Motif, ScanIndex, Site, Threshold, background_from_records,
                      make_pssm, non_overlapping, scan_records)
@@ -144,20 +145,6 @@ class ModelScorer:
             mask = x != PAD_ID
             logits = self.model(x, mask=None if bool(mask.all()) else mask)
             return torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; other names are checked."""
-    import torch
-
-    device = (device or "auto").lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
-        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
-    return device
 
 
 # ====================================================================== running queries
@@ -834,18 +821,6 @@ def _finite(x: float) -> Optional[float]:
 
 
 # ====================================================================== report
-def _atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:80] or "motif"
 
@@ -885,7 +860,7 @@ def plot_profile(result: dict[str, Any], path: PathLike) -> Path:
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper right", framealpha=0.8)
     fig.tight_layout()
-    _atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
     plt.close(fig)
     return path
 
@@ -954,7 +929,6 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 def write_report(report: dict[str, Any], out_dir: PathLike) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and ``profiles/<motif>.png`` (each atomically)."""
-    from ...runtime.checkpoint import atomic_write_json, atomic_write_text
 
     out = Path(out_dir)
     try:
@@ -1102,7 +1076,7 @@ def evaluate_checkpoint(fasta: PathLike, checkpoint: PathLike, out_dir: Optional
                               "checkpoint": info.get("path", str(checkpoint)),
                               "checkpoint_step": info.get("step"),
                               "checkpoint_val_bits_per_base": info.get("val_bits_per_base"),
-                              "device": scorer.device}
+                              "device": str(scorer.device)}
     report.update(evaluate_records(records, scorer, motifs, threshold, window or _default_window(info, scorer.max_len),
                                    motif_window, batch_size, mask_prob, data, note, max_order, max_sites,
                                    seed=seed, progress=progress))

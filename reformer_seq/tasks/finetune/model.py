@@ -24,10 +24,9 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...errors import CheckpointError, ConfigError, InputError
+from ...errors import CheckpointError, ConfigError
 from ...model.lm import ReformerLM
 
 PathLike = Union[str, os.PathLike]
@@ -180,7 +179,7 @@ def predict_tokens(model: SequenceModel, tokens: Sequence[np.ndarray], pad_id: i
     """Probabilities (N, C) or values (N,) for token arrays, in order (eval mode, fork of the RNG)."""
     from tqdm.auto import tqdm
 
-    from ..training.trainer import autocast_context
+    from ...runtime.device import autocast
 
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -192,7 +191,7 @@ def predict_tokens(model: SequenceModel, tokens: Sequence[np.ndarray], pad_id: i
             for s in tqdm(range(0, len(tokens), batch_size), disable=not progress, desc="predict", unit="batch"):
                 idx = order[s:s + batch_size]
                 x, mask = pad_batch([tokens[i] for i in idx], pad_id, device)
-                with autocast_context(device, precision):
+                with autocast(device, precision):
                     out.append(model.outputs(model(x, mask)).cpu().numpy())
     finally:
         model.train(was_training)
@@ -221,8 +220,8 @@ def predict_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, batch_si
     Columns: ``id``, ``length``, then ``predicted`` (the most probable class) and ``p_CLASS`` per
     class for a classifier, or ``value`` for a regressor.
     """
-    from ...runtime.checkpoint import atomic_write_text
-    from ..embedding import resolve_device
+    from ...runtime.files import atomic_write_text
+    from ...runtime.device import resolve_device
     from ...genome.fasta import read_records
     from ...genome.labelled import LabelledSet, check_lengths
 

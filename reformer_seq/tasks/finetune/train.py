@@ -27,15 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...runtime.checkpoint import STATE_FILE, atomic_write_json, load_pretrained, resolve_checkpoint
+from ...runtime.checkpoint import STATE_FILE, load_pretrained, resolve_checkpoint
+from ...runtime.files import atomic_write, atomic_write_json
 from ...errors import CheckpointError, ConfigError
 from .model import HeadConfig, SequenceModel, masked_mean, pad_batch, predict_tokens
 from ...genome.labelled import (LabelledSet, check_lengths, class_names, encode_labels, infer_task, read_class_fastas,
                             read_tsv, split_validation)
 from .metrics import (CLASSIFY_METRICS, REGRESS_METRICS, classification_metrics, default_metric, higher_is_better,
                       regression_metrics)
-from ..training.trainer import _StopFlag, _prune_checkpoints, _truncate_metrics, autocast_context, lr_at, make_optimizer
-from ..embedding import resolve_device
+from ..training.trainer import _StopFlag, _prune_checkpoints, _truncate_metrics, lr_at, make_optimizer
+from ...runtime.device import autocast, resolve_device
 
 RUN_FILE = "finetune.json"
 
@@ -196,7 +197,7 @@ class _Trainer:
         x, mask = pad_batch([self.train.tokens[i] for i in idx], self.tok.pad_id, self.device)
         y = torch.from_numpy(self.y_train[idx]).to(self.device)
         self.opt.zero_grad(set_to_none=True)
-        with autocast_context(self.device, self.opts.precision):
+        with autocast(self.device, self.opts.precision):
             raw = self.model(x, mask)
         loss = self.loss(raw, y)
         loss.backward()
@@ -259,8 +260,6 @@ def plot_curve(metrics_path: Path, png_path: Path, metric: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..evaluation.evaluate import _atomic_write_bytes
-
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     train = [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
     val = [(r["step"], r[metric]) for r in rows if r["kind"] == "val" and r.get(metric) is not None]
@@ -275,7 +274,7 @@ def plot_curve(metrics_path: Path, png_path: Path, metric: str) -> None:
     ax2.set_ylabel(f"validation {metric}")
     fig.legend(loc="upper right")
     fig.tight_layout()
-    _atomic_write_bytes(png_path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), suffix=".png")
     plt.close(fig)
 
 

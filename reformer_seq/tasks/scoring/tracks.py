@@ -36,7 +36,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ...errors import InputError, SeqformerError
-from ..evaluation.evaluate import LN2, ModelScorer, ScoringModel, _atomic_write_bytes, _default_window, iter_likelihood
+from ..evaluation.evaluate import LN2, ModelScorer, ScoringModel, _default_window, iter_likelihood
+from ...runtime.files import atomic_write
 from ...genome.fasta import EncodedRecord, load_genome
 from ...genome.tokenizers import NucleotideTokenizer
 
@@ -218,7 +219,7 @@ def write_track(tracks: dict[str, np.ndarray], out: PathLike, lengths: dict[str,
                 np.savez(f, **{k: v.astype(np.float32) for k, v in tracks.items()})
     else:
         write = _bigwig_writer(tracks, lengths, digits)
-    _atomic_write_bytes(out, write)
+    atomic_write(out, write, suffix=out.suffix)
     return out
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 from ...errors import SeqformerError
-from ..evaluation.evaluate import _atomic_write_bytes
+from ...runtime.files import atomic_write
 from .variants import NOTES, SIGN_NOTE, open_vcf, quiet_htslib
 
 PathLike = Union[str, Path]
@@ -127,5 +127,5 @@ def write_variants(alleles: Sequence, out: PathLike, fmt: str, vcf_in: PathLike,
     else:
         def write(tmp: str) -> None:
             write_vcf(alleles, vcf_in, tmp, fmt == "vcf.gz", records, meta)
-    _atomic_write_bytes(out, write)
+    atomic_write(out, write, suffix=out.suffix)
     return out

@@ -19,7 +19,6 @@ cheap for models of this size. Only rank 0 writes files.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -37,7 +36,9 @@ import torch.nn.functional as F
 from ...model.attention import kernel as kernels
 
 from ...runtime import tuning as runtime
-from ...runtime.checkpoint import (STATE_FILE, atomic_write_json, atomic_write_text, resolve_checkpoint, save_checkpoint)
+from ...runtime.checkpoint import STATE_FILE, resolve_checkpoint, save_checkpoint
+from ...runtime.device import autocast, resolve_device
+from ...runtime.files import atomic_write, atomic_write_json, atomic_write_text
 from ...config import RunConfig, load_run_config
 from ...errors import CheckpointError, ConfigError, InputError
 from ...genome.fasta import file_sha256
@@ -75,25 +76,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------- small pieces
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
-    return dev
-
-
-def autocast_context(device: torch.device, precision: str):
-    """The autocast context for ``precision`` (fp32: none)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision fp16 needs a CUDA device (it relies on a gradient scaler); use bf16 on CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def lr_at(step: int, base_lr: float, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warmup over ``warmup`` steps, then cosine decay to ``base_lr * min_ratio`` at ``total``."""
     if step < warmup:
@@ -247,7 +229,7 @@ def validation_bits(model: torch.nn.Module, loader: Iterator[dict], device: torc
             if max_batches and i >= max_batches:
                 break
             x, labels, mask = (batch[k].to(device) for k in ("input_ids", "labels", "attention_mask"))
-            with autocast_context(device, precision):
+            with autocast(device, precision):
                 logits = model(x, mask=None if bool(mask.all()) else mask)
             loss, n = lm_loss(logits, labels)
             total += float(loss)
@@ -311,10 +293,8 @@ def plot_loss_curve(metrics_path: Path, png_path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), suffix=".png")
     plt.close(fig)
-    os.replace(tmp, png_path)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -522,7 +502,7 @@ def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, devic
             for _ in range(tcfg.grad_accum):
                 batch = next(data)
                 x, labels, mask = (batch[k].to(device) for k in ("input_ids", "labels", "attention_mask"))
-                with autocast_context(device, tcfg.precision):
+                with autocast(device, tcfg.precision):
                     logits = model(x, mask=None if bool(mask.all()) else mask)
                 loss, n = lm_loss(logits, labels)
                 scaler.scale(loss / max(n, 1) / tcfg.grad_accum).backward()

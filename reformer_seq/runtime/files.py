@@ -1,0 +1,114 @@
+"""Atomic files and folders: the one way seqformer writes anything a crash must not corrupt.
+
+Everything is first written under a temporary name in the destination's own folder (so the
+final step is a same-filesystem rename) and renamed into place only when complete: a ``kill -9``
+at any moment leaves either the previous file or the new one, never a half-written mix. On an
+error the temporary file or folder is removed and the destination is left as it was.
+
+Temporary files from :func:`tempfile.mkstemp` are private (mode 0600); what is renamed into place
+gets the mode an ordinary ``open()`` would have given it (0666 less the umask), so outputs are
+readable by whoever could read a file the user made by hand.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+
+PathLike = Union[str, Path]
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` can only be read by setting
+    it, a process-wide side effect); 0o022 where /proc does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _publish_mode(path: Path, folder: bool) -> None:
+    try:
+        os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+    except OSError:  # a filesystem without modes: nothing to fix
+        pass
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
+    """A temporary file name next to ``path`` for the block to write; renamed onto ``path``
+    when the block succeeds, deleted when it raises. ``suffix`` keeps a file extension that a
+    writer looks at (matplotlib picks the format from it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _publish_mode(tmp, folder=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None], suffix: str = "") -> None:
+    """Call ``write(temporary_name)`` and rename the result onto ``path`` (see :func:`atomic_path`)."""
+    with atomic_path(path, suffix) as tmp:
+        write(str(tmp))
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, flushed to disk before the rename."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> None:
+    """``obj`` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: PathLike, keep_existing: Optional[Callable[[Path], bool]] = None) -> Iterator[Path]:
+    """A temporary folder next to ``folder`` for the block to fill; its files are flushed to disk
+    and it is renamed onto ``folder`` when the block succeeds, deleted when it raises.
+
+    An existing ``folder`` is swapped out (moved aside, then deleted), unless
+    ``keep_existing(folder)`` says it is as good (another process made the same thing first):
+    then the new one is dropped.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _publish_mode(tmp, folder=True)
+        if not folder.exists():
+            try:
+                os.rename(tmp, folder)
+                return
+            except OSError:  # it appeared meanwhile: another process made it
+                pass
+        if keep_existing is not None and keep_existing(folder):
+            return
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
