@@ -5,6 +5,7 @@ from .errors import CheckpointError, ConfigError, InputError, SeqformerError
 __version__ = "0.1.0"
 from .model.lm import ReformerLM
 from .runtime.tuning import process_tuning, runtime_tuning, set_process_tuning
+from .runtime.policy import ExecutionPolicy, current_policy, set_policy, use_policy
 from .genome.tokenizers import ByteTokenizer, NucleotideTokenizer, make_tokenizer, tokenizer_from_spec
 from .genome.fasta import EncodedRecord, load_genome, read_records
 from .genome.windows import (CausalCollator, GenomeWindowDataset, MaskedCollator, datasets_from_config, genome_windows,

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from reformer_seq.runtime.policy import current_policy, use_policy
 from reformer_seq.model.attention.chunked import chunked_attention as _chunked_attention
 from reformer_seq.model.attention.exact import full_attention
 from reformer_seq.model.attention.local import local_layout
@@ -267,13 +268,9 @@ def test_compiled_kernel_segments_change_nothing():
             for k in (None, F.normalize(torch.randn(B, L, H, D, generator=g), dim=-1)):
                 runs = []
                 for rows in (None, 24):  # 24 rows of chunk 8: 3 chunks a segment, the last one short
-                    prev = kernels.set_segment_rows(rows) if rows else None
-                    try:
+                    with use_policy(**({"kernel_segment_rows": rows} if rows else {})):
                         out, lse = kernels.forward(q, k, v, lay, 0.25)
                         grads = kernels.backward(q, k, v, out, lse, dout, lay, 0.25)
-                    finally:
-                        if prev:
-                            kernels.set_segment_rows(prev)
                     runs.append((out, lse) + tuple(t for t in grads if t is not None))
                 for a, b in zip(*runs):
                     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=f"{name} causal={causal}")
@@ -373,7 +370,6 @@ def _check_library(lib, monkeypatch) -> None:
     and the bucket sort."""
     from reformer_seq.model.attention import chunked as ca
     from reformer_seq.model.attention import kernel as kernels
-    from reformer_seq.model.attention.lsh import ROW_BLOCK
 
     B, H, L, D, C = 2, 2, 256, 16, 8
     u = lambda t: t.unsqueeze(2)  # noqa: E731 - (G, L, D) as (B=G, L, H=1, D)
@@ -404,7 +400,7 @@ def _check_library(lib, monkeypatch) -> None:
         rot = hash_rotations(H, D, R, nf, device=torch.device("cpu"), generator=torch.Generator().manual_seed(1))
         want_codes = hash_codes(qk, rot, R)  # (R, B, H, L)
         half = FACTOR // 2
-        proj = torch.matmul(qk[:, :, :ROW_BLOCK], rot).reshape(-1, nf * R * half)  # (B*H*L, F*R*half)
+        proj = torch.matmul(qk[:, :, :current_policy().hash_row_block], rot).reshape(-1, nf * R * half)  # (B*H*L, F*R*half)
         got_codes = kernels.lsh_codes(proj, nf, R, half, lib=lib).view(R, B, H, L)
         assert torch.equal(got_codes, want_codes)
         ref = lsh_layout(qk, real, bits, rot, R, C, causal)

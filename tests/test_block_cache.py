@@ -78,7 +78,7 @@ def test_kept_plus_used_never_exceeds_the_peak_in_use():
 
 def test_training_step_is_unchanged_and_the_model_turns_the_cache_on_inside_the_switch():
     """Loss and every gradient are the same with every buffer over 64 KiB going through the
-    cache. The model turns it on above CACHE_FROM_ELEMS (lowered here) only inside
+    cache. The model turns it on above the policy's buffer_cache_from_elems (lowered here) only inside
     runtime_tuning(); outside (a library user's default) it never does, and leaving the switch
     frees what the cache kept."""
     out = run_py("""
@@ -98,9 +98,8 @@ def test_training_step_is_unchanged_and_the_model_turns_the_cache_on_inside_the_
             return loss.item(), [p.grad.clone() for p in m.parameters()]
         ref_loss, ref_grads = step()
         assert bc.stats()["hits"] + bc.stats()["misses"] == 0  # below the threshold: not enabled
-        bc.CACHE_FROM_ELEMS = 1
-        heap.LONG_INPUT_ELEMS = 1
-        bc.MIN_BYTES = 64 << 10
+        from reformer_seq.runtime.policy import set_policy
+        set_policy(buffer_cache_from_elems=1, long_input_elems=1, buffer_cache_min_bytes=64 << 10)
         step()
         assert bc.stats()["hits"] + bc.stats()["misses"] == 0  # above it, but tuning is off by default
         assert heap._done is False  # nor are the heap thresholds touched

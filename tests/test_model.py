@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from reformer_seq.runtime.policy import use_policy
 from reformer_seq import ConfigError, ReformerConfig, ReformerLM
 from reformer_seq.model.positions import AxialPositionalEncoding
 from reformer_seq.model.feedforward import FeedForward
@@ -214,11 +215,9 @@ GOLDEN = [87.272, 5.2752]
 
 
 @pytest.mark.parametrize("layers", [["lsh"], ["local", "lsh"]])
-def test_head_groups_equal_all_heads_at_once(layers, monkeypatch):
+def test_head_groups_equal_all_heads_at_once(layers):
     """Long inputs attend a head group at a time (and the reversible backward frees each group
     before the next); forcing one head per group changes nothing, gradients included."""
-    from reformer_seq.model.attention import layer as attention
-
     cfg = small_config(depth=2, dropout=0.1, attn_layers=layers, heads=4)
     torch.manual_seed(0)
     rev = ReformerLM(cfg).train()
@@ -226,9 +225,9 @@ def test_head_groups_equal_all_heads_at_once(layers, monkeypatch):
     plain.load_state_dict(rev.state_dict())
     x = tokens(2, 150)
     out_p, g_p = grads(plain, x, seed=3)  # all heads together
-    monkeypatch.setattr(attention, "GROUP_ELEMS", 1)  # one head per group
-    assert len(rev.layers[0].attn.head_groups(2, 160)) == 4
-    out_r, g_r = grads(rev, x, seed=3)
+    with use_policy(head_group_elems=1):  # one head per group
+        assert len(rev.layers[0].attn.head_groups(2, 160)) == 4
+        out_r, g_r = grads(rev, x, seed=3)
     assert rel_err(out_r, out_p) < 1e-5
     for name in g_p:
         assert rel_err(g_r[name], g_p[name]) < 1e-5, name
@@ -261,23 +260,24 @@ def test_random_position_offset_only_in_training():
     with torch.no_grad():
         outs = [model(ids) for _ in range(4)]
     assert any(not torch.allclose(outs[0], o) for o in outs[1:])  # training: the offset changes
-def test_full_attention_refuses_lengths_past_the_dense_limit(monkeypatch):
+def test_full_attention_refuses_lengths_past_the_dense_limit():
     """A ``full`` layer checks the size of its dense (L, L) bias before building it: past
-    MAX_DENSE_ELEMS (lowered here to 128 * 128) it raises ConfigError naming attn_layers and the
+    the execution policy's dense_max_elems (lowered here to 128 * 128) it raises ConfigError naming attn_layers and the
     lsh/local alternatives; at the limit it runs. The stated default refuses 64K (16 GiB)."""
     from reformer_seq.model.attention import exact as fa
 
     with pytest.raises(ConfigError, match="over the limit of 268,435,456"):
         fa.check_dense_size(65536)
     fa.check_dense_size(16384)  # exactly 2**28: allowed
-    monkeypatch.setattr(fa, "MAX_DENSE_ELEMS", 128 * 128)
     model = ReformerLM(small_config(attn_layers=["local", "full"], local_window=16))
-    model(tokens(1, 128))
-    model(tokens(1, 128), mask=torch.ones(1, 128, dtype=torch.bool))
-    with pytest.raises(ConfigError) as err:
-        model(tokens(1, 136))
-    msg = str(err.value)
-    for text in ("length 136", "attn_layers", "'lsh'", "'local'", "MAX_DENSE_ELEMS"):
-        assert text in msg, msg
-    with pytest.raises(ConfigError, match=r"dense \(B, L, L\) bias"):  # padding: one bias per sequence
-        model(tokens(2, 128), mask=torch.ones(2, 128, dtype=torch.bool).index_fill_(1, torch.tensor([127]), False))
+    with use_policy(dense_max_elems=128 * 128):
+        model(tokens(1, 128))
+        model(tokens(1, 128), mask=torch.ones(1, 128, dtype=torch.bool))
+        with pytest.raises(ConfigError) as err:
+            model(tokens(1, 136))
+        msg = str(err.value)
+        for text in ("length 136", "attn_layers", "'lsh'", "'local'", "dense_max_elems"):
+            assert text in msg, msg
+        with pytest.raises(ConfigError, match=r"dense \(B, L, L\) bias"):  # padding: one bias per sequence
+            model(tokens(2, 128), mask=torch.ones(2, 128, dtype=torch.bool).index_fill_(1, torch.tensor([127]), False))
+    model(tokens(1, 136))  # the policy is restored on leaving the block

@@ -10,14 +10,14 @@ from __future__ import annotations
 from torch import Tensor, nn
 import torch
 
-from ..runtime.heap import LONG_INPUT_ELEMS
+from ..runtime.policy import current_policy
 
 
-# ``chunk_size=0`` (auto). Below 2**25 elements (256K tokens at dim 64 and less) 4096-position
-# chunks keep the hidden buffers small enough for the allocator to reuse: ~100 MB less peak
-# memory at 64K tokens. Long inputs return freed buffers to the OS (heap.py); there 16384 means
-# fewer, larger buffers and less memory (1M tokens: 3.64 vs 3.84 GiB peak with 4096).
-AUTO_SHORT, AUTO_LONG = 4096, 16384
+# ``chunk_size=0`` (auto) takes the execution policy's chunk sizes (runtime/policy.py). Below its
+# long_input_elems, 2**25 elements (256K tokens at dim 64 and less), 4096-position chunks keep the
+# hidden buffers small enough for the allocator to reuse: ~100 MB less peak memory at 64K tokens.
+# Long inputs return freed buffers to the OS (heap.py); there 16384 means fewer, larger buffers
+# and less memory (1M tokens: 3.64 vs 3.84 GiB peak with 4096).
 
 
 class FeedForward(nn.Module):
@@ -38,9 +38,11 @@ class FeedForward(nn.Module):
 
     def slices(self, length: int, batch: int = 1) -> list[slice]:
         """The position slices the forward (and the reversible backward) walk through, in order.
-        ``chunk_size`` 0 (auto): 4096 positions while batch * length * dim < 2**25, else 16384."""
-        cs = self.chunk_size or (AUTO_SHORT if batch * length * self.norm.normalized_shape[0] < LONG_INPUT_ELEMS
-                                 else AUTO_LONG)
+        ``chunk_size`` 0 (auto): the policy's ``ff_chunk_short`` positions (4096) while
+        batch * length * dim < ``long_input_elems`` (2**25), else ``ff_chunk_long`` (16384)."""
+        pol = current_policy()
+        long = batch * length * self.norm.normalized_shape[0] >= pol.long_input_elems
+        cs = self.chunk_size or (pol.ff_chunk_long if long else pol.ff_chunk_short)
         return [slice(a, min(a + cs, length)) for a in range(0, length, cs)]
 
     def forward(self, x: Tensor) -> Tensor:

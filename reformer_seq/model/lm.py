@@ -20,11 +20,10 @@ from ..config import ReformerConfig
 from .attention.copy_attention import CopyAttention, CopyMixture
 from ..errors import ConfigError
 from .feedforward import FeedForward
-from ..runtime.heap import LONG_INPUT_ELEMS
+from ..runtime.policy import current_policy
 from .reversible import ReversibleBlock, run_blocks
 from ..runtime import tuning as runtime
 
-HEAD_CHECKPOINT_ELEMS = LONG_INPUT_ELEMS  # (B, L, dim) sizes from which the final norm is recomputed
 
 
 class CausalConv(nn.Module):
@@ -135,7 +134,7 @@ class ReformerLM(nn.Module):
         """Logits (B, L, vocab_size); in a causal model position t predicts token t + 1. With the
         copy mixture (``copy_position: mix``) these are log-probabilities (see CopyMixture)."""
         h = self._stack(tokens, mask)
-        if torch.is_grad_enabled() and h.requires_grad and h.numel() >= HEAD_CHECKPOINT_ELEMS:
+        if torch.is_grad_enabled() and h.requires_grad and h.numel() >= current_policy().long_input_elems:
             # long inputs: keep only h for the backward, recompute the norm (saves a (B, L, dim) buffer)
             logits = checkpoint(self._head, h, use_reentrant=False)
         else:

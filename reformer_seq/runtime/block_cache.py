@@ -34,12 +34,10 @@ from typing import Optional
 
 import torch
 
+from .policy import current_policy
 from .build import BuildError, LazyLibrary, compile_library, find_compiler
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "block_cache.cpp"
-# B * L * dim from which the model turns the cache on: (B, L, dim) buffers of 16 MB
-CACHE_FROM_ELEMS = 1 << 22
-MIN_BYTES = 16 << 20  # smaller buffers come from glibc's heap, which reuses them well
 
 INSTALL_CXX = ("install a C++17 compiler, g++ 9 or newer or clang++ (Debian/Ubuntu: apt install g++; Fedora: dnf "
                "install gcc-c++; macOS: xcode-select --install), or set CXX to one")
@@ -100,7 +98,8 @@ def cap_bytes() -> int:
 def enable(cap: Optional[int] = None, min_bytes: Optional[int] = None) -> bool:
     """Put the cache in front of torch's CPU allocator (or change its limits); True when it is
     active. ``cap``: kept bytes at most (default :func:`cap_bytes`; negative: no cap);
-    ``min_bytes``: smaller buffers bypass it (default ``MIN_BYTES``).
+    ``min_bytes``: smaller buffers bypass it (default: the execution policy's
+    ``buffer_cache_min_bytes``; smaller buffers come from glibc's heap, which reuses them well).
     ``SEQFORMER_BLOCK_CACHE=0`` turns it off (returns False)."""
     if os.environ.get("SEQFORMER_BLOCK_CACHE", "1") == "0":
         return False
@@ -108,7 +107,8 @@ def enable(cap: Optional[int] = None, min_bytes: Optional[int] = None) -> bool:
     lib = _library()
     if lib is None:
         return False
-    return bool(lib.seq_block_cache_enable(cap, MIN_BYTES if min_bytes is None else int(min_bytes)))
+    min_bytes = current_policy().buffer_cache_min_bytes if min_bytes is None else int(min_bytes)
+    return bool(lib.seq_block_cache_enable(cap, min_bytes))
 
 
 def ensure() -> bool:
@@ -125,7 +125,7 @@ def suspend() -> None:
     again. What :func:`~reformer_seq.runtime.tuning.set_process_tuning` (False) calls."""
     global _ensured
     if _LIB.lib is not None and _ensured:
-        _LIB.lib.seq_block_cache_enable(0, MIN_BYTES)
+        _LIB.lib.seq_block_cache_enable(0, current_policy().buffer_cache_min_bytes)
         release()
     _ensured = None
 

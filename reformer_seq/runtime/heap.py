@@ -20,19 +20,17 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from typing import Optional
+
+from .policy import current_policy
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-# B * L * dim from which an input counts as long (512K tokens at dim 64): the model switches the
-# heap thresholds, recomputes its final norm, and the feed-forward takes larger chunks
-LONG_INPUT_ELEMS = 1 << 25
 _done = False
 
 
-HEAP_THRESHOLD = 17 << 20  # bytes: just above the feed-forward's 16 MiB hidden buffer (see above)
-
-
-def limit_heap_fragmentation(threshold: int = HEAP_THRESHOLD) -> bool:
+def limit_heap_fragmentation(threshold: Optional[int] = None) -> bool:
     """Set glibc's mmap and trim thresholds (process-wide); False where not glibc."""
+    threshold = threshold or current_policy().heap_threshold_bytes  # just above the FF's 16 MiB buffer
     global _done
     if _done:
         return True

@@ -34,6 +34,7 @@ import contextlib
 from typing import Iterator
 
 from . import block_cache, heap
+from .policy import current_policy
 
 _on = False
 
@@ -69,9 +70,10 @@ def tune_for_input(elems: int, device_type: str) -> None:
     once each, when tuning is allowed; nothing otherwise."""
     if not _on:
         return
-    if elems >= block_cache.CACHE_FROM_ELEMS and device_type == "cpu":
+    pol = current_policy()
+    if elems >= pol.buffer_cache_from_elems and device_type == "cpu":
         block_cache.ensure()  # reuse large freed buffers instead of fresh zeroed pages
-    if elems >= heap.LONG_INPUT_ELEMS:
+    if elems >= pol.long_input_elems:
         heap.limit_heap_fragmentation()  # long inputs: freed buffers go back to the OS
 
 

@@ -42,6 +42,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import InputError
+from ..runtime.policy import current_policy
 from ..genome.fasta import EncodedRecord
 from ..genome.tokenizers import NucleotideTokenizer
 
@@ -52,7 +53,6 @@ NOMINAL_SITES = 20.0  # sites assumed for a frequency-only matrix (MEME's defaul
 DEFAULT_PSEUDOCOUNT = 1.0
 DEFAULT_THRESHOLD = "p:1e-5"
 SCORE_GRID = 1e-3  # bits; resolution of the score distribution behind p-value thresholds
-_CHUNK = 1 << 22  # positions scored at a time
 
 FORMATS = {"jaspar": "jaspar", "meme": "minimal", "minimal": "minimal", "meme-xml": "meme",
            "transfac": "transfac", "pfm": "pfm"}
@@ -248,8 +248,9 @@ def base_counts(records: Sequence[Union[EncodedRecord, np.ndarray]]) -> np.ndarr
     total = np.zeros(4, dtype=np.int64)
     for rec in records:
         ids = rec.ids if isinstance(rec, EncodedRecord) else rec
-        for off in range(0, len(ids), _CHUNK):
-            total += np.bincount(np.asarray(ids[off:off + _CHUNK]), minlength=256)[BASE_OFFSET:BASE_OFFSET + 4]
+        step = current_policy().motif_scan_positions
+        for off in range(0, len(ids), step):
+            total += np.bincount(np.asarray(ids[off:off + step]), minlength=256)[BASE_OFFSET:BASE_OFFSET + 4]
     return total
 
 
@@ -410,8 +411,9 @@ def score_sequence(ids: np.ndarray, pssm: PSSM) -> tuple[np.ndarray, np.ndarray]
         return np.zeros(0), np.zeros(0)
     fwd_t, rev_t = _extended_table(pssm.log_odds), _extended_table(pssm.reverse_complement())
     fwd, rev = np.empty(n), np.empty(n)
-    for off in range(0, n, _CHUNK):
-        m = min(_CHUNK, n - off)
+    step = current_policy().motif_scan_positions  # positions scored at a time
+    for off in range(0, n, step):
+        m = min(step, n - off)
         seg = np.asarray(ids[off:off + m + W - 1]).astype(np.intp)
         f = np.zeros(m)
         r = np.zeros(m)

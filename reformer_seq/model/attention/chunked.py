@@ -18,7 +18,8 @@ their rules (see :mod:`.lsh_attention` and :mod:`.local_attention`).
 
 The autograd Function computes in float32 (float64 for float64 inputs) one (round, block of chunks) at a time, in forward
 and backward alike (the backward recomputes logits, as FlashAttention does), so temporaries
-are bounded by ``max_block_elems`` whatever the length: memory grows linearly with L.
+are bounded by ``max_block_elems`` (default: the execution policy's ``attention_block_elems``)
+whatever the length: memory grows linearly with L.
 
 Letters: G = batch x heads (flattened), L = padded length (multiple of C), D = head width,
 R = rounds, C = chunk length, n = chunks in a block, K = keys per window = (back+1+fwd) * C.
@@ -34,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...runtime.policy import current_policy
+
 SELF_VALUE = -5e4  # additive self logit of dense shared-QK attention (full_attention)
 _FAR = -(2 ** 30)  # window key of out-of-range slots: fails every window test
-DEFAULT_BLOCK_ELEMS = 2 ** 22  # logits per block (G * n * C * K); ~16 MB of float32
 
 
 @dataclass
@@ -185,10 +187,11 @@ def _safe(lse: Tensor) -> Tensor:
     return lse.masked_fill(torch.isinf(lse), 0.0)
 
 
-def _blocks(lay: Layout, G: int, L: int, max_block_elems: int):
+def _blocks(lay: Layout, G: int, L: int, max_block_elems: Optional[int]):
     C = lay.chunk
     n_chunks = L // C
     per_chunk = G * C * lay.window
+    max_block_elems = max_block_elems or current_policy().attention_block_elems
     step = max(1, min(n_chunks, max_block_elems // per_chunk))
     for c0 in range(0, n_chunks, step):
         yield c0, min(n_chunks, c0 + step)
@@ -205,7 +208,7 @@ def _block_inputs(blk: _Block, lay: Layout, q2: Tensor, k2: Tensor, v2: Tensor, 
 
 
 def chunked_attention_forward(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float,
-                              max_block_elems: int = DEFAULT_BLOCK_ELEMS) -> tuple[Tensor, Tensor]:
+                              max_block_elems: Optional[int] = None) -> tuple[Tensor, Tensor]:
     """Attention of (G, L, D) float32 inputs under ``lay``; returns out (G, L, D) and lse (G, L)."""
     G, L, D = q.shape
     q2, k2, v2 = q.reshape(G * L, D), k.reshape(G * L, D), v.reshape(G * L, D)
@@ -239,7 +242,7 @@ def chunked_attention_forward(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scal
 
 
 def chunked_attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor,
-                               lay: Layout, scale: float, max_block_elems: int = DEFAULT_BLOCK_ELEMS
+                               lay: Layout, scale: float, max_block_elems: Optional[int] = None
                                ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (dq, dk, dv) of ``chunked_attention_forward``, recomputing logits block by block."""
     G, L, D = q.shape
@@ -325,7 +328,6 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 # The forward pass's outputs are kept for the reversible backward's recomputation when they are
 # this small (elements of one layer's attention output); above it they are recomputed.
-CACHE_MAX_ELEMS = 1 << 24
 
 
 class ChunkedAttentionFunction(torch.autograd.Function):
@@ -356,7 +358,7 @@ class ChunkedAttentionFunction(torch.autograd.Function):
 
 
 def chunked_attention(q: Tensor, k: Optional[Tensor], v: Tensor, lay: Layout, scale: Optional[float] = None,
-                      cache: Optional[dict] = None, max_block_elems: int = DEFAULT_BLOCK_ELEMS) -> Tensor:
+                      cache: Optional[dict] = None, max_block_elems: Optional[int] = None) -> Tensor:
     """Windowed attention under ``lay`` of (B, L, H, D) queries/keys/values -> (B, L, H, D).
 
     ``k=None`` means shared-QK keys, ``F.normalize(q, dim=-1)`` (the compiled kernel forms them
@@ -365,6 +367,7 @@ def chunked_attention(q: Tensor, k: Optional[Tensor], v: Tensor, lay: Layout, sc
     by a reversible block's forward pass and its recomputation) keeps the forward's output so
     the recomputation does not attend again.
     """
+    max_block_elems = max_block_elems or current_policy().attention_block_elems
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if q.shape[1] % lay.chunk:
@@ -375,6 +378,6 @@ def chunked_attention(q: Tensor, k: Optional[Tensor], v: Tensor, lay: Layout, sc
     with torch.autocast(q.device.type, enabled=False):
         cd = compute_dtype(q.dtype)
         out, lse = _forward(q.to(cd), None if k is None else k.to(cd), v.to(cd), lay, scale, max_block_elems)
-    if cache is not None and out.numel() <= CACHE_MAX_ELEMS:
+    if cache is not None and out.numel() <= current_policy().attention_cache_elems:
         cache["attn_out"] = (out, lse)
     return out.to(q.dtype)

@@ -5,8 +5,8 @@ Shared query/key (Reformer, section 2): keys are the unit-normalised queries, an
 attends to itself only when nothing else is visible (its self logit sits ``SELF_VALUE`` below
 the rest, which a softmax turns into weight zero unless it is alone). Runs on
 ``torch.nn.functional.scaled_dot_product_attention`` with an additive mask; memory is
-quadratic in L, so use it for short inputs: a length whose dense bias would pass
-``MAX_DENSE_ELEMS`` elements raises :class:`~reformer_seq.errors.ConfigError` naming the
+quadratic in L, so use it for short inputs: a length whose dense bias would pass the execution
+policy's ``dense_max_elems`` elements raises :class:`~reformer_seq.errors.ConfigError` naming the
 alternatives instead of trying to allocate it (16 GiB at 64K tokens).
 
 Letters: B batch, H heads, L length, D head width.
@@ -22,21 +22,22 @@ from torch import Tensor
 
 from .chunked import SELF_VALUE
 from ...errors import ConfigError
+from ...runtime.policy import current_policy
 
-# The most elements of the dense (L, L) bias (per sequence with padding) a ``full`` layer builds:
-# 2**28 float32 = 1 GiB, i.e. L = 16,384. The attention weights are as large again.
-MAX_DENSE_ELEMS = 1 << 28
+# The most elements of the dense (L, L) bias (per sequence with padding) a ``full`` layer builds is
+# the execution policy's dense_max_elems: 2**28 float32 = 1 GiB by default, i.e. L = 16,384. The
+# attention weights are as large again.
 
 
 def check_dense_size(L: int, batch: int = 1) -> None:
     """Raise ConfigError when ``full`` attention at length ``L`` would build more than
-    ``MAX_DENSE_ELEMS`` bias elements (``batch`` sequences with padding)."""
-    n = batch * L * L
-    if n > MAX_DENSE_ELEMS:
+    the execution policy's ``dense_max_elems`` bias elements (``batch`` sequences with padding)."""
+    n, limit = batch * L * L, current_policy().dense_max_elems
+    if n > limit:
         raise ConfigError(
             f"full attention at length {L:,} would build a dense ({'B, ' if batch > 1 else ''}L, L) bias of "
-            f"{n:,} elements ({n * 4 / 2**30:.1f} GiB), over the limit of {MAX_DENSE_ELEMS:,} "
-            f"(reformer_seq.model.attention.exact.MAX_DENSE_ELEMS, L = {math.isqrt(MAX_DENSE_ELEMS // batch):,}); "
+            f"{n:,} elements ({n * 4 / 2**30:.1f} GiB), over the limit of {limit:,} "
+            f"(ExecutionPolicy.dense_max_elems in reformer_seq.runtime.policy, L = {math.isqrt(limit // batch):,}); "
             f"use 'lsh' or 'local' layers for long inputs: set model.attn_layers (e.g. [local, lsh]) or "
             f"model.attention: lsh, or split the input into shorter windows")
 
@@ -47,7 +48,7 @@ def attention_bias(real: Optional[Tensor], L: int, causal: bool, self_value: Opt
 
     -inf where a key is invisible (future in causal mode, or padding); ``self_value`` on the
     diagonal. The diagonal is never -inf, so every row keeps one finite entry. Lengths past
-    ``MAX_DENSE_ELEMS`` raise ConfigError.
+    the policy's ``dense_max_elems`` raise ConfigError.
     """
     check_dense_size(L, 1 if real is None else real.shape[0])
     bias = torch.zeros(L, L, device=device, dtype=dtype)

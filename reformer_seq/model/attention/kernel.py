@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ...runtime.policy import current_policy
 from ...runtime.build import BuildError, LazyLibrary, compile_library, find_compiler
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "seqformer_kernels.c"
@@ -117,6 +118,14 @@ def _args(q, k, v, lay, scale):
     return args, keep
 
 
+def _with_policy(lib: Optional[ctypes.CDLL]) -> ctypes.CDLL:
+    """``lib`` (default: :func:`library`) with the execution policy's segment length in force:
+    queries per segment of a hash round's sorted order, so the work buffers hold one segment."""
+    lib = lib or library()
+    lib.seq_set_segment_rows(current_policy().kernel_segment_rows)
+    return lib
+
+
 def forward(q: torch.Tensor, k: Optional[torch.Tensor], v: torch.Tensor, lay, scale: float,
             lib: Optional[ctypes.CDLL] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Compiled twin of :func:`~reformer_seq.model.attention.chunked.chunked_attention_forward`, on
@@ -129,7 +138,7 @@ def forward(q: torch.Tensor, k: Optional[torch.Tensor], v: torch.Tensor, lay, sc
     out = torch.empty(B, L, H, D, dtype=torch.float32)
     lse = torch.empty(B * H, L, dtype=torch.float32)
     args, keep = _args(q, k, v, lay, scale)
-    (lib or library()).seq_attn_forward(*args, out.data_ptr(), lse.data_ptr(), torch.get_num_threads())
+    _with_policy(lib).seq_attn_forward(*args, out.data_ptr(), lse.data_ptr(), torch.get_num_threads())
     del keep
     return out, lse
 
@@ -146,8 +155,8 @@ def backward(q, k, v, out, lse, dout, lay, scale, lib: Optional[ctypes.CDLL] = N
     dq, dv = torch.empty_like(q), torch.empty_like(v)  # every row is written (round 0 stores)
     dk = None if k is None else torch.empty_like(k)
     args, keep = _args(q, k, v, lay, scale)
-    (lib or library()).seq_attn_backward(*args, lse.data_ptr(), out.data_ptr(), dout.data_ptr(), dq.data_ptr(),
-                                _ptr(dk), dv.data_ptr(), torch.get_num_threads())
+    _with_policy(lib).seq_attn_backward(*args, lse.data_ptr(), out.data_ptr(), dout.data_ptr(), dq.data_ptr(),
+                                        _ptr(dk), dv.data_ptr(), torch.get_num_threads())
     del keep
     return dq, dk, dv
 
@@ -182,12 +191,3 @@ def release_buffers() -> None:
     largest call so far: ~0.4 GB after a 1M-token backward). The next call allocates again."""
     if _LIB.lib is not None:
         _LIB.lib.seq_release_buffers()
-
-
-def set_segment_rows(n: int) -> int:
-    """Queries per segment of a hash round's sorted order (default 2**18): the kernel's work
-    buffers hold one segment, not the whole round. Returns the previous value; for tests."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError("the compiled kernel is not available")
-    return int(lib.seq_set_segment_rows(int(n)))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...runtime.policy import current_policy
 from .chunked import chunked_attention
 from .exact import full_attention
 from .local import local_layout
@@ -28,7 +29,6 @@ from .lsh import bucket_bits, layer_rotations, lsh_layout, n_hash_factors
 
 # Above this many elements per (B, Lp, heads, D) tensor, heads are attended a group at a time
 # (64 MB of float32: at 1M tokens, one head of width 16).
-GROUP_ELEMS = 1 << 24
 
 
 class SelfAttention(nn.Module):
@@ -98,10 +98,11 @@ class SelfAttention(nn.Module):
 
     def head_groups(self, B: int, Lp: int) -> list[slice]:
         """Heads attended together: all of them, unless one head's (B, Lp, D) tensors are large;
-        then few enough per group that a group's q/v/output stay near ``GROUP_ELEMS`` elements."""
+        then few enough per group that a group's q/v/output stay near the execution policy's
+        ``head_group_elems`` elements."""
         if self.kind == "full":
             return [slice(0, self.heads)]
-        per = max(1, min(self.heads, GROUP_ELEMS // max(1, B * Lp * self.dim_head)))
+        per = max(1, min(self.heads, current_policy().head_group_elems // max(1, B * Lp * self.dim_head)))
         return [slice(a, min(a + per, self.heads)) for a in range(0, self.heads, per)]
 
     def attend(self, h: Tensor, plan: dict, heads: slice, cache: Optional[dict] = None,
@@ -149,7 +150,7 @@ class SelfAttention(nn.Module):
 
         ``cache``: a dict kept between the forward pass and the reversible backward's
         recomputation, so the recomputation reuses the forward's hashes, sort order and (for
-        inputs up to ``CACHE_MAX_ELEMS``) attention output.
+        inputs up to the execution policy's ``attention_cache_elems``) attention output.
         """
         h = self.norm(x)
         plan = self.prepare(h, real, real_len, cache)

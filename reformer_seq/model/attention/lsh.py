@@ -35,12 +35,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ...runtime.policy import current_policy
+
 from . import kernel as kernels
 from .chunked import Layout
 
 FACTOR = 8  # directions (with their negatives) per hash factor: 3 bits of bucket code
 FACTOR_BITS = 3
-ROW_BLOCK = 1 << 13  # positions hashed at a time (bounds the projection temporary)
 
 
 def bucket_bits(real_len: Tensor, bucket_size: int, n_buckets: Optional[int]) -> Tensor:
@@ -89,8 +90,9 @@ def hash_codes(qk: Tensor, rotations: Tensor, n_hashes: int) -> Tensor:
         return codes
     rot = rotations.to(qk.dtype)
     compiled = kernels.usable(qk)
-    for a in range(0, L, ROW_BLOCK):
-        x = qk[:, :, a:a + ROW_BLOCK]  # (B, H, l, D)
+    rows = current_policy().hash_row_block  # positions hashed at a time (bounds the projection temporary)
+    for a in range(0, L, rows):
+        x = qk[:, :, a:a + rows]  # (B, H, l, D)
         l = x.shape[2]
         proj = torch.matmul(x, rot)  # (B, H, l, F*R*half)
         if compiled:

@@ -715,7 +715,8 @@ static void *carve(char *base, size_t *cur, size_t n) {
 
 static int64_t seg_rows = (int64_t)1 << 18;  /* queries per segment of a round's sorted order */
 
-/* Set the segment length (tests use short ones); returns the previous value. */
+/* Set the segment length (the execution policy's kernel_segment_rows, reformer_seq/runtime/policy.py,
+ * before every call); returns the previous value. */
 int64_t seq_set_segment_rows(int64_t n) {
     const int64_t prev = seg_rows;
     if (n > 0) seg_rows = n;

@@ -1,0 +1,113 @@
+"""Execution policy: how the network runs on this machine, apart from what it computes.
+
+:class:`~reformer_seq.config.ReformerConfig` says what a model is (its layers, sizes, hashing);
+it is saved with every checkpoint. :class:`ExecutionPolicy` says how the computation is cut into
+pieces to bound memory and to suit the machine: block and group sizes, segment lengths and the
+input sizes at which the model switches strategy. None of it changes a result beyond float
+rounding (the golden test and the chunked-vs-whole equivalence tests hold under any policy), so
+it is not saved with checkpoints and may differ between the machine that trained a model and
+the one that runs it.
+
+The defaults were tuned on a 2-core x86-64 CPU with 24 GiB (the figures are in each field's
+comment and in the module that uses it). Change them for a process with :func:`set_policy`, or
+for a block of code with :func:`use_policy` (what the tests do)::
+
+    from reformer_seq.runtime.policy import use_policy
+    with use_policy(attention_block_elems=1 << 20):   # smaller attention temporaries
+        model(tokens)
+
+The current policy is one per process (like ``torch.set_num_threads``), read by the model at
+call time.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ExecutionPolicy:
+    """Chunk sizes and thresholds. ``elems`` are tensor elements, ``bytes`` bytes."""
+
+    # ---------------------------------------------------------------- attention
+    # logits computed per block of chunked attention (heads x chunks x chunk x keys): ~16 MB of
+    # float32, which bounds attention's temporaries whatever the length (model/attention/chunked.py)
+    attention_block_elems: int = 1 << 22
+    # the largest attention output (elements) kept from the forward for the reversible backward's
+    # recomputation; longer inputs recompute it (model/attention/chunked.py)
+    attention_cache_elems: int = 1 << 24
+    # heads run together while one group's (B, L, D) q/v/output stay near this many elements
+    # (model/attention/layer.py)
+    head_group_elems: int = 1 << 24
+    # positions hashed at a time: bounds the rotation product's temporary (model/attention/lsh.py)
+    hash_row_block: int = 1 << 13
+    # the largest dense bias matrix exact attention may build (1 GiB of float32); a longer input
+    # raises ConfigError naming LSH or local attention instead (model/attention/exact.py)
+    dense_max_elems: int = 1 << 28
+    # queries per segment of a hash round's sorted order in the compiled kernel: its work buffers
+    # hold one segment, not the whole round (model/attention/kernel.py, csrc/seqformer_kernels.c)
+    kernel_segment_rows: int = 1 << 18
+
+    # ---------------------------------------------------------------- feed-forward and head
+    # positions per feed-forward chunk when the model config's ff_chunk_size is 0 (auto): short
+    # inputs, and inputs of at least long_input_elems (model/feedforward.py)
+    ff_chunk_short: int = 4096
+    ff_chunk_long: int = 16384
+    # B * L * dim from which an input counts as long (512K tokens at dim 64): larger feed-forward
+    # chunks, the final norm recomputed in the backward (model/lm.py), and, with process tuning
+    # on, glibc's heap thresholds fixed (runtime/heap.py)
+    long_input_elems: int = 1 << 25
+
+    # ---------------------------------------------------------------- process memory (tuning on)
+    # glibc mmap/trim threshold set for long inputs: just above the feed-forward's 16 MiB hidden
+    # buffer, so that one stays in the heap (runtime/heap.py)
+    heap_threshold_bytes: int = 17 << 20
+    # B * L * dim from which the CPU buffer cache is switched on (64K tokens at dim 64), and the
+    # smallest buffer it keeps (runtime/block_cache.py)
+    buffer_cache_from_elems: int = 1 << 22
+    buffer_cache_min_bytes: int = 16 << 20
+
+    # ---------------------------------------------------------------- data
+    # positions scored at a time when scanning motifs and counting bases (tasks/motifs.py)
+    motif_scan_positions: int = 1 << 22
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"ExecutionPolicy.{f.name} must be a positive whole number, got {value!r}")
+
+
+_current = ExecutionPolicy()
+
+
+def current_policy() -> ExecutionPolicy:
+    """The policy in force."""
+    return _current
+
+
+def set_policy(policy: Optional[ExecutionPolicy] = None, **changes: int) -> ExecutionPolicy:
+    """Put ``policy`` (default: the current one) with ``changes`` in force; returns the previous
+    policy. Unknown field names raise ConfigError naming them."""
+    global _current
+    base = _current if policy is None else policy
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(ExecutionPolicy)})
+    if unknown:
+        raise ConfigError(f"ExecutionPolicy has no field {', '.join(unknown)}; the fields are "
+                          f"{', '.join(f.name for f in dataclasses.fields(ExecutionPolicy))}")
+    previous, _current = _current, dataclasses.replace(base, **changes)
+    return previous
+
+
+@contextlib.contextmanager
+def use_policy(policy: Optional[ExecutionPolicy] = None, **changes: int) -> Iterator[ExecutionPolicy]:
+    """``set_policy`` for the block, restoring the previous policy on exit."""
+    previous = set_policy(policy, **changes)
+    try:
+        yield _current
+    finally:
+        set_policy(previous)
