@@ -121,18 +121,38 @@ def test_training_step_is_unchanged_and_the_model_turns_the_cache_on_inside_the_
     assert "ok" in out
 
 
-def test_fork_while_enabled_does_not_deadlock():
+def test_fork_while_another_thread_holds_the_lock_does_not_deadlock():
+    """A fork while another thread is inside the cache (holding its lock): the fork handlers wait
+    for the lock and hand the child a free one, so the child's allocations through the inherited
+    cache go on. (Without the handlers the child blocks forever on the copied, held lock: it is
+    killed after 20 s and the test fails.) The holding thread is a ctypes call, which releases the
+    GIL, so the fork really happens while the lock is held."""
     out = run_py("""
+        import threading, time
         assert bc.enable(cap=1 << 30, min_bytes=1 << 16)
         keep = [torch.empty(1 << 16) for _ in range(4)]
         del keep
+        holder = threading.Thread(target=bc._LIB.lib.seq_block_cache_hold_lock, args=(300_000,))
+        holder.start()
+        time.sleep(0.05)  # the holder is inside, with the lock
+        t0 = time.perf_counter()
         pid = os.fork()
         if pid == 0:  # child: allocate and free through the inherited cache
             t = torch.empty(1 << 16); t.fill_(1.0); del t
             os._exit(0)
-        _, status = os.waitpid(pid, 0)
+        waited = time.perf_counter() - t0
+        for _ in range(2000):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.01)
+        else:
+            os.kill(pid, 9); os.waitpid(pid, 0)
+            raise SystemExit("child deadlocked")
+        holder.join()
         assert os.WEXITSTATUS(status) == 0
-        print("ok")
+        assert waited > 0.1, waited  # the fork waited for the holder to let go
+        print("ok", round(waited, 3))
     """)
     assert "ok" in out
 

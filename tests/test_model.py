@@ -1,5 +1,6 @@
 """ReformerLM: reversible vs autograd, strict causality, padding invariance, determinism,
-chunked feed-forward, axial positions, autocast, and a golden value."""
+chunked feed-forward, axial positions and bf16 autocast against fp32. (The golden value is
+tests/test_golden.py: a committed checkpoint and its per-base log-probabilities.)"""
 from __future__ import annotations
 
 import pytest
@@ -176,16 +177,33 @@ def test_bad_inputs_raise_clear_errors():
         ReformerConfig(attention="sparse")
 
 
-def test_bf16_autocast_forward_backward_finite():
+def test_bf16_autocast_is_close_to_fp32():
+    """The same model, input and hash rotations under bf16 autocast and in fp32: bf16 keeps 8
+    mantissa bits (relative rounding 2**-9), and a bf16 query can fall into another LSH bucket, so
+    the tolerances are loose but stated: the loss within 0.1% (measured 0.02%), the logits within
+    10% in relative norm (measured 1-4%), and every parameter's gradient pointing the same way
+    (cosine >= 0.9; measured >= 0.97, the LSH query/key projection the lowest)."""
     torch.manual_seed(0)
     model = ReformerLM(small_config(attn_layers=["local", "lsh"])).train()
     x = tokens(1, 128)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(x)
-        loss = torch.nn.functional.cross_entropy(out.float().view(-1, 12), x.view(-1))
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+    def run(bf16: bool):
+        model.zero_grad()
+        torch.manual_seed(7)  # the same random rotations in both runs
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+            loss = torch.nn.functional.cross_entropy(out.float()[0, :-1], x[0, 1:])
+        loss.backward()
+        return loss.item(), out.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss32, out32, g32 = run(False)
+    loss16, out16, g16 = run(True)
+    assert abs(loss16 - loss32) <= 1e-3 * loss32, (loss16, loss32)
+    assert rel_err(out16, out32) < 0.1
+    for name in g32:
+        assert torch.isfinite(g16[name]).all(), name
+        cos = torch.nn.functional.cosine_similarity(g16[name].flatten(), g32[name].flatten(), dim=0)
+        assert cos >= 0.9, (name, float(cos))
 
 
 def test_encode_shape_and_forward_consistency():
@@ -196,22 +214,6 @@ def test_encode_shape_and_forward_consistency():
         h = model.encode(x)
         assert h.shape == (2, 33, 32)
         torch.testing.assert_close(model.to_logits(h), model(x))
-
-
-def test_golden_value():
-    """Recorded after the equivalence tests above passed (LSH vs exact, reversible vs autograd);
-    guards against silent changes to hashing, windows or initialisation."""
-    torch.manual_seed(1234)
-    model = ReformerLM(small_config(attn_layers=["local", "lsh"], conv_kernel=3)).eval()
-    x = tokens(1, 200, seed=42)
-    with torch.no_grad():
-        out = model(x)
-    assert out.shape == (1, 200, 12)
-    got = [round(float(out.sum()), 3), round(float(out[0, 150].abs().sum()), 4)]
-    assert got == pytest.approx(GOLDEN, abs=2e-3), got
-
-
-GOLDEN = [87.272, 5.2752]
 
 
 @pytest.mark.parametrize("layers", [["lsh"], ["local", "lsh"]])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from reformer_seq.genome.fasta import read_records
 from reformer_seq.genome.tokenizers import (ByteTokenizer, InvalidCharacterError, NucleotideTokenizer, make_tokenizer,
                                      tokenizer_from_spec)
 
-from conftest import DATA, ECOLI
+from conftest import DATA
 
 NUC = NucleotideTokenizer()
 BYTE = ByteTokenizer()
@@ -138,16 +137,3 @@ def test_spec_round_trip_and_errors() -> None:
         tokenizer_from_spec({**NUC.spec(), "vocab_size": 16})
     with pytest.raises(InputError, match="nucleotide, byte"):
         make_tokenizer("rna")
-
-
-def test_encoding_ecoli_is_fast() -> None:
-    seq = next(read_records(ECOLI)).sequence
-    assert len(seq) == 4_639_675
-    best = min(_timed(lambda: NUC.encode(seq, strict=True)) for _ in range(3))
-    assert best < 0.5, f"encoding 4.6 Mb took {best:.3f} s"
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t

@@ -64,6 +64,8 @@ def _build() -> ctypes.CDLL:
     lib.seq_block_cache_release.restype = None
     lib.seq_block_cache_stats.argtypes = [ctypes.POINTER(ctypes.c_longlong)]
     lib.seq_block_cache_stats.restype = None
+    lib.seq_block_cache_hold_lock.argtypes = [ctypes.c_longlong]
+    lib.seq_block_cache_hold_lock.restype = None
     return lib
 
 

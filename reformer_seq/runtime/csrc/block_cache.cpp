@@ -20,6 +20,7 @@
 #include <c10/core/CPUAllocator.h>
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -181,6 +182,13 @@ void seq_block_cache_release(void) {
         drop = take_kept_locked();
     }
     free_blocks(drop);
+}
+
+// For tests: hold the cache's lock for `usec` microseconds (from a thread, so that a fork happens
+// while another thread holds it; the fork handlers must wait for it and leave the child a free lock).
+void seq_block_cache_hold_lock(long long usec) {
+    Lock g;
+    usleep((useconds_t)usec);
 }
 
 // hits, misses, kept bytes, blocks in use
