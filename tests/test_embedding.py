@@ -241,7 +241,7 @@ def test_output_format_from_suffix():
 
 def test_atomic_write_leaves_no_file_on_failure(tmp_path, fasta, checkpoint, monkeypatch):
     """A failure mid-run leaves neither a final file nor temporaries; an existing output stays intact."""
-    from reformer_seq.tasks import embedding
+    from reformer_seq.tasks.embedding import engine as embedding
 
     path, _ = fasta
     calls = {"n": 0}
