@@ -32,7 +32,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from reformer_seq.tasks.evaluation.evaluate import MarkovModel, ModelScorer, Segment, _is_base, split_segments  # noqa: E402
+from reformer_seq.tasks.evaluation.likelihood import ModelScorer, is_base  # noqa: E402
+from reformer_seq.tasks.evaluation.markov import MarkovModel, Segment, split_segments  # noqa: E402
 from reformer_seq.genome.fasta import load_genome  # noqa: E402
 from reformer_seq.model.lm import ReformerLM  # noqa: E402
 from reformer_seq.tasks.recall import CopyModel, causal_bits, recall_pair, repeat_positions  # noqa: E402
@@ -119,7 +120,7 @@ def real_repeats(scorer, held_out: list[np.ndarray], markov, copy, window: int, 
         ids = rec[e - window:e]
         lo = window - targets
         pos = np.arange(lo, window)
-        keep = _is_base(ids[pos])
+        keep = is_base(ids[pos])
         marks = {"all": keep, "exact": keep & repeat_positions(ids, 24, 0)[pos],
                  "mm2": keep & repeat_positions(ids, 24, 2)[pos]}
         t0 = time.time()

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from reformer_seq.config import load_run_config  # noqa: E402
-from reformer_seq.tasks.evaluation.evaluate import markov_holdout_table  # noqa: E402
+from reformer_seq.tasks.evaluation.markov import markov_holdout_table  # noqa: E402
 from reformer_seq.genome.fasta import load_genome  # noqa: E402
 from reformer_seq.genome.tokenizers import NucleotideTokenizer  # noqa: E402
 from reformer_seq.tasks.training.trainer import pretrain  # noqa: E402
@@ -203,7 +203,8 @@ def context_probe(records, runs: Path, names: list[str], val_fraction: float = 0
     """
     import numpy as np
 
-    from reformer_seq.tasks.evaluation.evaluate import ModelScorer, _is_base, split_segments
+    from reformer_seq.tasks.evaluation.likelihood import ModelScorer, is_base
+    from reformer_seq.tasks.evaluation.markov import split_segments
     from reformer_seq.model.lm import ReformerLM
 
     _, val = split_segments(records, val_fraction)
@@ -227,7 +228,7 @@ def context_probe(records, runs: Path, names: list[str], val_fraction: float = 0
                 tgt = np.asarray(ids[e - c + 1:e], dtype=np.int64)  # (c-1,) next bases
                 logp = scorer(x)[0, -(PROBE_TARGETS - 1):]  # (T-1, V) last positions
                 t = tgt[-(PROBE_TARGETS - 1):]
-                keep = _is_base(t)
+                keep = is_base(t)
                 w_nats = -float(logp[np.arange(len(t))[keep], t[keep]].sum())
                 nats += w_nats
                 n += int(keep.sum())

@@ -12,8 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from reformer_seq import ReformerConfig, ReformerLM
-from reformer_seq.tasks.evaluation.evaluate import (FunctionScorer, MarkovModel, ModelScorer, Segment, evaluate_records, likelihood,
-                                     markov_holdout_table, motif_masking, sign_test_pvalue)
+from reformer_seq.tasks.evaluation.evaluate import evaluate_records
+from reformer_seq.tasks.evaluation.likelihood import FunctionScorer, ModelScorer, likelihood
+from reformer_seq.tasks.evaluation.markov import MarkovModel, Segment, markov_holdout_table
+from reformer_seq.tasks.evaluation.motif_masking import motif_masking, sign_test_pvalue
 from reformer_seq.genome.fasta import EncodedRecord, read_records
 from reformer_seq.tasks.motifs import load_motifs
 from reformer_seq.genome.tokenizers import MASK_ID, NucleotideTokenizer
@@ -170,7 +172,7 @@ def test_motif_without_sites_is_listed():
 
 
 def test_span_windows_hold_the_span_and_give_a_causal_model_left_context():
-    from reformer_seq.tasks.evaluation.evaluate import span_window
+    from reformer_seq.tasks.evaluation.likelihood import span_window
 
     for length, start, w, window in [(200, 0, 15, 64), (200, 1, 15, 16), (200, 90, 15, 16), (200, 185, 15, 64),
                                      (30, 10, 15, 512), (1000, 500, 15, 64)]:
@@ -233,9 +235,9 @@ def test_markov_counts_stay_inside_segments_and_dense_equals_sparse(monkeypatch)
     seg = [Segment(ids, 0, 2000)]
     dense = MarkovModel.fit(seg, 3)
     assert dense.tables[3].dense.sum() == 2000 - 3  # 4-mers wholly inside [0, 2000)
-    import reformer_seq.tasks.evaluation.evaluate as ev
+    import reformer_seq.tasks.evaluation.markov as markov
 
-    monkeypatch.setattr(ev, "_DENSE_MAX_ORDER", -1)
+    monkeypatch.setattr(markov, "_DENSE_MAX_ORDER", -1)
     sparse = MarkovModel.fit(seg, 3)
     pos = np.arange(2000, 3000)
     np.testing.assert_allclose(dense.score(ids, pos)[0], sparse.score(ids, pos)[0])
@@ -385,7 +387,7 @@ def test_evaluate_records_accepts_any_scorer():
 @pytest.mark.parametrize("split", ["val", "all"])
 def test_report_says_when_the_markov_order_was_chosen_on_the_scored_bases(split):
     """With --split val the Markov order is picked on the very bases scored: report.md must say so."""
-    from reformer_seq.tasks.evaluation.evaluate import report_markdown
+    from reformer_seq.tasks.evaluation.report import report_markdown
 
     base = {"n_bases": 100, "bits_per_base": 1.9, "accuracy": 0.3, "fitted_on": "train.fa (train region)"}
     report = {"fasta": "x.fa", "n_records": 1, "split": split, "val_fraction": 0.1, "checkpoint": "ck",

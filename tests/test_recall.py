@@ -3,7 +3,7 @@ brute force) and the copy-model baseline (against hand-worked examples)."""
 import numpy as np
 import pytest
 
-from reformer_seq.tasks.evaluation.evaluate import MarkovModel, Segment
+from reformer_seq.tasks.evaluation.markov import MarkovModel, Segment
 from reformer_seq.tasks.recall import (CopyModel, copy_predictions, recall_pair, repeat_positions,
                                  repeat_positions_brute, reverse_complement)
 from reformer_seq.genome.tokenizers import NucleotideTokenizer

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from reformer_seq.tasks.evaluation.evaluate import LN2, MarkovModel, ModelScorer, Segment
+from reformer_seq.tasks.evaluation.likelihood import LN2, ModelScorer
+from reformer_seq.tasks.evaluation.markov import MarkovModel, Segment
 from reformer_seq.genome.fasta import EncodedRecord, read_records
 from reformer_seq.genome.tokenizers import NucleotideTokenizer
 from reformer_seq.tasks.scoring.variant_effects import variant_window
@@ -125,7 +126,7 @@ def test_mirror_variant_on_the_reverse_complemented_reference_swaps_strands(geno
 
 
 def test_masked_model_scores_snvs_at_the_masked_position(genome):
-    from reformer_seq.tasks.evaluation.evaluate import span_window
+    from reformer_seq.tasks.evaluation.likelihood import span_window
     from reformer_seq.genome.tokenizers import MASK_ID
 
     sc = ModelScorer(sharp_model(False), device="cpu")

@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .evaluation.evaluate import MarkovModel, _is_base
+from .evaluation.likelihood import is_base
+from .evaluation.markov import MarkovModel
 from ..genome.tokenizers import NucleotideTokenizer
 
 A_ID = 4  # token id of A; C, G, T follow (tokenizers.py)
@@ -47,7 +48,7 @@ class RecallPair:
 
 def _clean_starts(ids: np.ndarray, length: int, rng: np.random.Generator, n: int) -> list[int]:
     """``n`` random starts of ``length``-base stretches of ``ids`` that hold only A/C/G/T, non-overlapping."""
-    base = _is_base(ids)
+    base = is_base(ids)
     bad = np.concatenate([[0], np.cumsum(~base)])
     out: list[int] = []
     for _ in range(200 * n):
@@ -76,14 +77,14 @@ def recall_pair(ids: np.ndarray, m: int, distance: int, rng: np.random.Generator
 # ---------------------------------------------------------------------- real repeats
 def _pack(ids: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
     """2-bit codes of the w-mer starting at each position (n = L - w + 1,) and whether it is all A/C/G/T."""
-    b = np.where(_is_base(ids), np.asarray(ids, dtype=np.int64) - A_ID, 0)
+    b = np.where(is_base(ids), np.asarray(ids, dtype=np.int64) - A_ID, 0)
     n = len(ids) - w + 1
     if n <= 0:
         return np.zeros(0, np.int64), np.zeros(0, bool)
     code = np.zeros(n, np.int64)
     for i in range(w):
         code = (code << 2) | b[i:i + n]
-    bad = np.concatenate([[0], np.cumsum(~_is_base(ids))])
+    bad = np.concatenate([[0], np.cumsum(~is_base(ids))])
     return code, (bad[w:w + n] - bad[:n]) == 0
 
 
@@ -142,7 +143,7 @@ def repeat_positions_brute(ids: np.ndarray, w: int = 24, max_mismatches: int = 0
     ids = np.asarray(ids)
     L = len(ids)
     marked = np.zeros(L, dtype=bool)
-    base = _is_base(ids)
+    base = is_base(ids)
     for t in range(w, L):
         q = ids[t - w:t]
         if not base[t - w:t].all():
@@ -202,7 +203,7 @@ def copy_predictions(ids: np.ndarray, k: int, reverse: bool = False) -> np.ndarr
     q = np.flatnonzero(prev >= 0)
     q = q[q + k < L]
     f = follow[q]
-    valid = _is_base(ids[f])
+    valid = is_base(ids[f])
     base = ids[f[valid]]
     pred[q[valid] + k] = reverse_complement(base[::-1]) if reverse else base  # complement, in order
     return pred
@@ -239,7 +240,7 @@ class CopyModel:
         """Choose each w_k to maximise the likelihood of the training ``windows``."""
         hits: dict[int, list] = {k: [] for k in self.predictors()}
         for ids in windows:
-            pos = np.flatnonzero(_is_base(ids))
+            pos = np.flatnonzero(is_base(ids))
             pos = pos[pos > 0]
             pred, used = self.predictions(ids)
             lp, _ = self.markov.score(ids, pos)
@@ -273,13 +274,13 @@ class CopyModel:
 
 def markov_for_copy(train_windows: Sequence[np.ndarray], order: int) -> MarkovModel:
     """The Markov model a :class:`CopyModel` mixes with, fitted on ``train_windows``."""
-    from .evaluation.evaluate import Segment
+    from .evaluation.markov import Segment
 
     return MarkovModel.fit([Segment(np.asarray(w)) for w in train_windows], order)
 
 
 def causal_bits(scorer, ids: np.ndarray, positions: Optional[np.ndarray] = None) -> np.ndarray:
-    """-log2 p of ``ids[t]`` given ``ids[:t]`` under a causal :class:`~reformer_seq.tasks.evaluation.evaluate.ScoringModel`,
+    """-log2 p of ``ids[t]`` given ``ids[:t]`` under a causal :class:`~reformer_seq.tasks.evaluation.likelihood.ScoringModel`,
     for ``positions`` (default: every t >= 1), from one pass over ``ids``."""
     ids = np.asarray(ids, dtype=np.int64)
     positions = np.arange(1, len(ids)) if positions is None else np.asarray(positions, dtype=np.int64)

@@ -1,1 +1,3 @@
-"""Evaluation of a trained model: likelihood, Markov baselines, motif masking, the report."""
+"""Evaluation of a trained model: the likelihood scorer (likelihood), Markov baselines (markov), motif
+masking with GC-matched controls (motif_masking), the report and plots (report), and the orchestration
+that runs them for a checkpoint (evaluate)."""

@@ -1,7 +1,7 @@
 """Per-base score tracks: bits ``-log2 p(base | the bases before it)`` along a genome (``seqformer score``).
 
-Windows are those of :func:`~reformer_seq.tasks.evaluation.evaluate.likelihood` (through
-:func:`~reformer_seq.tasks.evaluation.evaluate.iter_likelihood`, the same code): windows of ``window`` bases
+Windows are those of :func:`~reformer_seq.tasks.evaluation.likelihood.likelihood` (through
+:func:`~reformer_seq.tasks.evaluation.likelihood.iter_likelihood`, the same code): windows of ``window`` bases
 overlapping by ``overlap`` (default 1, exactly as ``seqformer evaluate``), each base scored once
 from its left context in its window; a record's (or region's) first base has no left context
 and no value. So the mean of a track over a record equals ``evaluate``'s bits per base on that
@@ -36,7 +36,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ...errors import InputError, SeqformerError
-from ..evaluation.evaluate import LN2, ModelScorer, ScoringModel, _default_window, iter_likelihood
+from ..evaluation.likelihood import LN2, ModelScorer, ScoringModel, default_window, iter_likelihood
 from ...runtime.files import atomic_write
 from ...genome.fasta import EncodedRecord, load_genome
 from ...genome.tokenizers import NucleotideTokenizer
@@ -271,7 +271,7 @@ def score_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, window: Op
     if getattr(tokenizer, "kind", None) != "nucleotide":
         raise SeqformerError(f"{info['path']}: score needs a nucleotide model")
     scorer = ModelScorer(model, info.get("objective"), device)
-    window = int(min(window or _default_window(info, scorer.max_len), scorer.max_len))
+    window = int(min(window or default_window(info, scorer.max_len), scorer.max_len))
     records = load_genome(fasta, tokenizer)
     tracks = score_tracks(records, scorer, window, overlap, rc_average, regions, batch_size, progress)
     lengths = {r.id: len(r) for r in records}

@@ -37,7 +37,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..evaluation.evaluate import LN2, MarkovModel, Query, ScoringModel, _is_base, run_queries, span_window
+from ..evaluation.likelihood import LN2, Query, ScoringModel, is_base, run_queries, span_window
+from ..evaluation.markov import MarkovModel
 from ...genome.tokenizers import MASK_ID
 
 
@@ -74,7 +75,7 @@ def _scored(tokens: np.ndarray, start: int, stop: Optional[int] = None) -> np.nd
     """Positions ``>= start`` (at least 1: the first token has no prediction) holding A/C/G/T."""
     start = max(start, 1)
     stop = len(tokens) if stop is None else min(stop, len(tokens))
-    return np.flatnonzero(_is_base(tokens[start:stop])) + start if stop > start else np.zeros(0, np.int64)
+    return np.flatnonzero(is_base(tokens[start:stop])) + start if stop > start else np.zeros(0, np.int64)
 
 
 def _tail_sums(positions: np.ndarray, logp: np.ndarray) -> Callable[[int], float]:

@@ -201,8 +201,8 @@ def score_alleles(alleles: Sequence[Allele], records, scorer, window: int = DEFA
                   markov=None, batch_size: int = 8, progress: bool = True) -> None:
     """Classify and score ``alleles`` against ``records`` (EncodedRecord, one per contig) in place.
 
-    ``scorer``: a :class:`~reformer_seq.tasks.evaluation.evaluate.ScoringModel`; ``markov``: an optional fitted
-    :class:`~reformer_seq.tasks.evaluation.evaluate.MarkovModel` (its causal score fills ``Allele.markov``).
+    ``scorer``: a :class:`~reformer_seq.tasks.evaluation.likelihood.ScoringModel`; ``markov``: an optional fitted
+    :class:`~reformer_seq.tasks.evaluation.markov.MarkovModel` (its causal score fills ``Allele.markov``).
     """
     from tqdm.auto import tqdm
 
@@ -255,7 +255,7 @@ class VariantSummary:
 
 def markov_from_checkpoint(info: dict, train_fasta: Optional[PathLike] = None):
     """The order-k Markov chain fitted on the checkpoint's training data as ``evaluate`` fits it."""
-    from ..evaluation.evaluate import DEFAULT_MAX_ORDER, baseline_data_from_info, fit_markov
+    from ..evaluation.markov import DEFAULT_MAX_ORDER, baseline_data_from_info, fit_markov
 
     data, note = baseline_data_from_info(info, train_fasta)
     if data is None:
@@ -270,7 +270,7 @@ def score_vcf(vcf: PathLike, reference: PathLike, checkpoint: PathLike, out: Pat
               progress: bool = True) -> VariantSummary:
     """Score every ALT of ``vcf`` against ``reference`` with a checkpoint and write ``out``."""
     from ...runtime.checkpoint import load_pretrained
-    from ..evaluation.evaluate import ModelScorer
+    from ..evaluation.likelihood import ModelScorer
     from ...genome.fasta import load_genome
     from .variant_output import output_format, write_variants
 
