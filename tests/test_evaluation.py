@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from reformer_seq.runtime.policy import use_policy
 from reformer_seq import ReformerConfig, ReformerLM
 from reformer_seq.tasks.evaluation.evaluate import evaluate_records
 from reformer_seq.tasks.evaluation.likelihood import FunctionScorer, ModelScorer, likelihood
@@ -230,15 +231,14 @@ def test_markov_matches_a_hand_count():
     assert m.n_train == 10
 
 
-def test_markov_counts_stay_inside_segments_and_dense_equals_sparse(monkeypatch):
+def test_markov_counts_stay_inside_segments_and_dense_equals_sparse():
     ids = np.random.default_rng(8).integers(4, 8, 3000).astype(np.uint8)
     seg = [Segment(ids, 0, 2000)]
     dense = MarkovModel.fit(seg, 3)
     assert dense.tables[3].dense.sum() == 2000 - 3  # 4-mers wholly inside [0, 2000)
-    import reformer_seq.tasks.evaluation.markov as markov
-
-    monkeypatch.setattr(markov, "_DENSE_MAX_ORDER", -1)
-    sparse = MarkovModel.fit(seg, 3)
+    with use_policy(markov_dense_max_cells=1):  # every order sparse
+        sparse = MarkovModel.fit(seg, 3)
+    assert sparse.tables[3].dense is None
     pos = np.arange(2000, 3000)
     np.testing.assert_allclose(dense.score(ids, pos)[0], sparse.score(ids, pos)[0])
 

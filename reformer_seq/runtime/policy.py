@@ -74,6 +74,9 @@ class ExecutionPolicy:
     # ---------------------------------------------------------------- data
     # positions scored at a time when scanning motifs and counting bases (tasks/motifs.py)
     motif_scan_positions: int = 1 << 22
+    # the largest Markov baseline table kept as a dense array, in counts (4^(order+1)): up to
+    # order 10; higher orders count sorted sparse keys (tasks/evaluation/markov.py)
+    markov_dense_max_cells: int = 4 ** 11
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

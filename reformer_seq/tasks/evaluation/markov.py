@@ -7,7 +7,8 @@ the train region of each record, i.e. all but its last ``val_fraction``) with k 
 bits per base on the validation region. A base whose left context is shorter than k (record start,
 next to an N) uses the longest order its context allows. Counting is vectorised (``np.bincount`` /
 ``np.unique`` on 2-bit k-mer codes): E. coli takes about a second per order. Tables up to order
-``_DENSE_MAX_ORDER`` are dense arrays, higher orders sorted sparse keys.
+the execution policy's ``markov_dense_max_cells`` (4^(k+1) counts; order 10 by default) are
+dense arrays, higher orders sorted sparse keys.
 :func:`markov_holdout_table` reproduces the reference figure (order 6, first 90% of E. coli ->
 1.934 bits per base on the last 10%).
 """
@@ -20,13 +21,13 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from ...runtime.policy import current_policy
 from ...errors import InputError
 from ...genome.fasta import EncodedRecord, load_genome
 from .likelihood import A_ID, expected_top1, is_base
 
 PathLike = Union[str, os.PathLike]
 DEFAULT_MAX_ORDER = 12
-_DENSE_MAX_ORDER = 10  # Markov tables up to this order are dense arrays (4^(k+1) counts)
 
 
 @dataclass
@@ -84,7 +85,7 @@ class _Table:
 
 
 def _count(codes: np.ndarray, order: int) -> _Table:
-    if order <= _DENSE_MAX_ORDER:
+    if 4 ** (order + 1) <= current_policy().markov_dense_max_cells:
         return _Table(order, dense=np.bincount(codes, minlength=4 ** (order + 1)).astype(np.int64).reshape(-1, 4))
     codes = np.sort(codes)
     edge = np.flatnonzero(np.diff(codes)) + 1
