@@ -72,7 +72,7 @@ class ExecutionPolicy:
     buffer_cache_min_bytes: int = 16 << 20
 
     # ---------------------------------------------------------------- data
-    # positions scored at a time when scanning motifs and counting bases (tasks/motifs.py)
+    # positions scored at a time when scanning motifs and counting bases (tasks/motifs/)
     motif_scan_positions: int = 1 << 22
     # the largest Markov baseline table kept as a dense array, in counts (4^(order+1)): up to
     # order 10; higher orders count sorted sparse keys (tasks/evaluation/markov.py)
