@@ -43,9 +43,11 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def one_repeat(path: Path, seq_len: int) -> dict[str, float]:
     """Seconds for each stage, with a fresh cache folder."""
-    from reformer_seq.genome.fasta import file_sha256, load_genome, read_records
+    from reformer_seq.genome.encoded import file_sha256, load_genome
+    from reformer_seq.genome.fasta import read_records
     from reformer_seq.genome.tokenizers import NucleotideTokenizer
-    from reformer_seq.genome.windows import CausalCollator, GenomeWindowDataset, MaskedCollator, make_dataloader
+    from reformer_seq.genome.batches import CausalCollator, MaskedCollator, make_dataloader
+    from reformer_seq.genome.windows import GenomeWindowDataset
 
     tok = NucleotideTokenizer()
     r: dict[str, float] = {}

@@ -85,7 +85,8 @@ def child(which: str, threads: int, device: str, precision: str, limit: int | No
 
     from reformer_seq import set_process_tuning
     from reformer_seq.tasks.embedding import embed_fasta
-    from reformer_seq.genome.fasta import load_genome, read_records
+    from reformer_seq.genome.encoded import load_genome
+    from reformer_seq.genome.fasta import read_records
 
     set_process_tuning(True)  # as the seqformer commands do (reformer_seq/runtime/tuning.py)
     torch.set_num_threads(threads)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from reformer_seq.tasks.evaluation.likelihood import ModelScorer, is_base  # noqa: E402
 from reformer_seq.tasks.evaluation.markov import MarkovModel, Segment, split_segments  # noqa: E402
-from reformer_seq.genome.fasta import load_genome  # noqa: E402
+from reformer_seq.genome.encoded import load_genome  # noqa: E402
 from reformer_seq.model.lm import ReformerLM  # noqa: E402
 from reformer_seq.tasks.recall import CopyModel, causal_bits, recall_pair, repeat_positions  # noqa: E402
 

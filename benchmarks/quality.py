@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from reformer_seq.config import load_run_config  # noqa: E402
 from reformer_seq.tasks.evaluation.markov import markov_holdout_table  # noqa: E402
-from reformer_seq.genome.fasta import load_genome  # noqa: E402
+from reformer_seq.genome.encoded import load_genome  # noqa: E402
 from reformer_seq.genome.tokenizers import NucleotideTokenizer  # noqa: E402
 from reformer_seq.tasks.training.trainer import pretrain  # noqa: E402
 

@@ -108,7 +108,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from reformer_seq.genome.fasta import load_genome, read_records
+    from reformer_seq.genome.encoded import load_genome
+    from reformer_seq.genome.fasta import read_records
     from reformer_seq.tasks.scoring.variants import score_vcf
 
     rng = np.random.default_rng(0)

@@ -7,6 +7,7 @@ from .model.lm import ReformerLM
 from .runtime.tuning import process_tuning, runtime_tuning, set_process_tuning
 from .runtime.policy import ExecutionPolicy, current_policy, set_policy, use_policy
 from .genome.tokenizers import ByteTokenizer, NucleotideTokenizer, make_tokenizer, tokenizer_from_spec
-from .genome.fasta import EncodedRecord, load_genome, read_records
-from .genome.windows import (CausalCollator, GenomeWindowDataset, MaskedCollator, datasets_from_config, genome_windows,
-                      make_collator, make_dataloader, set_epoch)
+from .genome.encoded import EncodedRecord, load_genome
+from .genome.fasta import read_records
+from .genome.batches import CausalCollator, MaskedCollator, make_collator, make_dataloader, set_epoch
+from .genome.windows import GenomeWindowDataset, datasets_from_config, genome_windows

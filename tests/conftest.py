@@ -26,7 +26,7 @@ def _isolated_cache(session_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.fixture(scope="session")
 def ecoli_records(session_cache: Path):
     """E. coli K-12 encoded with the nucleotide tokenizer (cached once per session)."""
-    from reformer_seq.genome.fasta import load_genome
+    from reformer_seq.genome.encoded import load_genome
 
     return load_genome(ECOLI, cache_dir=session_cache)
 

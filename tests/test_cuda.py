@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from reformer_seq import ReformerConfig, ReformerLM
-from reformer_seq.genome.fasta import load_genome
+from reformer_seq.genome.encoded import load_genome
 from reformer_seq.genome.tokenizers import NucleotideTokenizer
-from reformer_seq.genome.windows import CausalCollator, GenomeWindowDataset
+from reformer_seq.genome.batches import CausalCollator
+from reformer_seq.genome.windows import GenomeWindowDataset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 GIB = 1 << 30

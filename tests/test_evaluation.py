@@ -17,7 +17,8 @@ from reformer_seq.tasks.evaluation.evaluate import evaluate_records
 from reformer_seq.tasks.evaluation.likelihood import FunctionScorer, ModelScorer, likelihood
 from reformer_seq.tasks.evaluation.markov import MarkovModel, Segment, markov_holdout_table
 from reformer_seq.tasks.evaluation.motif_masking import motif_masking, sign_test_pvalue
-from reformer_seq.genome.fasta import EncodedRecord, read_records
+from reformer_seq.genome.encoded import EncodedRecord
+from reformer_seq.genome.fasta import read_records
 from reformer_seq.tasks.motifs import load_motifs
 from reformer_seq.genome.tokenizers import MASK_ID, NucleotideTokenizer
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from Bio import SeqIO, bgzf
 
-from reformer_seq.genome import fasta
+from reformer_seq.genome import encoded
 from reformer_seq.errors import InputError, InputWarning
-from reformer_seq.genome.fasta import EncodedRecord, default_cache_dir, load_genome, read_records
+from reformer_seq.genome.encoded import EncodedRecord, default_cache_dir, load_genome
+from reformer_seq.genome.fasta import read_records
 from reformer_seq.genome.tokenizers import ByteTokenizer, NucleotideTokenizer
 
 from conftest import DATA, ECOLI, SHARED
@@ -90,7 +91,7 @@ def test_cached_load_skips_parsing(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     path = tmp_path / "lambda.fa.gz"
     shutil.copy(DATA / "phage_lambda_NC_001416.1.fa.gz", path)
     first = load_genome(path, cache_dir=tmp_path / "c")
-    monkeypatch.setattr(fasta, "read_records", _no_parsing)
+    monkeypatch.setattr(encoded, "read_records", _no_parsing)
     second = load_genome(path, cache_dir=tmp_path / "c")
     assert [r.id for r in second] == [r.id for r in first]
     assert np.array_equal(second[0].ids, first[0].ids)

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from reformer_seq.errors import InputError  # noqa: E402
-from reformer_seq.genome.fasta import load_genome, read_records  # noqa: E402
+from reformer_seq.genome.encoded import load_genome
+from reformer_seq.genome.fasta import read_records  # noqa: E402
 
 LOCUS = "LOCUS       X1                        12 bp    DNA     linear   UNK 01-JAN-1980"
 # Pieces that real and broken files are made of; hypothesis mixes them with arbitrary text.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from reformer_seq.errors import InputError
-from reformer_seq.genome.fasta import EncodedRecord, load_genome
+from reformer_seq.genome.encoded import EncodedRecord, load_genome
 from reformer_seq.tasks.motifs import (Motif, Threshold, background_from_records, fraction_with_site, load_motifs,
                                  make_pssm, non_overlapping, read_motifs, scan_records, score_sequence,
                                  select_motifs, shuffle_records)

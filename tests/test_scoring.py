@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from reformer_seq.errors import InputError
 from reformer_seq.tasks.evaluation.evaluate import evaluate_checkpoint
 from reformer_seq.tasks.evaluation.likelihood import ModelScorer, likelihood
-from reformer_seq.genome.fasta import EncodedRecord, read_records
+from reformer_seq.genome.encoded import EncodedRecord
+from reformer_seq.genome.fasta import read_records
 from reformer_seq.tasks.scoring.tracks import parse_region, read_bed, read_bedgraph, resolve_regions, runs, score_tracks
 from reformer_seq.genome.tokenizers import NucleotideTokenizer
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from pipelines.cli import cli
 from reformer_seq import ReformerConfig, ReformerLM
 from reformer_seq.errors import InputError, InputWarning
-from reformer_seq.genome.fasta import load_genome
+from reformer_seq.genome.encoded import load_genome
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"

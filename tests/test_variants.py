@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from reformer_seq.tasks.evaluation.likelihood import LN2, ModelScorer
 from reformer_seq.tasks.evaluation.markov import MarkovModel, Segment
-from reformer_seq.genome.fasta import EncodedRecord, read_records
+from reformer_seq.genome.encoded import EncodedRecord
+from reformer_seq.genome.fasta import read_records
 from reformer_seq.genome.tokenizers import NucleotideTokenizer
 from reformer_seq.tasks.scoring.variant_effects import variant_window
 from reformer_seq.tasks.scoring.variants import Allele, score_alleles

@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from reformer_seq.config import DataConfig
-from reformer_seq.genome.fasta import EncodedRecord, load_genome
+from reformer_seq.genome.encoded import EncodedRecord, load_genome
 from reformer_seq.genome.tokenizers import ByteTokenizer, NucleotideTokenizer
-from reformer_seq.genome.windows import (IGNORE_INDEX, CausalCollator, GenomeWindowDataset, MaskedCollator, ShardedSampler,
-                                  ambiguous_runs, choose_mask_positions, count_in_runs, datasets_from_config,
-                                  genome_windows, make_dataloader, set_epoch, split_bounds, window_starts)
+from reformer_seq.genome.windows import (IGNORE_INDEX, GenomeWindowDataset, ambiguous_runs, count_in_runs, datasets_from_config, genome_windows, split_bounds, window_starts)
+from reformer_seq.genome.batches import (CausalCollator, MaskedCollator, ShardedSampler, choose_mask_positions, make_dataloader, set_epoch)
 
 from conftest import DATA, ECOLI
 

@@ -140,7 +140,7 @@ def embed_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, *, pool: s
     a bad checkpoint or bad options raise :class:`~reformer_seq.errors.SeqformerError`.
     """
     from ...runtime.checkpoint import load_pretrained
-    from ...genome.fasta import load_genome
+    from ...genome.encoded import load_genome
 
     t0 = time.perf_counter()
     out = Path(out)

@@ -22,7 +22,7 @@ import os
 from typing import Any, Optional, Sequence, Union
 
 from ...errors import CheckpointError, InputError
-from ...genome.fasta import EncodedRecord, load_genome
+from ...genome.encoded import EncodedRecord, load_genome
 from ..motifs import DEFAULT_PSEUDOCOUNT, Motif, Threshold, background_from_records
 from .likelihood import LikelihoodResult, ModelScorer, ScoringModel, default_window, likelihood
 from .markov import DEFAULT_MAX_ORDER, BaselineData, Segment, baseline_data_from_info, markov_baselines

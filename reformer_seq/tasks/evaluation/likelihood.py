@@ -34,7 +34,7 @@ import numpy as np
 
 from ...errors import CheckpointError, InputError
 from ...runtime.device import resolve_device
-from ...genome.fasta import EncodedRecord
+from ...genome.encoded import EncodedRecord
 from ...genome.tokenizers import MASK_ID, PAD_ID, NucleotideTokenizer
 
 BASE_IDS = np.array(NucleotideTokenizer.base_ids)  # A C G T = 4 5 6 7

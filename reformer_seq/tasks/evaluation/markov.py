@@ -23,7 +23,7 @@ import numpy as np
 
 from ...runtime.policy import current_policy
 from ...errors import InputError
-from ...genome.fasta import EncodedRecord, load_genome
+from ...genome.encoded import EncodedRecord, load_genome
 from .likelihood import A_ID, expected_top1, is_base
 
 PathLike = Union[str, os.PathLike]
@@ -224,7 +224,7 @@ def baseline_data_from_info(info: dict, train_fasta: Optional[PathLike] = None, 
     source = ", ".join(str(p) for p in paths) + f" (train region; its last {vf:g} chooses k)"
     shas = td.get("sha256") if train_fasta is None and isinstance(td, dict) else None
     if shas and len(shas) == len(paths):
-        from ...genome.fasta import file_sha256
+        from ...genome.encoded import file_sha256
 
         changed = [str(p) for p, h in zip(paths, shas) if file_sha256(p) != h]
         if changed:

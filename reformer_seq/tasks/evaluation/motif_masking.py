@@ -27,7 +27,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from ...errors import InputError
-from ...genome.fasta import EncodedRecord
+from ...genome.encoded import EncodedRecord
 from ...genome.tokenizers import MASK_ID
 from ..motifs import (DEFAULT_PSEUDOCOUNT, PSSM, Motif, ScanIndex, Site, Threshold, background_from_records,
                       make_pssm, non_overlapping, scan_records)

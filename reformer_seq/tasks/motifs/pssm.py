@@ -10,7 +10,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...runtime.policy import current_policy
-from ...genome.fasta import EncodedRecord
+from ...genome.encoded import EncodedRecord
 
 from .files import BASE_OFFSET, DEFAULT_PSEUDOCOUNT, DEFAULT_THRESHOLD, SCORE_GRID, Motif, as_background
 

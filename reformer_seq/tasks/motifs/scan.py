@@ -8,7 +8,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from ...runtime.policy import current_policy
-from ...genome.fasta import EncodedRecord
+from ...genome.encoded import EncodedRecord
 from ...genome.tokenizers import NucleotideTokenizer
 
 from .files import BASE_OFFSET

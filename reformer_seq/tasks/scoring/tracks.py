@@ -38,7 +38,7 @@ import numpy as np
 from ...errors import InputError, SeqformerError
 from ..evaluation.likelihood import LN2, ModelScorer, ScoringModel, default_window, iter_likelihood
 from ...runtime.files import atomic_write
-from ...genome.fasta import EncodedRecord, load_genome
+from ...genome.encoded import EncodedRecord, load_genome
 from ...genome.tokenizers import NucleotideTokenizer
 
 PathLike = Union[str, Path]

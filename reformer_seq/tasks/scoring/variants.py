@@ -1,7 +1,7 @@
 """``seqformer score-variants``: zero-shot effect scores for the variants of a VCF/BCF.
 
 The VCF is read with pysam (htslib: plain, bgzipped or BCF, any header), the reference through
-:func:`~reformer_seq.genome.fasta.load_genome` (FASTA or GenBank, gzip). Contig names must match
+:func:`~reformer_seq.genome.encoded.load_genome` (FASTA or GenBank, gzip). Contig names must match
 exactly; contigs the reference lacks are reported in one error with their near misses.
 
 Every ALT of every record becomes one :class:`Allele` (one output row per ALT). Alleles are
@@ -271,7 +271,7 @@ def score_vcf(vcf: PathLike, reference: PathLike, checkpoint: PathLike, out: Pat
     """Score every ALT of ``vcf`` against ``reference`` with a checkpoint and write ``out``."""
     from ...runtime.checkpoint import load_pretrained
     from ..evaluation.likelihood import ModelScorer
-    from ...genome.fasta import load_genome
+    from ...genome.encoded import load_genome
     from .variant_output import output_format, write_variants
 
     t0 = time.perf_counter()

@@ -41,11 +41,12 @@ from ...runtime.device import autocast, resolve_device
 from ...runtime.files import atomic_write, atomic_write_json, atomic_write_text
 from ...config import RunConfig, load_run_config
 from ...errors import CheckpointError, ConfigError, InputError
-from ...genome.fasta import file_sha256
+from ...genome.encoded import file_sha256
 from ...model.lm import ReformerLM
 from ...runtime.resources import resource
 from ...genome.tokenizers import make_tokenizer
-from ...genome.windows import datasets_from_config, make_collator, make_dataloader, set_epoch
+from ...genome.windows import datasets_from_config
+from ...genome.batches import make_collator, make_dataloader, set_epoch
 
 LN2 = math.log(2.0)
 DEFAULT_GENOME = "Ecoli_K12_MG1655.fasta.gz"
