@@ -19,7 +19,10 @@ from click.testing import CliRunner
 from pipelines.cli import cli
 from reformer_seq.runtime.checkpoint import load_pretrained, resolve_checkpoint
 from reformer_seq.config import load_run_config
-from reformer_seq.tasks.training.trainer import lr_at, pretrain
+from reformer_seq.errors import ConfigError
+from reformer_seq.tasks.training import pretrain
+from reformer_seq.tasks.training.distributed import Dist
+from reformer_seq.tasks.training.optim import fit_horizon, lr_at
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -181,8 +184,6 @@ def test_collectives_run_on_the_training_device(monkeypatch):
     """Every collective gets tensors on the training device (NCCL rejects CPU tensors): a rank
     bookkeeper for a non-CPU device (meta, so this runs anywhere) hands each collective only
     tensors of that device, RNG states (CPU) included."""
-    import reformer_seq.tasks.training.trainer as T
-
     seen = []
 
     def record(name):
@@ -195,7 +196,7 @@ def test_collectives_run_on_the_training_device(monkeypatch):
 
     for name in ("all_reduce", "all_gather", "broadcast"):
         monkeypatch.setattr(torch.distributed, name, record(name))
-    dist = T._Dist.__new__(T._Dist)
+    dist = Dist.__new__(Dist)
     dist.world, dist.rank, dist.local_rank, dist.started_here = 2, 0, 0, False
     dist.device = torch.device("meta")
     model = torch.nn.Linear(3, 2).to("meta")
@@ -203,7 +204,7 @@ def test_collectives_run_on_the_training_device(monkeypatch):
         p.grad = torch.zeros_like(p)
     tcfg = load_run_config(TINY, {"train": {"max_time": 60.0}}).train
     calls = [lambda: dist.agree(True), lambda: dist.all_reduce_(dist.tensor([1.0, 2.0]), average=False),
-             lambda: T._fit_horizon(20, 5.0, (2, 1.0), tcfg, dist), lambda: dist.gather(torch.get_rng_state()),
+             lambda: fit_horizon(20, 5.0, (2, 1.0), tcfg, dist), lambda: dist.gather(torch.get_rng_state()),
              lambda: dist.average_gradients(model), lambda: dist.check_same_parameters(model),
              lambda: dist.broadcast_parameters(model)]
     for call in calls:
@@ -278,11 +279,11 @@ def test_process_wide_tuning_is_off_for_library_users_and_on_in_the_cli(tmp_path
     assert seen and all(on and frozen > 0 for on, frozen in seen), seen
     assert gc.get_freeze_count() == 0 and not process_tuning()
 
-    import reformer_seq.tasks.training.trainer as T
+    import reformer_seq.tasks.training as T
 
     def fake_pretrain(*args, **kw):
         seen.append(("cli", process_tuning()))
-        raise T.ConfigError("stop here")
+        raise ConfigError("stop here")
 
     seen.clear()
     monkeypatch.setattr(T, "pretrain", fake_pretrain)
