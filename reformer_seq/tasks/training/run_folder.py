@@ -1,6 +1,7 @@
 """The run folder of ``seqformer pretrain``: its file names, the resolved config (YAML), the
 metrics log and its loss-curve plot, the ``latest.json``/``best.json`` pointers and the pruning
-of old checkpoints; and the genome a run trains on when none is given.
+of old checkpoints; the genomes and config of a run (a resumed run's come from its folder), and
+the genome a run trains on when none is given.
 
 A run folder holds ``config.yaml``, ``run.json`` (the FASTA paths and the number of processes),
 ``metrics.jsonl`` (one JSON row per logged step or validation), ``loss_curve.png``,
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
+from ...config import RunConfig, load_run_config
+from ...errors import CheckpointError, ConfigError
 from ...runtime.files import atomic_write, atomic_write_json, atomic_write_text
 from ...runtime.resources import resource
 
@@ -27,41 +29,44 @@ def default_genome() -> Path:
     return resource("data", DEFAULT_GENOME)
 
 
-@dataclass(frozen=True)
 class RunFiles:
     """The paths of a run folder's files."""
 
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def run(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def plot(self) -> Path:
-        return self.root / "loss_curve.png"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def result(self) -> Path:
-        return self.root / "result.json"
+    def __init__(self, root: Path):
+        self.root = root
+        self.config = root / "config.yaml"  # the resolved run config
+        self.run = root / "run.json"  # the FASTA paths and the number of processes
+        self.metrics = root / "metrics.jsonl"  # one JSON row per logged step or validation
+        self.plot = root / "loss_curve.png"
+        self.checkpoints = root / "checkpoints"  # step-NNNNNNN folders
+        self.result = root / "result.json"  # the TrainResult, less the history
 
     def has_checkpoints(self) -> bool:
         return self.checkpoints.is_dir() and any(self.checkpoints.glob("step-*"))
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:07d}"
+
+
+def run_inputs(fasta: Sequence[str | Path], config: RunConfig, files: RunFiles, resume: bool
+               ) -> tuple[list[Path], RunConfig]:
+    """The genomes and config of a run: for a resumed run its saved config (with ``config``'s
+    ``max_steps`` and ``max_time``, so a finished run can be extended) and, when none are given,
+    its genomes; for a new one ``fasta`` or the default genome."""
+    run = files.root
+    if resume:
+        if not files.has_checkpoints():
+            raise CheckpointError(f"{run}: nothing to resume (no checkpoints/step-* folder); start a new run "
+                                  f"without --resume")
+        saved = load_run_config(files.config)
+        saved.train.max_steps, saved.train.max_time = config.train.max_steps, config.train.max_time
+        config = saved
+        if not fasta:
+            fasta = json.loads(files.run.read_text())["fasta"]
+    elif files.has_checkpoints():
+        raise ConfigError(f"{run}: already holds a run's checkpoints; pass --resume to continue it, or choose "
+                          f"another --out")
+    return [Path(p) for p in fasta] or [default_genome()], config
 
 
 def write_config(path: Path, config: dict) -> None:

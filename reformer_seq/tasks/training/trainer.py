@@ -16,7 +16,6 @@ gradients are averaged with one all-reduce per step (:mod:`.distributed`). Only 
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,8 +24,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from ...config import RunConfig, load_run_config
-from ...errors import CheckpointError, ConfigError, InputError
+from ...config import RunConfig
+from ...errors import ConfigError, InputError
 from ...genome.fasta import file_sha256
 from ...genome.tokenizers import make_tokenizer
 from ...genome.windows import datasets_from_config, make_collator, make_dataloader, set_epoch
@@ -39,8 +38,8 @@ from ...runtime.files import atomic_write_json
 from .distributed import Dist
 from .loss import LN2, batch_loss, validation_bits
 from .optim import fit_horizon, lr_at, make_optimizer
-from .run_folder import (RunFiles, append_metrics, default_genome, plot_loss_curve, point_to_checkpoint,
-                         prune_checkpoints, truncate_metrics, write_config)
+from .run_folder import (RunFiles, append_metrics, plot_loss_curve, point_to_checkpoint, prune_checkpoints,
+                         run_inputs, truncate_metrics, write_config)
 from .stop import StopFlag
 
 
@@ -350,7 +349,7 @@ def pretrain(fasta: Sequence[str | Path], config: RunConfig, out_dir: str | Path
     """
     t_start = time.perf_counter()
     files = RunFiles(Path(out_dir))
-    fasta, config = _run_inputs(fasta, config, files, resume)
+    fasta, config = run_inputs(fasta, config, files, resume)
     tokenizer = make_tokenizer(config.data.alphabet)
     config.model.vocab_size = tokenizer.vocab_size
     _check_config(config)
@@ -367,26 +366,6 @@ def pretrain(fasta: Sequence[str | Path], config: RunConfig, out_dir: str | Path
         raise
     dist.close(finished=True)
     return result
-
-
-def _run_inputs(fasta: Sequence[str | Path], config: RunConfig, files: RunFiles, resume: bool
-                ) -> tuple[list[Path], RunConfig]:
-    """The genomes and config of the run: for a resumed run its saved config (with ``config``'s
-    ``max_steps`` and ``max_time``) and, when none are given, its genomes."""
-    run = files.root
-    if resume:
-        if not files.has_checkpoints():
-            raise CheckpointError(f"{run}: nothing to resume (no checkpoints/step-* folder); start a new run "
-                                  f"without --resume")
-        saved = load_run_config(files.config)
-        saved.train.max_steps, saved.train.max_time = config.train.max_steps, config.train.max_time
-        config = saved
-        if not fasta:
-            fasta = json.loads(files.run.read_text())["fasta"]
-    elif files.has_checkpoints():
-        raise ConfigError(f"{run}: already holds a run's checkpoints; pass --resume to continue it, or choose "
-                          f"another --out")
-    return [Path(p) for p in fasta] or [default_genome()], config
 
 
 def _check_config(config: RunConfig) -> None:
