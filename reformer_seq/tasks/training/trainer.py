@@ -97,7 +97,8 @@ class Trainer:
                  dist: Dist, tokenizer, progress: bool, echo: Callable[[str], None], t_start: float,
                  on_step: Optional[Callable[[int, float], None]]):
         self.fasta, self.config, self.files, self.device, self.dist = fasta, config, files, device, dist
-        self.tokenizer, self.progress, self.echo, self.t_start, self.on_step = tokenizer, progress, echo, t_start, on_step
+        self.tokenizer, self.progress, self.echo = tokenizer, progress, echo
+        self.t_start, self.on_step = t_start, on_step
         self.tcfg = tcfg = config.train
         self._make_data()
         torch.manual_seed(tcfg.seed)
@@ -148,7 +149,8 @@ class Trainer:
         st.step, st.epoch, st.batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
         horizon = {**st.horizon, **saved.get("horizon", {})}
         st.horizon_steps, st.horizon_fixed = horizon["steps"], horizon["fixed"]
-        st.trained_before, st.best_val, st.tokens_seen = saved["train_time"], saved.get("best_val"), saved["tokens_seen"]
+        st.trained_before, st.tokens_seen = saved["train_time"], saved["tokens_seen"]
+        st.best_val = saved.get("best_val")
         rng = saved["rng"]
         torch.set_rng_state(rng["torch"][dist.rank] if dist.rank < len(rng["torch"]) else rng["torch"][0])
         if device.type == "cuda" and rng.get("cuda"):
