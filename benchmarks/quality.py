@@ -20,7 +20,7 @@ bases, all inside the held-out split) with its input cut to 1K, 4K, 16K and 64K 
 model that uses distant context scores those bases better with the longer input. ``--probe``
 reruns only the probe on the kept runs.
 
-Each variant runs in this process, one after the other (``reformer_seq.tasks.training.trainer.pretrain``
+Each variant runs in this process, one after the other (``reformer_seq.tasks.training.pretrain``
 with the variant's overrides); results go to ``<out>/quality_<study>.json`` and ``.md``, and
 the validation curves to ``.png``. Runs are kept under ``<out>/runs/<study>/<variant>``.
 
@@ -48,7 +48,7 @@ from reformer_seq.config import load_run_config  # noqa: E402
 from reformer_seq.tasks.evaluation.markov import markov_holdout_table  # noqa: E402
 from reformer_seq.genome.encoded import load_genome  # noqa: E402
 from reformer_seq.genome.tokenizers import NucleotideTokenizer  # noqa: E402
-from reformer_seq.tasks.training.trainer import pretrain  # noqa: E402
+from reformer_seq.tasks.training import pretrain  # noqa: E402
 
 ECOLI = ROOT / "data" / "Ecoli_K12_MG1655.fasta.gz"
 CHRX = ROOT.parent / "shared" / "data" / "genomes" / "Human_GRCh37_chrX_20-28Mb.fa.gz"

@@ -1,4 +1,4 @@
-"""``seqformer pretrain``: parse options, call :func:`reformer_seq.tasks.training.trainer.pretrain`, report."""
+"""``seqformer pretrain``: parse options, call :func:`reformer_seq.tasks.training.pretrain`, report."""
 from __future__ import annotations
 
 import sys
@@ -47,7 +47,7 @@ def pretrain(fasta, config_path, out, max_steps, max_time, batch_size, grad_accu
       seqformer pretrain --out runs/ecoli --resume --max-steps 2000     # continue / extend
       torchrun --nproc_per_node 2 -m pipelines.cli pretrain --out runs/ddp   # 2 processes
     """
-    from reformer_seq.tasks.training.trainer import pretrain as run_pretrain
+    from reformer_seq.tasks.training import pretrain as run_pretrain
 
     overrides = {
         "train": {"max_steps": max_steps, "max_time": max_time, "batch_size": batch_size, "grad_accum": grad_accum,

@@ -224,7 +224,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and bookkeeping of a pretraining run (see :mod:`reformer_seq.tasks.training.trainer`)."""
+    """Optimisation and bookkeeping of a pretraining run (see :mod:`reformer_seq.tasks.training`)."""
 
     objective: str = "causal"  # causal (next base) | masked (masked LM; needs model.causal false)
     batch_size: int = 1  # windows per optimiser step per process (before accumulation)

@@ -136,19 +136,20 @@ def test_bf16_autocast_on_cuda_is_close_to_fp32():
 
 NCCL_SCRIPT = """
 import os, torch
-import reformer_seq.tasks.training.trainer as T
+from reformer_seq.tasks.training.distributed import Dist
+from reformer_seq.tasks.training.optim import fit_horizon
 from reformer_seq.config import load_run_config
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("PORT", "29533"))
 torch.cuda.set_device(0)
 torch.distributed.init_process_group("nccl", world_size=1, rank=0)
-dist = T._Dist.__new__(T._Dist)  # a one-rank NCCL group, bookkept as two ranks: every collective runs
+dist = Dist.__new__(Dist)  # a one-rank NCCL group, bookkept as two ranks: every collective runs
 dist.world, dist.rank, dist.local_rank, dist.started_here, dist.device = 2, 0, 0, True, torch.device("cuda", 0)
 model = torch.nn.Linear(3, 2).cuda()
 model(torch.randn(4, 3, device="cuda")).sum().backward()
 assert dist.agree(True) and not dist.agree(False)
 assert dist.all_reduce_(dist.tensor([1.0, 2.0]), average=False).tolist() == [1.0, 2.0]
 tcfg = load_run_config(os.environ["TINY"], {"train": {"max_time": 60.0}}).train
-assert T._fit_horizon(10, 5.0, (2, 1.0), tcfg, dist) >= 11
+assert fit_horizon(10, 5.0, (2, 1.0), tcfg, dist) >= 11
 states = dist.gather(torch.get_rng_state())
 assert len(states) == 1 and states[0].device.type == "cpu" and torch.equal(states[0], torch.get_rng_state())
 dist.gather(torch.cuda.get_rng_state(0))

@@ -16,7 +16,7 @@ only seqformer's own tensors, so a library user chooses them:
   ``B * L * dim >= 2**25`` (512K tokens at dim 64). Does: a 1M-token step peaks at 3.6 instead of
   5.2 GB. Costs: page faults when those buffers are allocated again, and glibc's own adaptive
   threshold is off for the rest of the process (for every library in it).
-* **gc.freeze** during :func:`~reformer_seq.tasks.training.trainer.pretrain`: the objects alive when training
+* **gc.freeze** during :func:`~reformer_seq.tasks.training.pretrain`: the objects alive when training
   starts (modules, torch, Biopython) leave the cyclic garbage collector's generations, whose
   full passes otherwise walk them during the steps (3-4% of a 64K-token step). Costs: those
   objects are not collected while training runs (they live for the run anyway); undone

@@ -1,6 +1,6 @@
 """Fine-tuning: train a :class:`~reformer_seq.tasks.finetune.model.SequenceModel` on labelled sequences.
 
-AdamW (the pretraining optimizer, :func:`~reformer_seq.tasks.training.trainer.make_optimizer`) with a linear
+AdamW (the pretraining optimizer, :func:`~reformer_seq.tasks.training.optim.make_optimizer`) with a linear
 warmup and then a constant learning rate (the backbone's scaled by ``backbone_lr_scale``),
 gradient clipping, optional bf16 autocast; ``head_steps`` > 0 trains the head alone first
 (linear probing, then fine-tuning). ``freeze``:
@@ -35,7 +35,9 @@ from ...genome.labelled import (LabelledSet, check_lengths, class_names, encode_
                             read_tsv, split_validation)
 from .metrics import (CLASSIFY_METRICS, REGRESS_METRICS, classification_metrics, default_metric, higher_is_better,
                       regression_metrics)
-from ..training.trainer import _StopFlag, _prune_checkpoints, _truncate_metrics, lr_at, make_optimizer
+from ..training.optim import lr_at, make_optimizer
+from ..training.run_folder import prune_checkpoints, truncate_metrics
+from ..training.stop import StopFlag
 from ...runtime.device import autocast, resolve_device
 
 RUN_FILE = "finetune.json"
@@ -245,7 +247,7 @@ class _Trainer:
         atomic_write_json(self.run / "latest.json", pointer)
         if is_best or not (self.run / "best.json").is_file():
             atomic_write_json(self.run / "best.json", pointer)
-        _prune_checkpoints(self.run, keep_last=1)
+        prune_checkpoints(self.run, keep_last=1)
         return folder
 
     def log(self, row: dict) -> None:
@@ -334,7 +336,7 @@ def finetune(inputs: dict, checkpoint, out, opts: FinetuneOptions, resume: bool 
         ck = resolve_checkpoint(run, prefer="latest")
         load_model_weights(model, ck, map_location=str(device))
         tr.load_state(ck)
-        _truncate_metrics(run / "metrics.jsonl", tr.step)
+        truncate_metrics(run / "metrics.jsonl", tr.step)
         echo(f"resuming {run} from step {tr.step:,}")
     else:
         run.mkdir(parents=True, exist_ok=True)
@@ -371,7 +373,7 @@ def _loop(tr: _Trainer, freeze, progress: bool) -> FinetuneResult:
         bar.set_postfix({tr.metric: f"{value:.3f}", "best": f"{tr.best:.3f}" if tr.best is not None else "-"})
         return tr.bad_evals >= opts.patience
 
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         while tr.step < opts.max_steps:
             if opts.max_time is not None and train_time() >= opts.max_time:
                 stopped = "max_time"

@@ -1,61 +1,47 @@
 """Pretraining: the training loop, validation, checkpoints, exact resume, and multi-process runs.
 
-AdamW with linear warmup and cosine decay, gradient clipping and accumulation, optional bf16
-autocast (CPU and GPU) or fp16 with a gradient scaler (GPU). Every ``eval_every`` steps the
-model is scored on the held-out part of each record (bits per base for the causal objective,
-bits per masked base for the masked one). Metrics go to ``metrics.jsonl`` and a loss-curve PNG.
+AdamW with linear warmup and cosine decay (:mod:`.optim`), gradient clipping and accumulation,
+optional bf16 autocast (CPU and GPU) or fp16 with a gradient scaler (GPU). Every ``eval_every``
+steps the model is scored on the held-out part of each record (:mod:`.loss`: bits per base for
+the causal objective, bits per masked base for the masked one). Metrics go to ``metrics.jsonl``
+and a loss-curve PNG in the run folder (:mod:`.run_folder`).
 
-Checkpoints (see :mod:`.checkpoint`) carry the optimizer, scheduler, step, RNG state and data
-position, so ``resume=True`` continues exactly: the losses after resuming equal those of an
-uninterrupted run. SIGINT/SIGTERM finish the current step, save a checkpoint and stop.
+Checkpoints (see :mod:`reformer_seq.runtime.checkpoint`) carry the optimizer, scheduler, step,
+RNG state and data position (:class:`TrainState`), so ``resume=True`` continues exactly: the
+losses after resuming equal those of an uninterrupted run. SIGINT/SIGTERM finish the current
+step, save a checkpoint and stop (:mod:`.stop`).
 
-Multi-process: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank trains on its own shard of the
-windows; gradients are averaged across ranks with one all-reduce per optimizer step (gloo on
-CPU, NCCL on GPU, one process per GPU; every collective, the small ones included, runs on
-tensors of the training device, as NCCL requires). The reversible stack accumulates parameter gradients inside its own
-backward, several times per parameter, which ``DistributedDataParallel``'s once-per-parameter
-hooks do not allow; an explicit all-reduce of the flattened gradients is equivalent and as
-cheap for models of this size. Only rank 0 writes files.
+Multi-process: under ``torchrun`` each rank trains on its own shard of the windows and the
+gradients are averaged with one all-reduce per step (:mod:`.distributed`). Only rank 0 writes files.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
-import shutil
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from ...model.attention import kernel as kernels
-
-from ...runtime import tuning as runtime
-from ...runtime.checkpoint import STATE_FILE, resolve_checkpoint, save_checkpoint
-from ...runtime.device import autocast, resolve_device
-from ...runtime.files import atomic_write, atomic_write_json, atomic_write_text
-from ...config import RunConfig, load_run_config
-from ...errors import CheckpointError, ConfigError, InputError
+from ...config import RunConfig
+from ...errors import ConfigError, InputError
 from ...genome.encoded import file_sha256
-from ...model.lm import ReformerLM
-from ...runtime.resources import resource
 from ...genome.tokenizers import make_tokenizer
-from ...genome.windows import datasets_from_config
 from ...genome.batches import make_collator, make_dataloader, set_epoch
-
-LN2 = math.log(2.0)
-DEFAULT_GENOME = "Ecoli_K12_MG1655.fasta.gz"
-
-
-def default_genome() -> Path:
-    """The genome ``seqformer pretrain`` trains on when no FASTA is given (E. coli K-12 MG1655,
-    shipped with the package: :mod:`.resources`)."""
-    return resource("data", DEFAULT_GENOME)
+from ...genome.windows import datasets_from_config
+from ...model.attention import kernel as kernels
+from ...model.lm import ReformerLM
+from ...runtime import tuning as runtime
+from ...runtime.checkpoint import STATE_FILE, load_model_weights, resolve_checkpoint, save_checkpoint
+from ...runtime.device import resolve_device
+from ...runtime.files import atomic_write_json
+from .distributed import Dist
+from .loss import LN2, batch_loss, validation_bits
+from .optim import fit_horizon, lr_at, make_optimizer
+from .run_folder import (RunFiles, append_metrics, plot_loss_curve, point_to_checkpoint, prune_checkpoints,
+                         run_inputs, truncate_metrics, write_config)
+from .stop import StopFlag
 
 
 @dataclass
@@ -76,238 +62,284 @@ class TrainResult:
     is_main: bool = True  # False on ranks > 0 of a multi-process run
 
 
-# ---------------------------------------------------------------------- small pieces
-def lr_at(step: int, base_lr: float, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine decay to ``base_lr * min_ratio`` at ``total``."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+@dataclass
+class TrainState:
+    """What the loop carries from step to step. The first fields are saved in every checkpoint
+    and restored on resume; the rest belong to this invocation."""
 
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
-                   ) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not on norms, biases or embeddings)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
-
-
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy (nats) over targets (labels != -100), and the number of targets."""
-    n = int((labels != -100).sum())
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=-100, reduction="sum")
-    return loss, n
-
-
-class _Dist:
-    """Rank bookkeeping and the collectives, on tensors of the training device (NCCL takes only
-    CUDA tensors, gloo CPU ones); a no-op without torch.distributed (one process)."""
-
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = device
-        self.started_here = False
-        if self.world > 1 and not torch.distributed.is_initialized():
-            if device.type == "cuda":
-                torch.cuda.set_device(device)  # NCCL's barrier and collectives use the current device
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            self.started_here = True
+    horizon_steps: int  # the cosine schedule's length (max_steps, or what fits in max_time)
+    horizon_fixed: bool  # False until a time-budgeted run has measured its speed
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of ``epoch`` already used
+    tokens_seen: int = 0  # real (unpadded) bases, all ranks
+    trained_before: float = 0.0  # seconds of training in earlier invocations
+    best_val: Optional[float] = None
+    # this invocation only
+    history: list[dict] = field(default_factory=list)  # {"step", "bits_per_base"} per step
+    last_val: Optional[float] = None  # the last validation's bits per base, at val_step
+    val_step: int = -1
+    last_checkpoint: Optional[Path] = None
+    stopped_by: str = "max_steps"
+    probe: tuple[int, float] = (0, 0.0)  # (step, train time) the speed for the horizon is measured from
+    window_tokens: int = 0  # tokens since the last train row (for its tokens_per_s)
+    window_start: float = 0.0
 
     @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def tensor(self, values: list[float], dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """A small tensor on the device the collectives run on."""
-        return torch.tensor(values, dtype=dtype, device=self.device)
-
-    def all_reduce_(self, t: torch.Tensor, average: bool = True, op: str = "sum") -> torch.Tensor:
-        """Reduce ``t`` (on the training device) over the ranks in place: ``op`` sum, min or max;
-        ``average`` divides a sum by the number of ranks."""
-        if self.world > 1:
-            torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op.upper()))
-            if average:
-                t /= self.world
-        return t
-
-    def average_gradients(self, model: torch.nn.Module) -> None:
-        if self.world == 1:
-            return
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])  # on the parameters' (the training) device
-        self.all_reduce_(flat)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-    def broadcast_parameters(self, model: torch.nn.Module) -> None:
-        if self.world > 1:
-            for p in model.parameters():
-                torch.distributed.broadcast(p.data, 0)
-
-    def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
-        """Every rank's ``t`` (e.g. an RNG state, a CPU tensor), through the device, back on ``t``'s device."""
-        if self.world == 1:
-            return [t]
-        src = t.to(self.device)
-        n = torch.distributed.get_world_size() if torch.distributed.is_initialized() else self.world
-        out = [torch.empty_like(src) for _ in range(n)]
-        torch.distributed.all_gather(out, src)
-        return [o.to(t.device) for o in out]
-
-    def agree(self, flag: bool) -> bool:
-        """True on every rank if it is true on any rank (so all ranks stop together)."""
-        if self.world == 1:
-            return flag
-        return bool(self.all_reduce_(self.tensor([1.0 if flag else 0.0]), average=False).item() > 0)
-
-    def check_same_parameters(self, model: torch.nn.Module, tol: float = 1e-5) -> float:
-        """The largest difference of any parameter from rank 0's; RuntimeError above ``tol``
-        (the ranks must hold one model: gradient averaging keeps them equal)."""
-        if self.world == 1:
-            return 0.0
-        flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])  # (n_params,)
-        ref = flat.clone()
-        torch.distributed.broadcast(ref, 0)
-        drift = float(self.all_reduce_((flat - ref).abs().max().reshape(1), average=False, op="max").item())
-        if drift > tol:
-            raise RuntimeError(f"ranks' parameters diverged by {drift:.2e}; gradient averaging failed")
-        return drift
-
-    def close(self, finished: bool = False) -> None:
-        if self.started_here:
-            try:
-                if finished:  # every rank arrives before any tears the group down: a rank that
-                    # destroyed its gloo group while a peer still used it could end the peer with
-                    # std::terminate at exit (seen once in 8 two-process runs)
-                    torch.distributed.barrier()
-            finally:
-                torch.distributed.destroy_process_group()
+    def horizon(self) -> dict:
+        return {"steps": self.horizon_steps, "fixed": self.horizon_fixed}
 
 
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag the loop checks after each step; a second SIGINT aborts at once."""
+class Trainer:
+    """One pretraining run on one rank: data, model, optimizer and the run folder; :meth:`run`
+    trains until ``max_steps``, ``max_time`` or a signal and returns the :class:`TrainResult`."""
 
-    def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self._old: dict[int, Any] = {}
+    def __init__(self, fasta: list[Path], config: RunConfig, files: RunFiles, resume: bool, device: torch.device,
+                 dist: Dist, tokenizer, progress: bool, echo: Callable[[str], None], t_start: float,
+                 on_step: Optional[Callable[[int, float], None]]):
+        self.fasta, self.config, self.files, self.device, self.dist = fasta, config, files, device, dist
+        self.tokenizer, self.progress, self.echo = tokenizer, progress, echo
+        self.t_start, self.on_step = t_start, on_step
+        self.tcfg = tcfg = config.train
+        self._make_data()
+        torch.manual_seed(tcfg.seed)
+        self.model = ReformerLM(config.model).to(device)
+        dist.broadcast_parameters(self.model)
+        self.opt = make_optimizer(self.model, tcfg.lr, tcfg.weight_decay, tcfg.betas)
+        # The cosine schedule's length: max_steps, or, with a time budget, the steps that fit in it
+        # (estimated once from the first steps' speed, then fixed and saved with the run).
+        self.state = state = TrainState(horizon_steps=tcfg.max_steps, horizon_fixed=tcfg.max_time is None)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(  # a lambda: LambdaLR saves no state for it
+            self.opt, lambda s: lr_at(s, 1.0, tcfg.warmup_steps, state.horizon_steps, tcfg.min_lr_ratio))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=(tcfg.precision == "fp16"))
+        if resume:
+            self._restore()
+        else:
+            self._start()
+        dcfg = config.data
+        self.meta_data = {"paths": [str(Path(p).resolve()) for p in fasta],
+                          "sha256": [file_sha256(p) for p in fasta] if dist.main else [],
+                          "alphabet": dcfg.alphabet, "seq_len": dcfg.seq_len, "stride": dcfg.stride,
+                          "val_fraction": dcfg.val_fraction, "max_n_fraction": dcfg.max_n_fraction,
+                          "train_windows": len(self.train_ds), "val_windows": len(self.val_ds)}
 
-    def __enter__(self) -> "_StopFlag":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
+    # ------------------------------------------------------------------ setting up
+    def _make_data(self) -> None:
+        dcfg, tcfg, tok = self.config.data, self.tcfg, self.tokenizer
+        self.train_ds, self.val_ds = datasets_from_config([str(p) for p in self.fasta], dcfg, seed=tcfg.seed)
+        if len(self.train_ds) == 0:
+            raise InputError(f"{', '.join(map(str, self.fasta))}: no training windows of {dcfg.seq_len:,} bases "
+                             f"(genome too short or mostly N); lower --seq-len")
+        collate = make_collator(tcfg.objective, tok, dcfg.mask_prob, dcfg.mask_span, seed=tcfg.seed)
+        self.train_loader = make_dataloader(self.train_ds, tcfg.batch_size, collate, shuffle=True, seed=tcfg.seed,
+                                            num_workers=tcfg.num_workers)
+        val_collate = make_collator(tcfg.objective, tok, dcfg.mask_prob, dcfg.mask_span, seed=tcfg.seed + 1)
+        self.val_loader = make_dataloader(self.val_ds, tcfg.batch_size, val_collate, shuffle=False, seed=tcfg.seed,
+                                          rank=0, world_size=1) if len(self.val_ds) else None
 
-    def _handle(self, signum, frame) -> None:
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
+    def _restore(self) -> None:
+        """Continue from the run's latest checkpoint: weights, optimizer, schedule, data position, RNG."""
+        st, dist, device, run = self.state, self.dist, self.device, self.files.root
+        ck = resolve_checkpoint(run, prefer="latest")
+        saved = torch.load(ck / STATE_FILE, map_location="cpu", weights_only=True)
+        load_model_weights(self.model, ck, map_location=str(device))
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        if "scaler" in saved:
+            self.scaler.load_state_dict(saved["scaler"])
+        st.step, st.epoch, st.batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
+        horizon = {**st.horizon, **saved.get("horizon", {})}
+        st.horizon_steps, st.horizon_fixed = horizon["steps"], horizon["fixed"]
+        st.trained_before, st.tokens_seen = saved["train_time"], saved["tokens_seen"]
+        st.best_val = saved.get("best_val")
+        rng = saved["rng"]
+        torch.set_rng_state(rng["torch"][dist.rank] if dist.rank < len(rng["torch"]) else rng["torch"][0])
+        if device.type == "cuda" and rng.get("cuda"):
+            torch.cuda.set_rng_state(rng["cuda"][min(dist.rank, len(rng["cuda"]) - 1)], device)
+        if dist.main:
+            truncate_metrics(self.files.metrics, st.step)
+            self.echo(f"resuming {run} from step {st.step:,} ({ck.name})")
 
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+    def _start(self) -> None:
+        """A new run: per-rank RNG streams, and rank 0 writes the run folder's config and run.json."""
+        torch.manual_seed(self.tcfg.seed + 1000 * self.dist.rank)  # dropout/hash draws differ per rank
+        if self.dist.main:
+            self.files.root.mkdir(parents=True, exist_ok=True)
+            write_config(self.files.config, self.config.to_dict())
+            atomic_write_json(self.files.run, {"fasta": [str(Path(p).resolve()) for p in self.fasta],
+                                               "world_size": self.dist.world})
+            self.files.metrics.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ pieces of the loop
+    def train_time(self) -> float:
+        """Seconds of training, earlier invocations included."""
+        return self.state.trained_before + (time.perf_counter() - self.t_loop)
+
+    def batches(self) -> Iterator[dict]:
+        """Training batches forever, epoch after epoch; after a resume, from the saved position."""
+        st = self.state
+        while True:
+            set_epoch(self.train_loader, st.epoch)
+            it = iter(self.train_loader)
+            for _ in range(st.batch_in_epoch):  # resume mid-epoch: same order, skip what was used
+                next(it)
+            for b in it:
+                st.batch_in_epoch += 1
+                yield b
+            st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+
+    def log(self, row: dict) -> None:
+        if self.dist.main:
+            append_metrics(self.files.metrics, row)
+
+    def validate(self, final: bool = False) -> Optional[float]:
+        """Bits per base on the held-out split: ``eval_batches`` batches, or all of it at the end."""
+        if self.val_loader is None:
+            return None
+        bpb, n = validation_bits(self.model, self.val_loader, self.device, self.tcfg.precision,
+                                 0 if final else self.tcfg.eval_batches)
+        self.log({"kind": "val", "step": self.state.step, "bits_per_base": bpb, "targets": n,
+                  "time": self.train_time()})
+        return bpb
+
+    def save(self, val: Optional[float]) -> Path:
+        """A checkpoint of this step (rank 0; every rank's RNG state gathered to it), the pointers
+        to it, and the pruning of old ones. Returns its folder (the run folder on other ranks)."""
+        st, dist, device = self.state, self.dist, self.device
+        rng_t = [torch.get_rng_state()]
+        rng_c = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []
+        if dist.world > 1:  # every rank's RNG state, gathered to rank 0
+            rng_t = dist.gather(rng_t[0])
+            if rng_c:
+                rng_c = dist.gather(rng_c[0])
+        if not dist.main:
+            return self.files.root
+        is_best = val is not None and (st.best_val is None or val < st.best_val)
+        if is_best:
+            st.best_val = val
+        training_state = {
+            "step": st.step, "epoch": st.epoch, "batch_in_epoch": st.batch_in_epoch,
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(), "horizon": st.horizon, "rng": {"torch": rng_t, "cuda": rng_c},
+            "train_time": self.train_time(), "best_val": st.best_val, "tokens_seen": st.tokens_seen}
+        meta = {"step": st.step, "objective": self.tcfg.objective, "val_bits_per_base": val,
+                "train_data": self.meta_data, "tokens_seen": st.tokens_seen}
+        folder = save_checkpoint(self.model, self.config.model, self.tokenizer.spec(), self.files.checkpoint(st.step),
+                                 training_state=training_state, meta=meta)
+        point_to_checkpoint(self.files.root, folder, st.step, val, is_best)
+        prune_checkpoints(self.files.root, self.tcfg.keep_last)
+        return folder
+
+    def optimizer_step(self, data: Iterator[dict]) -> float:
+        """One optimizer step over ``grad_accum`` micro-batches, gradients averaged over the ranks;
+        returns the step's training bits per target base (all ranks)."""
+        tcfg, st, dist = self.tcfg, self.state, self.dist
+        self.opt.zero_grad(set_to_none=True)
+        loss_sum, n_sum = 0.0, 0
+        for _ in range(tcfg.grad_accum):
+            loss, n, mask = batch_loss(self.model, next(data), self.device, tcfg.precision)
+            self.scaler.scale(loss / max(n, 1) / tcfg.grad_accum).backward()
+            loss_sum += float(loss.detach())
+            n_sum += n
+            st.tokens_seen += int(mask.sum()) * dist.world
+            st.window_tokens += int(mask.sum()) * dist.world
+        dist.average_gradients(self.model)
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        st.step += 1
+        self._fit_schedule()
+        stats = dist.all_reduce_(dist.tensor([loss_sum, float(n_sum)]), average=False).tolist()
+        return float(stats[0] / max(float(stats[1]), 1.0)) / LN2
+
+    def _fit_schedule(self) -> None:
+        """Under a time budget: fix the schedule's length once the speed has been measured."""
+        st = self.state
+        if not st.horizon_fixed and st.step >= self.probe_step:
+            st.horizon_steps = fit_horizon(st.step, self.train_time(), st.probe, self.tcfg, self.dist)
+            st.horizon_fixed = True
+            self.bar.total = st.horizon_steps
+        if st.step == 2:
+            st.probe = (st.step, self.train_time())
+
+    def record(self, bpb: float) -> None:
+        """The step's loss in the history, ``on_step``, a metrics row every ``log_every`` steps, the bar."""
+        st = self.state
+        st.history.append({"step": st.step, "bits_per_base": bpb})
+        if self.on_step is not None:
+            self.on_step(st.step, bpb)
+        if st.step % self.tcfg.log_every == 0 or st.step == 1:
+            now = time.perf_counter()
+            tps = st.window_tokens / max(now - st.window_start, 1e-9)
+            self.log({"kind": "train", "step": st.step, "loss": bpb * LN2, "bits_per_base": bpb,
+                      "lr": self.sched.get_last_lr()[0], "tokens_per_s": tps, "time": self.train_time()})
+            st.window_tokens, st.window_start = 0, now
+            self.bar.set_postfix(bpb=f"{bpb:.3f}", tok_s=f"{tps:,.0f}",
+                                 val="-" if st.last_val is None else f"{st.last_val:.3f}")
+        self.bar.update(1)
+
+    def validate_and_save_when_due(self) -> None:
+        st = self.state
+        if st.step % self.tcfg.eval_every == 0:
+            st.last_val, st.val_step = self.validate(), st.step
+            if self.dist.main:
+                plot_loss_curve(self.files.metrics, self.files.plot)
+        if st.step % self.tcfg.save_every == 0:
+            st.last_checkpoint = self.save(st.last_val if st.val_step == st.step else None)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        st, tcfg, dist = self.state, self.tcfg, self.dist
+        self.t_loop = time.perf_counter()
+        self.model.train()
+        data = self.batches()
+        self.probe_step, st.probe = max(10, tcfg.warmup_steps + 5), (st.step, self.train_time())
+        self.bar = tqdm(total=st.horizon_steps, initial=st.step, disable=not (self.progress and dist.main),
+                        unit="step", dynamic_ncols=True, desc="pretrain")
+        st.window_start = time.perf_counter()
+        # With process-wide tuning on (runtime.tuning; the CLI's default), everything built so far
+        # (modules, torch, Biopython) leaves the cyclic GC's generations for the run: their full
+        # passes otherwise walk it during the steps (~3-4% of a 64K-token step's CPU time).
+        with runtime.frozen_gc(), StopFlag() as stop:
+            while st.step < tcfg.max_steps:
+                if tcfg.max_time is not None and dist.agree(self.train_time() >= tcfg.max_time):
+                    st.stopped_by = "max_time"
+                    break
+                self.record(self.optimizer_step(data))
+                self.validate_and_save_when_due()
+                if dist.agree(stop.signum is not None):
+                    st.stopped_by = "signal"
+                    break
+            self.bar.close()
+            # the final model is validated on the whole held-out split and saved
+            st.last_val, st.val_step = self.validate(final=True), st.step
+            st.last_checkpoint = self.save(st.last_val)
+            if dist.main and self.files.metrics.is_file():
+                plot_loss_curve(self.files.metrics, self.files.plot)
+            signum = stop.signum
+        kernels.release_buffers()  # the attention kernel's kept work buffers
+        dist.check_same_parameters(self.model)  # ranks must hold one model
+        return self.result(signum)
+
+    def result(self, signum: Optional[int]) -> TrainResult:
+        """The run's :class:`TrainResult`; rank 0 also writes it to ``result.json`` (less the history)."""
+        st = self.state
+        result = TrainResult(run_dir=self.files.root, step=st.step, wall_time=time.perf_counter() - self.t_start,
+                             train_time=self.train_time(), val_bits_per_base=st.last_val,
+                             best_val_bits_per_base=st.best_val, checkpoint=st.last_checkpoint,
+                             stopped_by=st.stopped_by, tokens_per_second=st.tokens_seen / max(self.train_time(), 1e-9),
+                             history=st.history, signal=signum, is_main=self.dist.main)
+        if self.dist.main:
+            atomic_write_json(self.files.result, {k: (str(v) if isinstance(v, Path) else v)
+                                                  for k, v in result.__dict__.items() if k != "history"})
+        return result
 
 
-# ---------------------------------------------------------------------- validation
-@torch.no_grad()
-def validation_bits(model: torch.nn.Module, loader: Iterator[dict], device: torch.device, precision: str,
-                    max_batches: int = 0) -> tuple[float, int]:
-    """(bits per target base, number of targets) of ``model`` over ``loader``'s batches."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for i, batch in enumerate(loader):
-            if max_batches and i >= max_batches:
-                break
-            x, labels, mask = (batch[k].to(device) for k in ("input_ids", "labels", "attention_mask"))
-            with autocast(device, precision):
-                logits = model(x, mask=None if bool(mask.all()) else mask)
-            loss, n = lm_loss(logits, labels)
-            total += float(loss)
-            count += n
-    finally:
-        model.train(was_training)
-    return (total / max(count, 1) / LN2, count)
-
-
-# ---------------------------------------------------------------------- the run folder
-def _run_files(run: Path) -> dict[str, Path]:
-    return {"config": run / "config.yaml", "run": run / "run.json", "metrics": run / "metrics.jsonl",
-            "plot": run / "loss_curve.png", "checkpoints": run / "checkpoints"}
-
-
-def _has_checkpoints(run: Path) -> bool:
-    ck = run / "checkpoints"
-    return ck.is_dir() and any(ck.glob("step-*"))
-
-
-def _prune_checkpoints(run: Path, keep_last: int) -> None:
-    steps = sorted((run / "checkpoints").glob("step-*"))
-    keep = set(steps[-keep_last:]) if keep_last > 0 else set()
-    for name in ("best.json", "latest.json"):
-        p = run / name
-        if p.is_file():
-            try:
-                keep.add(run / json.loads(p.read_text())["path"])
-            except (ValueError, KeyError):
-                pass
-    for s in steps:
-        if s not in keep:
-            shutil.rmtree(s, ignore_errors=True)
-    for tmp in (run / "checkpoints").glob(".step-*"):  # leftovers of a killed write
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def plot_loss_curve(metrics_path: Path, png_path: Path) -> None:
-    """Train (smoothed) and validation bits per base against step, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["bits_per_base"]) for r in rows if r.get("kind") == "train"]
-    val = [(r["step"], r["bits_per_base"]) for r in rows if r.get("kind") == "val"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        s, b = zip(*train)
-        ax.plot(s, b, lw=0.8, alpha=0.5, label="train")
-    if val:
-        s, b = zip(*val)
-        ax.plot(s, b, "o-", label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("bits per base")
-    values = [b for _, b in val] + [b for _, b in train[len(train) // 10:]]
-    if values:  # the first steps' large losses would flatten everything else
-        lo, hi = min(values), max(values)
-        ax.set_ylim(lo - 0.02, hi + 0.05)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), suffix=".png")
-    plt.close(fig)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows written after ``step`` (by a run that died after its last checkpoint)."""
-    if not path.is_file():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-# ---------------------------------------------------------------------- the loop
+# ---------------------------------------------------------------------- the entry point
 def pretrain(fasta: Sequence[str | Path], config: RunConfig, out_dir: str | Path, resume: bool = False,
              progress: bool = True, echo: Callable[[str], None] = print,
              on_step: Optional[Callable[[int, float], None]] = None) -> TrainResult:
@@ -319,25 +351,30 @@ def pretrain(fasta: Sequence[str | Path], config: RunConfig, out_dir: str | Path
     after every optimizer step.
     """
     t_start = time.perf_counter()
-    run = Path(out_dir)
-    files = _run_files(run)
-    if resume:
-        if not _has_checkpoints(run):
-            raise CheckpointError(f"{run}: nothing to resume (no checkpoints/step-* folder); start a new run "
-                                  f"without --resume")
-        saved = load_run_config(files["config"])
-        saved.train.max_steps, saved.train.max_time = config.train.max_steps, config.train.max_time
-        config = saved
-        if not fasta:
-            fasta = json.loads(files["run"].read_text())["fasta"]
-    elif _has_checkpoints(run):
-        raise ConfigError(f"{run}: already holds a run's checkpoints; pass --resume to continue it, or choose "
-                          f"another --out")
-    fasta = [Path(p) for p in fasta] or [default_genome()]
-    mcfg, dcfg, tcfg = config.model, config.data, config.train
+    files = RunFiles(Path(out_dir))
+    fasta, config = run_inputs(fasta, config, files, resume)
+    tokenizer = make_tokenizer(config.data.alphabet)
+    config.model.vocab_size = tokenizer.vocab_size
+    _check_config(config)
 
-    tokenizer = make_tokenizer(dcfg.alphabet)
-    mcfg.vocab_size = tokenizer.vocab_size
+    device = resolve_device(config.train.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    dist = Dist(device)
+    try:
+        result = Trainer(fasta, config, files, resume, device, dist, tokenizer, progress, echo, t_start,
+                         on_step).run()
+    except BaseException:
+        dist.close()  # no barrier: the other ranks may never get there
+        raise
+    dist.close(finished=True)
+    return result
+
+
+def _check_config(config: RunConfig) -> None:
+    """ConfigError for a window longer than the model takes, or an objective the model's attention
+    direction does not fit."""
+    mcfg, dcfg, tcfg = config.model, config.data, config.train
     if dcfg.seq_len > mcfg.max_seq_len:
         raise ConfigError(f"data.seq_len {dcfg.seq_len:,} exceeds model.max_seq_len {mcfg.max_seq_len:,}; lower "
                           f"--seq-len or use a config with a longer max_seq_len (configs/long.yaml)")
@@ -347,237 +384,3 @@ def pretrain(fasta: Sequence[str | Path], config: RunConfig, out_dir: str | Path
         raise ConfigError("train.objective 'causal' needs model.causal: true (next-base prediction must not see "
                           "the future)")
     mcfg.validate()
-
-    device = resolve_device(tcfg.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    dist = _Dist(device)
-    try:
-        result = _train(fasta, config, run, files, resume, device, dist, tokenizer, progress, echo, t_start, on_step)
-    except BaseException:
-        dist.close()  # no barrier: the other ranks may never get there
-        raise
-    dist.close(finished=True)
-    return result
-
-
-def _train(fasta, config: RunConfig, run: Path, files: dict, resume: bool, device: torch.device, dist: _Dist,
-           tokenizer, progress: bool, echo, t_start: float, on_step) -> TrainResult:
-    from tqdm.auto import tqdm
-
-    mcfg, dcfg, tcfg = config.model, config.data, config.train
-    train_ds, val_ds = datasets_from_config([str(p) for p in fasta], dcfg, seed=tcfg.seed)
-    if len(train_ds) == 0:
-        raise InputError(f"{', '.join(map(str, fasta))}: no training windows of {dcfg.seq_len:,} bases (genome too "
-                         f"short or mostly N); lower --seq-len")
-    collate = make_collator(tcfg.objective, tokenizer, dcfg.mask_prob, dcfg.mask_span, seed=tcfg.seed)
-    train_loader = make_dataloader(train_ds, tcfg.batch_size, collate, shuffle=True, seed=tcfg.seed,
-                                   num_workers=tcfg.num_workers)
-    val_collate = make_collator(tcfg.objective, tokenizer, dcfg.mask_prob, dcfg.mask_span, seed=tcfg.seed + 1)
-    val_loader = make_dataloader(val_ds, tcfg.batch_size, val_collate, shuffle=False, seed=tcfg.seed,
-                                 rank=0, world_size=1) if len(val_ds) else None
-
-    torch.manual_seed(tcfg.seed)
-    model = ReformerLM(mcfg).to(device)
-    dist.broadcast_parameters(model)
-    opt = make_optimizer(model, tcfg.lr, tcfg.weight_decay, tcfg.betas)
-    # The cosine schedule's length: max_steps, or, with a time budget, the steps that fit in it
-    # (estimated once from the first steps' speed, then fixed and saved with the run).
-    horizon = {"steps": tcfg.max_steps, "fixed": tcfg.max_time is None}
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_at(s, 1.0, tcfg.warmup_steps, horizon["steps"], tcfg.min_lr_ratio))
-    scaler = torch.amp.GradScaler("cuda", enabled=(tcfg.precision == "fp16"))
-
-    step, epoch, batch_in_epoch, trained_before = 0, 0, 0, 0.0
-    best_val: Optional[float] = None
-    tokens_seen = 0
-    if resume:
-        ck = resolve_checkpoint(run, prefer="latest")
-        state = torch.load(ck / STATE_FILE, map_location="cpu", weights_only=True)
-        from ...runtime.checkpoint import load_model_weights
-        load_model_weights(model, ck, map_location=str(device))
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        horizon.update(state.get("horizon", horizon))
-        trained_before, best_val, tokens_seen = state["train_time"], state.get("best_val"), state["tokens_seen"]
-        torch.set_rng_state(state["rng"]["torch"][dist.rank] if dist.rank < len(state["rng"]["torch"])
-                            else state["rng"]["torch"][0])
-        if device.type == "cuda" and state["rng"].get("cuda"):
-            torch.cuda.set_rng_state(state["rng"]["cuda"][min(dist.rank, len(state["rng"]["cuda"]) - 1)], device)
-        if dist.main:
-            _truncate_metrics(files["metrics"], step)
-            echo(f"resuming {run} from step {step:,} ({ck.name})")
-    else:
-        torch.manual_seed(tcfg.seed + 1000 * dist.rank)  # dropout/hash draws differ per rank
-        if dist.main:
-            run.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(files["config"], _yaml(config.to_dict()))
-            atomic_write_json(files["run"], {"fasta": [str(Path(p).resolve()) for p in fasta],
-                                             "world_size": dist.world})
-            files["metrics"].unlink(missing_ok=True)
-
-    meta_data = {"paths": [str(Path(p).resolve()) for p in fasta],
-                 "sha256": [file_sha256(p) for p in fasta] if dist.main else [],
-                 "alphabet": dcfg.alphabet, "seq_len": dcfg.seq_len, "stride": dcfg.stride,
-                 "val_fraction": dcfg.val_fraction, "max_n_fraction": dcfg.max_n_fraction,
-                 "train_windows": len(train_ds), "val_windows": len(val_ds)}
-
-    def batches() -> Iterator[dict]:
-        nonlocal epoch, batch_in_epoch
-        while True:
-            set_epoch(train_loader, epoch)
-            it = iter(train_loader)
-            for _ in range(batch_in_epoch):  # resume mid-epoch: same order, skip what was used
-                next(it)
-            for b in it:
-                batch_in_epoch += 1
-                yield b
-            epoch, batch_in_epoch = epoch + 1, 0
-
-    def save(val: Optional[float]) -> Path:
-        nonlocal best_val
-        rng_t = [torch.get_rng_state()]
-        rng_c = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []
-        if dist.world > 1:  # every rank's RNG state, gathered to rank 0
-            rng_t = dist.gather(rng_t[0])
-            if rng_c:
-                rng_c = dist.gather(rng_c[0])
-        if not dist.main:
-            return run
-        is_best = val is not None and (best_val is None or val < best_val)
-        if is_best:
-            best_val = val
-        state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "horizon": dict(horizon),
-                 "rng": {"torch": rng_t, "cuda": rng_c}, "train_time": train_time(), "best_val": best_val,
-                 "tokens_seen": tokens_seen}
-        meta = {"step": step, "objective": tcfg.objective, "val_bits_per_base": val, "train_data": meta_data,
-                "tokens_seen": tokens_seen}
-        folder = save_checkpoint(model, mcfg, tokenizer.spec(), files["checkpoints"] / f"step-{step:07d}",
-                                 training_state=state, meta=meta)
-        pointer = {"step": step, "path": f"checkpoints/{folder.name}", "val_bits_per_base": val}
-        atomic_write_json(run / "latest.json", pointer)
-        if is_best or not (run / "best.json").is_file():
-            atomic_write_json(run / "best.json", pointer)
-        _prune_checkpoints(run, tcfg.keep_last)
-        return folder
-
-    def log(row: dict) -> None:
-        if dist.main:
-            with open(files["metrics"], "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    t_loop = time.perf_counter()
-    train_time = lambda: trained_before + (time.perf_counter() - t_loop)  # noqa: E731
-
-    def validate(final: bool = False) -> Optional[float]:
-        """Bits per base on the held-out split: ``eval_batches`` batches, or all of it at the end."""
-        if val_loader is None:
-            return None
-        bpb, n = validation_bits(model, val_loader, device, tcfg.precision, 0 if final else tcfg.eval_batches)
-        log({"kind": "val", "step": step, "bits_per_base": bpb, "targets": n, "time": train_time()})
-        return bpb
-
-    model.train()
-    data = batches()
-    probe_step, probe_t0 = max(10, tcfg.warmup_steps + 5), (step, train_time())
-    bar = tqdm(total=horizon["steps"], initial=step, disable=not (progress and dist.main), unit="step",
-               dynamic_ncols=True, desc="pretrain")
-    stopped_by, last_val, last_ck = "max_steps", None, None
-    val_step, saved_step = -1, -1  # the step of the last validation / checkpoint
-    history: list[dict] = []
-    window_tokens, window_t = 0, time.perf_counter()
-    # With process-wide tuning on (runtime.py; the CLI's default), everything built so far
-    # (modules, torch, Biopython) leaves the cyclic GC's generations for the run: their full
-    # passes otherwise walk it during the steps (~3-4% of a 64K-token step's CPU time).
-    with runtime.frozen_gc(), _StopFlag() as stop:
-        while step < tcfg.max_steps:
-            if tcfg.max_time is not None and dist.agree(train_time() >= tcfg.max_time):
-                stopped_by = "max_time"
-                break
-            opt.zero_grad(set_to_none=True)
-            loss_sum, n_sum = 0.0, 0
-            for _ in range(tcfg.grad_accum):
-                batch = next(data)
-                x, labels, mask = (batch[k].to(device) for k in ("input_ids", "labels", "attention_mask"))
-                with autocast(device, tcfg.precision):
-                    logits = model(x, mask=None if bool(mask.all()) else mask)
-                loss, n = lm_loss(logits, labels)
-                scaler.scale(loss / max(n, 1) / tcfg.grad_accum).backward()
-                loss_sum += float(loss.detach())
-                n_sum += n
-                tokens_seen += int(mask.sum()) * dist.world
-                window_tokens += int(mask.sum()) * dist.world
-            dist.average_gradients(model)
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            step += 1
-            if not horizon["fixed"] and step >= probe_step:
-                horizon["steps"] = _fit_horizon(step, train_time(), probe_t0, tcfg, dist)
-                horizon["fixed"] = True
-                bar.total = horizon["steps"]
-            if step == 2:
-                probe_t0 = (step, train_time())
-            stats = dist.all_reduce_(dist.tensor([loss_sum, float(n_sum)]), average=False).tolist()
-            bpb = float(stats[0] / max(float(stats[1]), 1.0)) / LN2
-            history.append({"step": step, "bits_per_base": bpb})
-            if on_step is not None:
-                on_step(step, bpb)
-            if step % tcfg.log_every == 0 or step == 1:
-                now = time.perf_counter()
-                tps = window_tokens / max(now - window_t, 1e-9)
-                log({"kind": "train", "step": step, "loss": bpb * LN2, "bits_per_base": bpb,
-                     "lr": sched.get_last_lr()[0], "tokens_per_s": tps, "time": train_time()})
-                window_tokens, window_t = 0, now
-                bar.set_postfix(bpb=f"{bpb:.3f}", tok_s=f"{tps:,.0f}",
-                                val="-" if last_val is None else f"{last_val:.3f}")
-            bar.update(1)
-            if step % tcfg.eval_every == 0:
-                last_val, val_step = validate(), step
-                if dist.main:
-                    plot_loss_curve(files["metrics"], files["plot"])
-            if step % tcfg.save_every == 0:
-                last_ck, saved_step = save(last_val if val_step == step else None), step
-            if dist.agree(stop.signum is not None):
-                stopped_by = "signal"
-                break
-        bar.close()
-        # the final model is validated on the whole held-out split and saved
-        last_val, val_step = validate(final=True), step
-        last_ck, saved_step = save(last_val), step
-        if dist.main and files["metrics"].is_file():
-            plot_loss_curve(files["metrics"], files["plot"])
-        signum = stop.signum
-    kernels.release_buffers()  # the attention kernel's kept work buffers
-    dist.check_same_parameters(model)  # ranks must hold one model
-    wall = time.perf_counter() - t_start
-    result = TrainResult(run_dir=run, step=step, wall_time=wall, train_time=train_time(),
-                         val_bits_per_base=last_val, best_val_bits_per_base=best_val, checkpoint=last_ck,
-                         stopped_by=stopped_by, tokens_per_second=tokens_seen / max(train_time(), 1e-9),
-                         history=history, signal=signum, is_main=dist.main)
-    if dist.main:
-        atomic_write_json(run / "result.json", {k: (str(v) if isinstance(v, Path) else v)
-                                                for k, v in result.__dict__.items() if k != "history"})
-    return result
-
-
-def _fit_horizon(step: int, now: float, since: tuple[int, float], tcfg, dist: _Dist) -> int:
-    """Steps that fit in ``tcfg.max_time`` at the speed measured since step ``since[0]`` (a 10%
-    margin for validation and checkpoints), capped by ``max_steps``; the same on every rank."""
-    s0, t0 = since
-    per_step = (now - t0) / max(step - s0, 1)
-    fit = step + int(0.9 * (tcfg.max_time - now) / max(per_step, 1e-9))
-    t = dist.all_reduce_(dist.tensor([float(min(tcfg.max_steps, max(step + 1, fit)))]), average=False, op="min")
-    return int(t.item())
-
-
-def _yaml(d: dict) -> str:
-    import yaml
-
-    return "# resolved run config written by seqformer pretrain\n" + yaml.safe_dump(d, sort_keys=False)
