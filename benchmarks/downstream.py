@@ -241,7 +241,7 @@ def mean_cosine(X: np.ndarray, rng, pairs: int = 2000) -> float:
 
 # ---------------------------------------------------------------------- one task
 def run_task(name: str, data: dict, checkpoint: str, finetune_budget: tuple[int, float], rng, out: dict) -> None:
-    from reformer_seq.runtime.checkpoint import load_pretrained
+    from reformer_seq.tasks.pretrained import load_pretrained
     from reformer_seq.tasks.embedding import embed_sequences
     from reformer_seq.tasks.finetune.metrics import auroc, bootstrap_se
 

@@ -140,7 +140,7 @@ def read_scores(tsv: Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def study(args: argparse.Namespace) -> dict[str, Any]:
-    from reformer_seq.runtime.checkpoint import load_pretrained
+    from reformer_seq.tasks.pretrained import load_pretrained
     from reformer_seq.genome.fasta import read_records
     from reformer_seq.tasks.scoring.variants import score_vcf
     from reformer_seq.genome.windows import split_bounds

@@ -80,7 +80,7 @@ def write_vcf(path: Path, variants: list[tuple[int, str, str]]) -> None:
 
 def window_pass_seconds(ckpt: Path, records, window: int, batch: int, repeats: int = 3) -> float:
     """Seconds per window in a batch of ``batch`` equal windows: the fastest of ``repeats`` passes."""
-    from reformer_seq.runtime.checkpoint import load_pretrained
+    from reformer_seq.tasks.pretrained import load_pretrained
     from reformer_seq.tasks.evaluation.likelihood import ModelScorer
 
     model, _, _ = load_pretrained(ckpt)

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from pipelines.cli import cli
-from reformer_seq.runtime.checkpoint import load_pretrained
+from reformer_seq.tasks.pretrained import load_pretrained
 from reformer_seq.errors import SeqformerError
 from reformer_seq.tasks.finetune.model import SequenceModel, load_finetuned
 from reformer_seq.tasks.finetune.train import FinetuneOptions, finetune

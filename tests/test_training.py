@@ -19,7 +19,8 @@ import yaml
 from click.testing import CliRunner
 
 from pipelines.cli import cli
-from reformer_seq.runtime.checkpoint import load_pretrained, resolve_checkpoint
+from reformer_seq.tasks.pretrained import load_pretrained
+from reformer_seq.runtime.checkpoint import resolve_checkpoint
 from reformer_seq.config import load_run_config
 from reformer_seq.errors import ConfigError
 from reformer_seq.tasks.training import pretrain

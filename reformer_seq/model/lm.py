@@ -162,7 +162,7 @@ class ReformerLM(nn.Module):
     @classmethod
     def from_pretrained(cls, folder, map_location: str = "cpu", **overrides) -> "ReformerLM":
         """A model from a checkpoint folder or a run folder (its best checkpoint)."""
-        from ..runtime.checkpoint import load_pretrained
+        from ..tasks.pretrained import load_pretrained
 
         model, _, _ = load_pretrained(folder, map_location, **overrides)
         return model

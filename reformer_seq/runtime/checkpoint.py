@@ -9,7 +9,8 @@ either; ``embed`` and ``evaluate`` never read it.
 Writes are atomic: a checkpoint is written into a hidden temporary folder that is renamed to
 its final name only when complete, and the run's pointers (``latest.json``, ``best.json``) are
 replaced with ``os.replace``. A ``kill -9`` at any moment leaves either the previous state or
-the new one, never a checkpoint that fails to load.
+the new one, never a checkpoint that fails to load (the writing: :mod:`.files`). Loading a trained
+model for a task, with its tokenizer: :mod:`reformer_seq.tasks.pretrained`.
 
 Run folder layout::
 
@@ -23,12 +24,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 
 from ..config import ReformerConfig
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from .files import atomic_folder
 
 FORMAT_VERSION = 1
@@ -131,26 +132,3 @@ def load_model_weights(model: torch.nn.Module, folder: PathLike, map_location: s
         raise CheckpointError(f"{path}: weights do not match the model in {CONFIG_FILE} "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]}); the checkpoint was "
                               f"made by an incompatible version")
-
-
-def load_pretrained(path: PathLike, map_location: str = "cpu", **overrides: Any):
-    """(model, tokenizer, info) from a checkpoint or run folder. ``overrides`` change model config
-    fields that do not affect parameters (e.g. ``max_seq_len`` is *not* one of them)."""
-    from ..model.lm import ReformerLM
-    from ..genome.tokenizers import tokenizer_from_spec
-
-    folder = resolve_checkpoint(path)
-    info = read_checkpoint_config(folder)
-    if "finetune" in info:  # a fine-tuned model: its backbone is the language model
-        from ..tasks.finetune.model import load_finetuned
-
-        model, tokenizer, info = load_finetuned(folder, map_location)
-        return model.backbone, tokenizer, info
-    try:
-        cfg = ReformerConfig.from_dict({**info["model"], **overrides}, where=f"{folder / CONFIG_FILE} model")
-    except ConfigError as e:
-        raise CheckpointError(f"{folder}: {e}") from None
-    model = ReformerLM(cfg)
-    load_model_weights(model, folder, map_location)
-    tokenizer = tokenizer_from_spec(info["tokenizer"])
-    return model, tokenizer, {**info, "path": str(folder)}

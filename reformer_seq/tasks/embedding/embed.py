@@ -139,7 +139,7 @@ def embed_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, *, pool: s
     characters outside IUPAC are an error instead of N (with a warning). Bad input,
     a bad checkpoint or bad options raise :class:`~reformer_seq.errors.SeqformerError`.
     """
-    from ...runtime.checkpoint import load_pretrained
+    from ..pretrained import load_pretrained
     from ...genome.encoded import load_genome
 
     t0 = time.perf_counter()

@@ -141,7 +141,7 @@ def _load_motifs(motif_files: Sequence[PathLike], motif_ids: Optional[Sequence[s
 
 def _load_scorer(checkpoint: PathLike, device: str) -> tuple[ModelScorer, Any, dict]:
     """``(scorer, tokenizer, info)`` of a nucleotide checkpoint on ``device``."""
-    from ...runtime.checkpoint import load_pretrained
+    from ..pretrained import load_pretrained
 
     model, tokenizer, info = load_pretrained(checkpoint)
     if getattr(tokenizer, "kind", None) != "nucleotide":

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...runtime.checkpoint import STATE_FILE, load_pretrained, resolve_checkpoint
+from ...runtime.checkpoint import STATE_FILE, resolve_checkpoint
+from ..pretrained import load_pretrained
 from ...runtime.files import atomic_write, atomic_write_json
 from ...errors import CheckpointError, ConfigError
 from .model import HeadConfig, SequenceModel, masked_mean, pad_batch, predict_tokens

@@ -261,7 +261,7 @@ def score_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, window: Op
                 regions_bed: Optional[PathLike] = None, batch_size: int = 8, device: str = "auto",
                 digits: int = 3, progress: bool = True) -> TrackSummary:
     """Score every base of ``fasta`` (or of the regions) with a causal checkpoint and write the track."""
-    from ...runtime.checkpoint import load_pretrained
+    from ..pretrained import load_pretrained
 
     track_format(out)  # fail before loading anything
     if region and regions_bed:

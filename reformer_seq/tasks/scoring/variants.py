@@ -269,7 +269,7 @@ def score_vcf(vcf: PathLike, reference: PathLike, checkpoint: PathLike, out: Pat
               train_fasta: Optional[PathLike] = None, batch_size: int = 8, device: str = "auto",
               progress: bool = True) -> VariantSummary:
     """Score every ALT of ``vcf`` against ``reference`` with a checkpoint and write ``out``."""
-    from ...runtime.checkpoint import load_pretrained
+    from ..pretrained import load_pretrained
     from ..evaluation.likelihood import ModelScorer
     from ...genome.encoded import load_genome
     from .variant_output import output_format, write_variants

@@ -1,0 +1,32 @@
+"""A trained model for a task: the language model (or a fine-tuned model's backbone) and its
+tokenizer, from a checkpoint folder or a run folder (its best checkpoint). Every task that takes
+``--checkpoint`` (embed, evaluate, score, score-variants, finetune) loads through here; the folder
+format itself is :mod:`reformer_seq.runtime.checkpoint`."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ReformerConfig
+from ..errors import CheckpointError, ConfigError
+from ..genome.tokenizers import tokenizer_from_spec
+from ..model.lm import ReformerLM
+from ..runtime.checkpoint import CONFIG_FILE, PathLike, load_model_weights, read_checkpoint_config, resolve_checkpoint
+from .finetune.model import load_finetuned
+
+
+def load_pretrained(path: PathLike, map_location: str = "cpu", **overrides: Any):
+    """(model, tokenizer, info) from a checkpoint or run folder. ``overrides`` change model config
+    fields that do not affect parameters (e.g. ``max_seq_len`` is *not* one of them)."""
+    folder = resolve_checkpoint(path)
+    info = read_checkpoint_config(folder)
+    if "finetune" in info:  # a fine-tuned model: its backbone is the language model
+        model, tokenizer, info = load_finetuned(folder, map_location)
+        return model.backbone, tokenizer, info
+    try:
+        cfg = ReformerConfig.from_dict({**info["model"], **overrides}, where=f"{folder / CONFIG_FILE} model")
+    except ConfigError as e:
+        raise CheckpointError(f"{folder}: {e}") from None
+    model = ReformerLM(cfg)
+    load_model_weights(model, folder, map_location)
+    tokenizer = tokenizer_from_spec(info["tokenizer"])
+    return model, tokenizer, {**info, "path": str(folder)}
