@@ -37,7 +37,7 @@ from ...genome.labelled import (LabelledSet, check_lengths, class_names, encode_
 from .metrics import (CLASSIFY_METRICS, REGRESS_METRICS, classification_metrics, default_metric, higher_is_better,
                       regression_metrics)
 from ..training.optim import lr_at, make_optimizer
-from ..training.run_folder import prune_checkpoints, truncate_metrics
+from ..training.run_folder import append_metrics, point_to_checkpoint, prune_checkpoints, truncate_metrics
 from ..training.stop import StopFlag
 from ...runtime.device import autocast, resolve_device
 
@@ -244,16 +244,12 @@ class _Trainer:
         folder = self.model.save_pretrained(self.run / "checkpoints" / f"step-{self.step:07d}", self.tok,
                                             training_state=self.state(train_time),
                                             meta={**self.meta, "step": self.step, f"val_{self.metric}": value})
-        pointer = {"step": self.step, "path": f"checkpoints/{folder.name}", f"val_{self.metric}": value}
-        atomic_write_json(self.run / "latest.json", pointer)
-        if is_best or not (self.run / "best.json").is_file():
-            atomic_write_json(self.run / "best.json", pointer)
+        point_to_checkpoint(self.run, folder, self.step, is_best, **{f"val_{self.metric}": value})
         prune_checkpoints(self.run, keep_last=1)
         return folder
 
     def log(self, row: dict) -> None:
-        with open(self.run / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_metrics(self.run / "metrics.jsonl", row)
 
 
 def plot_curve(metrics_path: Path, png_path: Path, metric: str) -> None:

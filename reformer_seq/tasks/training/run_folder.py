@@ -92,9 +92,10 @@ def truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def point_to_checkpoint(run: Path, folder: Path, step: int, val: Optional[float], is_best: bool) -> None:
-    """``latest.json`` points at ``folder``; ``best.json`` too if it is the best so far (or the first)."""
-    pointer = {"step": step, "path": f"checkpoints/{folder.name}", "val_bits_per_base": val}
+def point_to_checkpoint(run: Path, folder: Path, step: int, is_best: bool, **scores: Optional[float]) -> None:
+    """``latest.json`` points at ``folder``; ``best.json`` too if it is the best so far (or the first).
+    ``scores`` (e.g. ``val_bits_per_base``) are written into the pointer."""
+    pointer = {"step": step, "path": f"checkpoints/{folder.name}", **scores}
     atomic_write_json(run / "latest.json", pointer)
     if is_best or not (run / "best.json").is_file():
         atomic_write_json(run / "best.json", pointer)

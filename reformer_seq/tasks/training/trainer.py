@@ -226,7 +226,7 @@ class Trainer:
                 "train_data": self.meta_data, "tokens_seen": st.tokens_seen}
         folder = save_checkpoint(self.model, self.config.model, self.tokenizer.spec(), self.files.checkpoint(st.step),
                                  training_state=training_state, meta=meta)
-        point_to_checkpoint(self.files.root, folder, st.step, val, is_best)
+        point_to_checkpoint(self.files.root, folder, st.step, is_best, val_bits_per_base=val)
         prune_checkpoints(self.files.root, self.tcfg.keep_last)
         return folder
 
