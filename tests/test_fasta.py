@@ -4,7 +4,6 @@ from __future__ import annotations
 import bz2
 import errno
 import gzip
-import json
 import pickle
 import shutil
 import tempfile
