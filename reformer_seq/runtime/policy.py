@@ -98,10 +98,10 @@ def set_policy(policy: Optional[ExecutionPolicy] = None, **changes: int) -> Exec
     policy. Unknown field names raise ConfigError naming them."""
     global _current
     base = _current if policy is None else policy
-    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(ExecutionPolicy)})
+    names = [f.name for f in dataclasses.fields(ExecutionPolicy)]
+    unknown = sorted(set(changes) - set(names))
     if unknown:
-        raise ConfigError(f"ExecutionPolicy has no field {', '.join(unknown)}; the fields are "
-                          f"{', '.join(f.name for f in dataclasses.fields(ExecutionPolicy))}")
+        raise ConfigError(f"ExecutionPolicy has no field {', '.join(unknown)}; the fields are {', '.join(names)}")
     previous, _current = _current, dataclasses.replace(base, **changes)
     return previous
 

@@ -2,6 +2,7 @@
 through a temporary ``.npy`` streamed into the zip) or an HDF5 file; and reading an output back."""
 from __future__ import annotations
 
+import abc
 import json
 import os
 import shutil
@@ -18,14 +19,16 @@ from .plan import PathLike
 _COPY_BLOCK = 1 << 24  # bytes per read/write when streaming a temporary .npy into the zip
 
 
-class _Sink:
+class _Sink(abc.ABC):
     """Where the engine puts results: per-position rows (global row numbers) and pooled rows."""
 
+    @abc.abstractmethod
     def positions(self, row: int, values: np.ndarray, add: bool) -> None:  # values (n, dim) float32
-        raise NotImplementedError
+        """Write (``add``: add to) rows ``row .. row + n`` of the per-position output."""
 
+    @abc.abstractmethod
     def pooled(self, rec: int, vector: np.ndarray, count: int) -> None:  # vector (dim,) float32
-        raise NotImplementedError
+        """Record ``rec``'s pooled vector, pooled over ``count`` bases."""
 
 
 class _MemorySink(_Sink):

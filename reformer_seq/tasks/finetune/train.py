@@ -37,7 +37,8 @@ from ...genome.labelled import (LabelledSet, check_lengths, class_names, encode_
 from .metrics import (CLASSIFY_METRICS, REGRESS_METRICS, classification_metrics, default_metric, higher_is_better,
                       regression_metrics)
 from ..training.optim import lr_at, make_optimizer
-from ..training.run_folder import append_metrics, point_to_checkpoint, prune_checkpoints, truncate_metrics
+from ..training.run_folder import (RunFiles, append_metrics, point_to_checkpoint, prune_checkpoints,
+                                   truncate_metrics)
 from ..training.stop import StopFlag
 from ...runtime.device import autocast, resolve_device
 
@@ -241,7 +242,7 @@ class _Trainer:
         self.best, self.best_step, self.bad_evals = st["best"], st["best_step"], st["bad_evals"]
 
     def save(self, train_time: float, value: Optional[float], is_best: bool) -> Path:
-        folder = self.model.save_pretrained(self.run / "checkpoints" / f"step-{self.step:07d}", self.tok,
+        folder = self.model.save_pretrained(RunFiles(self.run).checkpoint(self.step), self.tok,
                                             training_state=self.state(train_time),
                                             meta={**self.meta, "step": self.step, f"val_{self.metric}": value})
         point_to_checkpoint(self.run, folder, self.step, is_best, **{f"val_{self.metric}": value})
@@ -280,7 +281,7 @@ def plot_curve(metrics_path: Path, png_path: Path, metric: str) -> None:
 def _prepare_run(run: Path, inputs: dict, checkpoint, opts: FinetuneOptions, resume: bool):
     """(inputs, checkpoint, opts) for this invocation; a resumed run takes the saved ones (but the
     new max_steps / max_time)."""
-    has_ck = (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("step-*"))
+    has_ck = RunFiles(run).has_checkpoints()
     if not resume:
         if has_ck:
             raise ConfigError(f"{run}: already holds a fine-tuning run; pass --resume to continue it, or choose "
