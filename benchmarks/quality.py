@@ -84,7 +84,23 @@ COPY = {
     "copy-mix-no-plant": {"data": {"plant_repeats": 0.0}},
     "copy-mix-T32-fixed": {"model": {"copy_temperature": 32.0, "copy_learn_temperature": False}},
 }
-STUDIES = {"copy": (COPY, ECOLI), "levers": (LEVERS, ECOLI), "lsh-vs-exact": (LSH_VS_EXACT, ECOLI), "context": (CONTEXT, CHRX),
+# reading-frame levers (issue 27): a long causal convolution, dilated taps (every third base),
+# codon (3-mer) input embeddings, rotary positions in the local layer, width and depth
+FRAME = {
+    "conv-8": {},
+    "conv-96": {"model": {"conv_kernel": 96}},
+    "conv-96-codon": {"model": {"conv_kernel": 96, "kmer_embedding": 3}},
+    "conv-96-codon-frame": {"model": {"conv_kernel": 96, "kmer_embedding": 3, "frame_conv": 32}},
+    "conv-96-codon-frame-rope": {"model": {"conv_kernel": 96, "kmer_embedding": 3, "frame_conv": 32,
+                                           "local_rope": True}},
+    "conv-8-codon-frame-rope": {"model": {"kmer_embedding": 3, "frame_conv": 32, "local_rope": True}},
+    "conv-96-rope": {"model": {"conv_kernel": 96, "local_rope": True}},
+    "all-dim-96": {"model": {"conv_kernel": 96, "kmer_embedding": 3, "frame_conv": 32, "local_rope": True,
+                             "dim": 96}},
+    "all-depth-4": {"model": {"conv_kernel": 96, "kmer_embedding": 3, "frame_conv": 32, "local_rope": True,
+                              "depth": 4}},
+}
+STUDIES = {"frame": (FRAME, ECOLI), "copy": (COPY, ECOLI), "levers": (LEVERS, ECOLI), "lsh-vs-exact": (LSH_VS_EXACT, ECOLI), "context": (CONTEXT, CHRX),
            "final": ({"default": {}}, ECOLI)}
 
 

@@ -66,6 +66,17 @@ class ReformerConfig:
     # Short depthwise causal convolution over the embeddings (kernel width; 0 disables): gives
     # every position its immediate left context (k-mer features) before any attention.
     conv_kernel: int = 0
+    # A second depthwise causal convolution with dilation 3 (this many taps, so 3x as many bases):
+    # each channel sums one codon position over the last codons, the statistic a reading frame
+    # is inferred from. 0 disables it.
+    frame_conv: int = 0
+    # Embed the k-mer ending at each position (k = 3: codons; 4**k + 1 rows, the last for a
+    # k-mer with N, padding or the sequence start in it), added to the token embedding. 0: off.
+    kmer_embedding: int = 0
+    # Rotary position embedding (Su et al., RoFormer, 2021) on the queries and keys of local
+    # attention layers, so a head can attend by offset ("three bases back"); its first frequency
+    # has period 3. Off: local attention sees content only.
+    local_rope: bool = False
     # Training only: start each batch's positions at a random row of the axial grid, so windows
     # shorter than max_seq_len train every position's embedding (a 4K-window model then works
     # on 64K inputs: without it the copy signal weakened with absolute position, see README).
@@ -139,6 +150,16 @@ class ReformerConfig:
             raise ConfigError(f"model.copy_temperature must be > 0, got {self.copy_temperature}")
         if self.conv_kernel < 0:
             raise ConfigError(f"model.conv_kernel must be >= 0, got {self.conv_kernel}")
+        if self.frame_conv < 0:
+            raise ConfigError(f"model.frame_conv must be >= 0 (taps of the dilated convolution), got {self.frame_conv}")
+        if not 0 <= self.kmer_embedding <= 6:
+            raise ConfigError(f"model.kmer_embedding must be 0 (off) or a k-mer length 1-6 (3 = codons), "
+                              f"got {self.kmer_embedding}")
+        if self.kmer_embedding and self.vocab_size > 16:
+            raise ConfigError("model.kmer_embedding needs the nucleotide alphabet; set kmer_embedding: 0 "
+                              "for byte-level models")
+        if self.local_rope and self.head_dim % 2:
+            raise ConfigError(f"model.local_rope needs an even head width, got {self.head_dim}")
         for kind in self.layer_kinds():
             if kind not in ATTENTION_KINDS:
                 raise ConfigError(f"attention kind {kind!r} is not one of {', '.join(ATTENTION_KINDS)}")

@@ -20,23 +20,11 @@ from ..config import ReformerConfig
 from .attention.copy_attention import CopyAttention, CopyMixture
 from ..errors import ConfigError
 from .feedforward import FeedForward
+from .local_features import CausalConv, KmerEmbedding
 from ..runtime.policy import current_policy
 from .reversible import ReversibleBlock, run_blocks
 from ..runtime import tuning as runtime
 
-
-
-class CausalConv(nn.Module):
-    """Depthwise causal convolution with a residual: each position mixes in its left neighbours."""
-
-    def __init__(self, dim: int, kernel: int):
-        super().__init__()
-        self.kernel = kernel
-        self.conv = nn.Conv1d(dim, dim, kernel, groups=dim)
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, L, dim)
-        h = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))  # (B, dim, L + k - 1), left padding only
-        return x + self.conv(h).transpose(1, 2)
 
 
 class ReformerLM(nn.Module):
@@ -50,6 +38,8 @@ class ReformerLM(nn.Module):
         nn.init.normal_(self.token_emb.weight, std=0.02)
         self.pos_emb = AxialPositionalEncoding(c.dim, c.axial, c.max_seq_len) if c.positions == "axial" else None
         self.conv = CausalConv(c.dim, c.conv_kernel) if c.conv_kernel > 0 else None
+        self.frame_conv = CausalConv(c.dim, c.frame_conv, dilation=3) if c.frame_conv > 0 else None
+        self.kmer_emb = KmerEmbedding(c.dim, c.kmer_embedding) if c.kmer_embedding else None
         self.copy = None
         if c.copy_k:
             self.copy = CopyAttention(c.dim, c.copy_k, c.copy_rc, c.bucket_size, c.copy_hashes or c.n_hashes,
@@ -60,7 +50,8 @@ class ReformerLM(nn.Module):
         for i, kind in enumerate(c.layer_kinds()):
             attn = SelfAttention(c.dim, c.heads, c.head_dim, kind=kind, causal=c.causal, bucket_size=c.bucket_size,
                                  n_hashes=c.n_hashes, n_buckets=c.n_buckets, local_window=c.local_window,
-                                 dropout=c.dropout, hash_seed=c.hash_seed * 1000 + i)
+                                 dropout=c.dropout, hash_seed=c.hash_seed * 1000 + i,
+                                 rope=c.local_rope and kind == "local")
             ff = FeedForward(c.dim, c.ff_mult, c.dropout, c.ff_chunk_size)
             self.layers.append(ReversibleBlock(attn, ff))
         self.norm = nn.LayerNorm(c.dim)
@@ -90,6 +81,8 @@ class ReformerLM(nn.Module):
         B, L = tokens.shape
         runtime.tune_for_input(B * L * self.config.dim, tokens.device.type)  # process-wide; only if allowed
         x = tok = self.token_emb(tokens.long())  # (B, L, dim)
+        if self.kmer_emb is not None:
+            x = x + self.kmer_emb(tokens)
         if self.pos_emb is not None:
             first_row = self.pos_emb.random_first_row(L) if self.training and self.config.random_position_offset else 0
             x = x + self.pos_emb(L, first_row)
@@ -99,6 +92,8 @@ class ReformerLM(nn.Module):
             real_len = mask.sum(1)
         if self.conv is not None:
             x = self.conv(x)
+        if self.frame_conv is not None:
+            x = self.frame_conv(x)
         blocks = self.layers if n_blocks is None else self.layers[:n_blocks]
         top = self.config.copy_position == "top"
         if self.copy is not None and self.config.copy_position == "bottom":  # what followed earlier copies of the last k bases

@@ -24,6 +24,7 @@ from ...runtime.policy import current_policy
 from .chunked import chunked_attention
 from .exact import full_attention
 from .local import local_layout
+from ..local_features import rotary
 from .lsh import bucket_bits, layer_rotations, lsh_layout, n_hash_factors
 
 
@@ -36,8 +37,9 @@ class SelfAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, dim_head: int, kind: str = "lsh", causal: bool = True,
                  bucket_size: int = 16, n_hashes: int = 4, n_buckets: Optional[int] = None,
-                 local_window: int = 64, dropout: float = 0.0, hash_seed: int = 0):
+                 local_window: int = 64, dropout: float = 0.0, hash_seed: int = 0, rope: bool = False):
         super().__init__()
+        self.rope = rope  # rotary positions on the local layer's queries and keys
         self.kind, self.causal, self.heads, self.dim_head = kind, causal, heads, dim_head
         self.bucket_size, self.n_hashes, self.n_buckets = bucket_size, n_hashes, n_buckets
         self.local_window, self.hash_seed = local_window, hash_seed
@@ -123,10 +125,13 @@ class SelfAttention(nn.Module):
             Lp, hg = plan["Lp"], heads.stop - heads.start
             lay = plan["layout"].select_heads(heads, self.heads)
             k = None  # lsh: shared-QK, the keys are the normalised queries
+            q = self._rows(qk, Lp, hg)
             if self.kind == "local":
                 k = self._rows(F.linear(h, self.to_k.weight[rows]), Lp, hg)
+                if self.rope:
+                    q, k = rotary(q), rotary(k)
             sub = cache.setdefault(("heads", heads.start), {}) if cache is not None else None
-            out = chunked_attention(self._rows(qk, Lp, hg), k, self._rows(v, Lp, hg), lay, cache=sub)[:, :L]
+            out = chunked_attention(q, k, self._rows(v, Lp, hg), lay, cache=sub)[:, :L]
         if into is not None:  # no (B, L, dim) temporary per head group
             into.view(B * L, -1).addmm_(out.reshape(B * L, -1), self.to_out.weight[:, rows].t())
             return into
@@ -207,6 +212,8 @@ class SelfAttention(nn.Module):
             with torch.enable_grad():
                 q, v = self._rows(ins[0], plan["Lp"], hg), self._rows(ins[1], plan["Lp"], hg)
                 k = self._rows(ins[2], plan["Lp"], hg) if self.kind == "local" else None
+                if self.rope and k is not None:
+                    q, k = rotary(q), rotary(k)
                 out = chunked_attention(q, k, v, lay, cache=sub)[:, :L].reshape(B * L, hg * D)
             w_out = self.to_out.weight[:, rows]  # (dim, hg*D)
             if keep is None:  # y1 -= this group's share, without a (B, L, dim) temporary
