@@ -70,16 +70,38 @@ def _read_pointer(run: Path, name: str) -> Optional[Path]:
     return target if (target / MODEL_FILE).is_file() and (target / CONFIG_FILE).is_file() else None
 
 
+# Models that ship inside the package (models/NAME/: weights, config.json and a card, CARD.md),
+# named by ``--checkpoint NAME`` wherever no folder of that name exists.
+SHIPPED_MODELS = ("ecoli", "human")
+
+
+def shipped_model(name: str) -> Path:
+    """The folder of the shipped model ``name`` (one of :data:`SHIPPED_MODELS`)."""
+    from .resources import resource
+
+    if name not in SHIPPED_MODELS:
+        raise CheckpointError(f"{name!r} is not a shipped model; shipped: {', '.join(SHIPPED_MODELS)}")
+    try:
+        return resource("models", name, CONFIG_FILE).parent
+    except Exception:
+        raise CheckpointError(f"the shipped model {name!r} is missing from this installation (models/{name}/); "
+                              f"reinstall seqformer, or pass a checkpoint folder") from None
+
+
 def resolve_checkpoint(path: PathLike, prefer: str = "best") -> Path:
-    """A checkpoint folder from a checkpoint folder or a run folder.
+    """A checkpoint folder from a checkpoint folder, a run folder, or a shipped model's name.
 
     For a run folder: its best checkpoint (``prefer="best"``) or latest (``prefer="latest"``),
-    falling back to the newest complete ``checkpoints/step-*`` folder.
+    falling back to the newest complete ``checkpoints/step-*`` folder. A name in
+    :data:`SHIPPED_MODELS` (``ecoli``, ``human``) with no folder of that name is the shipped model.
     """
     path = Path(path)
+    if not path.exists() and str(path) in SHIPPED_MODELS:
+        return shipped_model(str(path))
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or run folder; pass the --out folder of "
-                              f"`seqformer pretrain` or one of its checkpoints/step-* folders")
+                              f"`seqformer pretrain`, one of its checkpoints/step-* folders, or a shipped "
+                              f"model ({', '.join(SHIPPED_MODELS)})")
     if (path / MODEL_FILE).is_file() or (path / CONFIG_FILE).is_file():
         return path
     order = ["best.json", "latest.json"] if prefer == "best" else ["latest.json", "best.json"]

@@ -1,0 +1,42 @@
+"""The models shipped in models/ load by name (``--checkpoint ecoli``) and reproduce the
+held-out figure recorded when they were shipped (benchmarks/ship_model.py)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from reformer_seq.errors import CheckpointError
+from reformer_seq.runtime.checkpoint import SHIPPED_MODELS, resolve_checkpoint, shipped_model
+
+REPO = Path(__file__).resolve().parents[1]
+PRESENT = [n for n in SHIPPED_MODELS if (REPO / "models" / n / "recorded.json").is_file()]
+
+
+@pytest.mark.parametrize("name", PRESENT)
+def test_shipped_model_reproduces_its_recorded_figure(name):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from ship_model import slice_bits
+
+    folder = resolve_checkpoint(name)
+    assert folder == shipped_model(name)
+    rec = json.loads((folder / "recorded.json").read_text())
+    got = slice_bits(folder, REPO / "data" / rec["genome"])
+    assert got["n_bases"] == rec["n_bases"]
+    assert got["bits_per_base"] == pytest.approx(rec["bits_per_base"], abs=1e-4)
+    assert (folder / "CARD.md").is_file()
+
+
+def test_unknown_name_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="shipped model"):
+        resolve_checkpoint("no-such-model")
+
+
+def test_a_folder_of_that_name_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ecoli").mkdir()
+    (tmp_path / "ecoli" / "config.json").write_text("{}")
+    assert resolve_checkpoint("ecoli") == Path("ecoli")
