@@ -7,7 +7,8 @@ import click
 @click.command()
 @click.argument("fasta", type=click.Path(dir_okay=False))
 @click.option("--checkpoint", required=True, type=click.Path(),
-              help="A `seqformer pretrain` run folder (uses its best checkpoint) or a checkpoints/step-* folder.")
+              help="A `seqformer pretrain` run folder (uses its best checkpoint), a checkpoints/step-* folder, "
+                   "or a shipped model: ecoli, human.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Output file: .npz (numpy) or .h5 (HDF5); written atomically.")
 @click.option("--pool", type=click.Choice(["mean", "max", "none"]), default="mean", show_default=True,

@@ -11,7 +11,8 @@ def _split_ids(ctx: click.Context, param: click.Parameter, value: tuple[str, ...
 @click.command()
 @click.argument("fasta", type=click.Path(dir_okay=False))
 @click.option("--checkpoint", required=True, type=click.Path(),
-              help="A `seqformer pretrain` run folder (uses its best checkpoint) or a checkpoints/step-* folder.")
+              help="A `seqformer pretrain` run folder (uses its best checkpoint), a checkpoints/step-* folder, "
+                   "or a shipped model: ecoli, human.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Report folder: report.json, report.md and profiles/*.png (created if missing).")
 @click.option("--motifs", "motif_files", multiple=True, type=click.Path(dir_okay=False),
@@ -32,25 +33,30 @@ def _split_ids(ctx: click.Context, param: click.Parameter, value: tuple[str, ...
 @click.option("--max-sites", type=int, default=1000, show_default=True,
               help="Most sites evaluated per motif (a seeded random subset beyond; 0 = all).")
 @click.option("--train-fasta", type=click.Path(dir_okay=False), default=None,
-              help="Fit the Markov baselines on this FASTA (train region = all but its last 10%%) instead of the "
+              help="Fit the Markov and gene HMM baselines on this FASTA or GenBank file (train region = all but its last 10%%) instead of the "
                    "training data named in the checkpoint.")
 @click.option("--split", type=click.Choice(["all", "val", "train"]), default="all", show_default=True,
               help="val: only the last part of each record that training held out (the checkpoint's val_fraction); "
                    "train: the rest; all: every base.")
+@click.option("--gene-order", type=click.IntRange(2, 8), default=5, show_default=True,
+              help="Order of the gene HMM baseline's emissions (fitted on the training data's GenBank CDS, or on "
+                   "Prodigal's gene calls for a FASTA; a few seconds for a bacterial genome).")
+@click.option("--no-gene-hmm", is_flag=True, help="Skip the gene HMM baseline.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of masking, shuffles and control picks.")
 @click.option("--strict", is_flag=True,
               help="Characters outside IUPAC are an error naming the record and position (default: read as N, "
                    "with one warning per file giving their count per record).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(fasta, checkpoint, out_dir, motif_files, motif_ids, threshold, batch_size, device, window,
-             motif_window, max_sites, train_fasta, split, seed, strict, quiet):
+             motif_window, max_sites, train_fasta, split, gene_order, no_gene_hmm, seed, strict, quiet):
     """Evaluate a trained model on FASTA: bits per base against Markov baselines, and motif masking.
 
     \b
     Likelihood: bits per base (causal models) or masked-token accuracy and bits per masked base
     (masked models) on every A/C/G/T of FASTA, beside an order-0 (composition) and an order-k
     Markov baseline fitted on the checkpoint's training data (k chosen on its validation part)
-    and scored on the same bases.
+    and a gene HMM (coding frames on both strands, in-frame stops forbidden; fitted on the
+    training data's GenBank CDS or Prodigal's gene calls), scored on the same bases.
 
     \b
     Motif masking (with --motifs): sites found by each motif's PSSM on both strands are hidden
@@ -84,7 +90,8 @@ def evaluate(fasta, checkpoint, out_dir, motif_files, motif_ids, threshold, batc
     report = evaluate_checkpoint(fasta, checkpoint, out_dir, motif_files=motif_files, motif_ids=motif_ids,
                                  threshold=threshold, batch_size=batch_size, device=device, window=window,
                                  motif_window=motif_window, max_sites=max_sites or None, train_fasta=train_fasta,
-                                 split=split, seed=seed, progress=not quiet, strict=strict)
+                                 split=split, seed=seed, progress=not quiet, strict=strict,
+                                 gene_order=None if no_gene_hmm else gene_order)
     click.echo(summary_lines(report))
 
 
@@ -99,6 +106,8 @@ def summary_lines(report: dict) -> str:
     parts = [f"order 0 {b['order0']['bits_per_base']:.4f}"] if b.get("order0", {}).get("bits_per_base") is not None else []
     if b.get("markov", {}).get("bits_per_base") is not None:
         parts.append(f"Markov order {b['markov']['order']} {b['markov']['bits_per_base']:.4f}")
+    if b.get("gene_hmm", {}).get("bits_per_base") is not None:
+        parts.append(f"gene HMM order {b['gene_hmm']['order']} {b['gene_hmm']['bits_per_base']:.4f}")
     lines = [head + (f" (baselines: {', '.join(parts)})" if parts else "")]
     for m in report.get("motifs", []):
         if not m["n_evaluated"]:

@@ -9,7 +9,8 @@ import click
 @click.command()
 @click.argument("tsv", required=False, type=click.Path(dir_okay=False))
 @click.option("--checkpoint", type=click.Path(),
-              help="The pretrained model: a `seqformer pretrain` run folder or a checkpoints/step-* folder.")
+              help="The pretrained model: a `seqformer pretrain` run folder, a checkpoints/step-* folder, or a "
+                   "shipped model (ecoli, human).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder for checkpoints and metrics.")
 @click.option("--fasta", type=click.Path(dir_okay=False),
               help="FASTA/GenBank holding the records named in the TSV's `id` column.")

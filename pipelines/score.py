@@ -7,7 +7,8 @@ import click
 @click.command()
 @click.argument("fasta", type=click.Path(dir_okay=False))
 @click.option("--checkpoint", required=True, type=click.Path(),
-              help="A `seqformer pretrain` run folder (uses its best checkpoint) or a checkpoints/step-* folder; "
+              help="A `seqformer pretrain` run folder (uses its best checkpoint), a checkpoints/step-* folder "
+                   "or a shipped model (ecoli, human); "
                    "must be a causal model.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Track file; the suffix picks the format: .bedgraph, .bedgraph.gz, .npz or .bw (needs pyBigWig).")

@@ -10,7 +10,8 @@ import click
               help="The reference the VCF was called against: FASTA or GenBank, plain or gzip. Contig names must "
                    "match the VCF's exactly.")
 @click.option("--checkpoint", required=True, type=click.Path(),
-              help="A `seqformer pretrain` run folder (uses its best checkpoint) or a checkpoints/step-* folder.")
+              help="A `seqformer pretrain` run folder (uses its best checkpoint), a checkpoints/step-* folder, "
+                   "or a shipped model: ecoli, human.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Output; the suffix picks the format: .tsv, .vcf or .vcf.gz (the input with INFO/SEQFORMER_LLR).")
 @click.option("--window", type=int, default=4096, show_default=True,
@@ -18,11 +19,14 @@ import click
                    "the middle half, and variants in one window share its reference pass.")
 @click.option("--strand", type=click.Choice(["both", "forward"]), default="both", show_default=True,
               help="both: also score the reverse-complemented window and report the mean of the two strands.")
-@click.option("--baseline", type=click.Choice(["markov"]), default=None,
-              help="Add llr_markov: the same score from the order-k Markov chain fitted on the checkpoint's "
-                   "training data (as `seqformer evaluate` fits it).")
+@click.option("--baseline", type=click.Choice(["markov", "gene", "prodigal"]), multiple=True,
+              help="Add a baseline column (repeat for several), fitted on the checkpoint's training data as "
+                   "`seqformer evaluate` fits it: markov -> llr_markov (the order-k Markov chain), gene -> llr_gene "
+                   "(the gene HMM, same windows and sum), prodigal -> llr_prodigal (ALT - REF change in Prodigal's "
+                   "summed gene score over the window).")
 @click.option("--train-fasta", type=click.Path(dir_okay=False), default=None,
-              help="With --baseline markov: fit it on this FASTA instead of the training data the checkpoint names.")
+              help="With --baseline: fit the baselines on this FASTA or GenBank file instead of the training data "
+                   "the checkpoint names.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -39,8 +43,8 @@ def score_variants(vcf, reference, checkpoint, out, window, strand, baseline, tr
 
     \b
     One row per ALT. Not scored (llr NA, reason in note): symbolic/structural alleles
-    (<DEL>, breakends, *), non-ACGT letters, a REF that disagrees with the reference, alleles
-    longer than a quarter of the window. Variants near a contig end are scored with the
+    (<DEL>, breakends, *), non-ACGT letters, a REF that disagrees with the reference, an ALT
+    equal to its REF (a no-op), alleles longer than a quarter of the window. Variants near a contig end are scored with the
     context there is and flagged.
 
     \b
@@ -48,12 +52,12 @@ def score_variants(vcf, reference, checkpoint, out, window, strand, baseline, tr
       seqformer score-variants data/variants/ecoli_example.vcf --reference data/Ecoli_K12_MG1655.fasta.gz \\
           --checkpoint runs/ecoli --out ecoli_example.tsv
       seqformer score-variants calls.vcf.gz --reference genome.fa.gz --checkpoint runs/ecoli \\
-          --baseline markov --out scored.vcf.gz
+          --baseline markov --baseline gene --out scored.vcf.gz
 
     \b
-    Output: TSV (chrom pos id ref alt llr llr_forward llr_reverse note [llr_markov]; pos
-    1-based as in the VCF) or VCF with INFO/SEQFORMER_LLR, _LLR_FWD, _LLR_REV, _NOTE
-    (and _LLR_MARKOV), Number=A.
+    Output: TSV (chrom pos id ref alt llr llr_forward llr_reverse note [llr_markov llr_gene
+    llr_prodigal]; pos 1-based as in the VCF) or VCF with INFO/SEQFORMER_LLR, _LLR_FWD,
+    _LLR_REV, _NOTE (and _LLR_MARKOV, _LLR_GENE, _LLR_PRODIGAL), Number=A.
     """
     from reformer_seq.tasks.scoring.variants import score_vcf
 

@@ -267,3 +267,33 @@ def test_the_shipped_example_vcf_scores(files, tmp_path):
     rows = read_tsv(tmp_path / "ex.tsv")
     assert len(rows) == 32 and sum(r["llr"] == "NA" for r in rows) == 1  # only the symbolic <DEL>
     assert "31 of 32 alleles scored" in res.output
+
+
+def test_alt_equal_to_ref_is_flagged_not_scored(files, tmp_path, genome):
+    """A no-op record (ALT == REF, an SNV or a longer allele) keeps its row with llr NA and the
+    ``alt_equals_ref`` note, in TSV and VCF; the real SNV next to it is scored."""
+    import pysam
+
+    g = genome
+    vcf = tmp_path / "noop.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n##contig=<ID=1>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   f"1\t501\tsame\t{g[500]}\t{g[500]}\t.\tPASS\t.\n"
+                   f"1\t601\tsame2\t{g[600:603]}\t{g[600:603]}\t.\tPASS\t.\n"
+                   f"1\t701\treal\t{g[700]}\t{'T' if g[700] != 'T' else 'G'}\t.\tPASS\t.\n")
+    args = ["score-variants", str(vcf), "--reference", str(files["ref"]), "--checkpoint", str(files["ck"]),
+            "--window", str(W), "--baseline", "markov", "--quiet"]
+    res = CliRunner().invoke(_cli(), [*args, "--out", str(tmp_path / "n.tsv")])
+    assert res.exit_code == 0, res.output
+    assert "1 of 3 alleles scored" in res.output and "alt_equals_ref 2" in res.output
+    rows = {r["id"]: r for r in read_tsv(tmp_path / "n.tsv")}
+    for key in ("same", "same2"):
+        assert [rows[key][c] for c in ("llr", "llr_forward", "llr_reverse", "llr_markov")] == ["NA"] * 4
+        assert "ALT equals REF" in rows[key]["note"]
+    assert rows["real"]["llr"] != "NA" and rows["real"]["note"] == "."
+    res = CliRunner().invoke(_cli(), [*args, "--out", str(tmp_path / "n.vcf")])
+    assert res.exit_code == 0, res.output
+    with pysam.VariantFile(str(tmp_path / "n.vcf")) as vf:
+        got = {rec.id: (rec.info["SEQFORMER_LLR"][0], rec.info["SEQFORMER_NOTE"][0]) for rec in vf}
+        assert "alt_equals_ref" in vf.header.info["SEQFORMER_NOTE"].description
+    assert got["same"] == (None, "alt_equals_ref") and got["same2"] == (None, "alt_equals_ref")
+    assert got["real"][0] is not None

@@ -77,6 +77,13 @@ class ExecutionPolicy:
     # the largest Markov baseline table kept as a dense array, in counts (4^(order+1)): up to
     # order 10; higher orders count sorted sparse keys (tasks/evaluation/markov.py)
     markov_dense_max_cells: int = 4 ** 11
+    # the gene HMM baseline scores a long segment in windows of gene_hmm_window bases, each after
+    # gene_hmm_burn_in bases of left context (the reading frame is local: 5e-6 bits/base from the
+    # exact forward on E. coli's held-out 10%), gene_hmm_batch windows per vectorised pass
+    # (tasks/evaluation/gene_hmm_baseline.py)
+    gene_hmm_window: int = 2000
+    gene_hmm_burn_in: int = 500
+    gene_hmm_batch: int = 256
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -7,6 +7,8 @@ The orchestration of the evaluation package; each piece lives in its own module:
   accuracy splits ties) and the likelihood over whole records;
 * :mod:`~reformer_seq.tasks.evaluation.markov`: the base-composition and order-k Markov baselines,
   scored on exactly the bases the model was scored on;
+* :mod:`~reformer_seq.tasks.evaluation.gene_hmm_baseline`: a gene HMM (frame and strand summed over)
+  fitted on the training genome's genes (GenBank CDS or Prodigal calls), on the same bases;
 * :mod:`~reformer_seq.tasks.evaluation.motif_masking`: site versus GC-matched control accuracy,
   true versus shuffled sites, per-position profiles;
 * :mod:`~reformer_seq.tasks.evaluation.report`: ``report.json``, ``report.md`` and the profile PNGs.
@@ -25,6 +27,7 @@ from ...errors import CheckpointError, InputError
 from ...genome.encoded import EncodedRecord, load_genome
 from ..motifs import DEFAULT_PSEUDOCOUNT, Motif, Threshold, background_from_records
 from .likelihood import LikelihoodResult, ModelScorer, ScoringModel, default_window, likelihood
+from .gene_hmm_baseline import DEFAULT_GENE_ORDER, gene_hmm_baseline
 from .markov import DEFAULT_MAX_ORDER, BaselineData, Segment, baseline_data_from_info, markov_baselines
 from .motif_masking import DEFAULT_MAX_SITES, DEFAULT_MOTIF_WINDOW, motif_masking
 from .report import write_report
@@ -37,11 +40,13 @@ def evaluate_records(records: Sequence[EncodedRecord], scorer: ScoringModel, mot
                      motif_window: int = DEFAULT_MOTIF_WINDOW, batch_size: int = 8, mask_prob: float = 0.15,
                      baseline_data: Optional[BaselineData] = None, baseline_note: Optional[str] = None,
                      max_order: int = DEFAULT_MAX_ORDER, max_sites: Optional[int] = DEFAULT_MAX_SITES,
-                     pseudocount: float = DEFAULT_PSEUDOCOUNT, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                     pseudocount: float = DEFAULT_PSEUDOCOUNT, seed: int = 0, progress: bool = True,
+                     gene_order: Optional[int] = DEFAULT_GENE_ORDER) -> dict[str, Any]:
     """Likelihood, baselines and motif masking for any :class:`~.likelihood.ScoringModel`; returns the report dict.
 
     Without ``baseline_data`` the order-0 baseline is fitted on ``records`` themselves (in sample,
-    marked so) and the Markov baseline is skipped, with ``baseline_note`` saying why.
+    marked so) and the Markov and gene HMM baselines are skipped, with ``baseline_note`` saying
+    why. ``gene_order`` None: no gene HMM baseline.
     """
     if not records:
         raise InputError("no records to evaluate")
@@ -53,6 +58,8 @@ def evaluate_records(records: Sequence[EncodedRecord], scorer: ScoringModel, mot
     else:
         report.update(masked_accuracy=lk.accuracy, masked_bits_per_base=lk.bits_per_base, mask_prob=mask_prob)
     report["baselines"] = _baselines(records, lk, baseline_data, baseline_note, max_order)
+    if baseline_data is not None and gene_order is not None:
+        report["baselines"]["gene_hmm"] = gene_hmm_baseline(records, lk.scored, baseline_data, gene_order)
     if motifs:
         bg = background_from_records(records)
         results = motif_masking(records, scorer, motifs, threshold, bg, motif_window, batch_size, max_sites,
@@ -102,12 +109,13 @@ def evaluate_checkpoint(fasta: PathLike, checkpoint: PathLike, out_dir: Optional
                         max_sites: Optional[int] = DEFAULT_MAX_SITES, train_fasta: Optional[PathLike] = None,
                         max_order: int = DEFAULT_MAX_ORDER, mask_prob: float = 0.15, split: str = "all",
                         val_fraction: Optional[float] = None, seed: int = 0, progress: bool = True,
-                        strict: bool = False) -> dict[str, Any]:
+                        strict: bool = False, gene_order: Optional[int] = DEFAULT_GENE_ORDER) -> dict[str, Any]:
     """Evaluate a checkpoint (or run folder) on ``fasta``; writes the report to ``out_dir`` when given.
 
     ``split`` ``val`` evaluates only the last ``val_fraction`` of each record (default: the
     checkpoint's own ``train_data.val_fraction``, else 0.1), i.e. the part of a training genome
-    that training held out; ``train`` the rest; ``all`` every base. ``strict``: characters outside
+    that training held out; ``train`` the rest; ``all`` every base. ``gene_order``: the order of
+    the gene HMM baseline's emissions (None: no gene HMM). ``strict``: characters outside
     IUPAC in ``fasta`` or the baselines' training FASTA are an error (else N, with a warning).
 
     Returns the report dict (see :func:`evaluate_records`), with ``out_dir`` files listed under ``files``.
@@ -124,7 +132,7 @@ def evaluate_checkpoint(fasta: PathLike, checkpoint: PathLike, out_dir: Optional
     report = _report_header(fasta, checkpoint, info, scorer, split, val_fraction)
     report.update(evaluate_records(records, scorer, motifs, threshold, window or default_window(info, scorer.max_len),
                                    motif_window, batch_size, mask_prob, data, note, max_order, max_sites,
-                                   seed=seed, progress=progress))
+                                   seed=seed, progress=progress, gene_order=gene_order))
     if out_dir is not None:
         report["files"] = {k: str(v) for k, v in write_report(report, out_dir).items()}
     return report

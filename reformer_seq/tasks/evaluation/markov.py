@@ -203,6 +203,24 @@ class BaselineData:
     val: list[Segment]
     source: str
     in_sample: bool = False
+    record_paths: list[Path] = field(default_factory=list)  # the file and id of each train segment's record
+    record_ids: list[str] = field(default_factory=list)  # (the gene HMM finds their annotation)
+
+
+def bundled_if_moved(path: Path, shas: Optional[list], i: int) -> Path:
+    """``path``, or the file of the same name shipped in seqformer's ``data/`` when ``path`` is gone
+    and the shipped file has the recorded checksum (a shipped model names the machine it was
+    trained on)."""
+    if path.exists() or not shas or i >= len(shas):
+        return path
+    from ...genome.encoded import file_sha256
+    from ...runtime.resources import resource
+
+    try:
+        bundled = resource("data", path.name)
+    except Exception:
+        return path
+    return bundled if file_sha256(bundled) == shas[i] else path
 
 
 def baseline_data_from_info(info: dict, train_fasta: Optional[PathLike] = None, val_fraction: float = 0.1,
@@ -218,6 +236,8 @@ def baseline_data_from_info(info: dict, train_fasta: Optional[PathLike] = None, 
         paths, vf = [Path(p) for p in td["paths"]], float(td.get("val_fraction", val_fraction))
     else:
         return None, "the checkpoint's config.json names no training data (train_data); pass --train-fasta"
+    paths = [bundled_if_moved(p, (td or {}).get("sha256"), i) if train_fasta is None else p
+             for i, p in enumerate(paths)]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         return None, f"training FASTA not found: {', '.join(missing)}; pass --train-fasta"
@@ -229,9 +249,9 @@ def baseline_data_from_info(info: dict, train_fasta: Optional[PathLike] = None, 
         changed = [str(p) for p, h in zip(paths, shas) if file_sha256(p) != h]
         if changed:
             source += f" [warning: {', '.join(changed)} changed since training]"
-    records = [r for p in paths for r in load_genome(p, strict=strict)]
-    train, val = split_segments(records, vf)
-    return BaselineData(train, val, source), None
+    per_file = [(p, r) for p in paths for r in load_genome(p, strict=strict)]
+    train, val = split_segments([r for _, r in per_file], vf)
+    return BaselineData(train, val, source, False, [p for p, _ in per_file], [r.id for _, r in per_file]), None
 
 
 def fit_markov(data: BaselineData, max_order: int = DEFAULT_MAX_ORDER, pseudocount: float = 0.5

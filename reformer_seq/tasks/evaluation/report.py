@@ -94,6 +94,10 @@ def report_markdown(report: dict[str, Any]) -> str:
     if "markov" in b:
         lines.append(f"| Markov order {b['markov']['order']} | {b['markov']['n_bases']:,} | "
                      f"{_fmt(b['markov']['bits_per_base'])} | {_fmt(b['markov']['accuracy'])} |")
+    g = b.get("gene_hmm") or {}
+    if g.get("bits_per_base") is not None:
+        lines.append(f"| gene HMM ({g['n_states']} states, order {g['order']}; {g['fitted_on']}) | {g['n_bases']:,} | "
+                     f"{_fmt(g['bits_per_base'])} | {_fmt(g['accuracy'])} |")
     lines.append("")
     fitted = (b.get("markov") or b.get("order0") or {}).get("fitted_on")
     if fitted:
@@ -106,6 +110,11 @@ def report_markdown(report: dict[str, Any]) -> str:
                          "scored bases: the baseline is slightly optimistic, in its favour.")
     if b.get("note"):
         lines.append(b["note"] + ".")
+    if g.get("note"):
+        lines.append(g["note"] + ".")
+    elif g:
+        lines.append(f"The gene HMM (frame and strand inferred, in-frame stops forbidden) is fitted on the train "
+                     f"region with {g['n_training_genes']:,} genes ({g['fitted_on']}).")
     lines.append("")
     motifs = report.get("motifs") or []
     if motifs:

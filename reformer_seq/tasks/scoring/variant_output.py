@@ -37,6 +37,7 @@ def header_lines(meta: dict[str, Any]) -> list[str]:
     if meta.get("markov_order") is not None:
         lines.append(f"llr_markov: the same score from the order-{meta['markov_order']} Markov chain fitted on the "
                      f"checkpoint's training data (as seqformer evaluate fits it)")
+    lines += [description for _, description in meta.get("_extra", ())]
     lines.append("NA = not scored; note says why")
     return lines
 
@@ -44,13 +45,15 @@ def header_lines(meta: dict[str, Any]) -> list[str]:
 def tsv_text(alleles: Sequence, meta: dict[str, Any]) -> str:
     strands = 2 if meta["strand"] == "both" else 1
     markov = meta.get("markov_order") is not None
+    extra = [name for name, _ in meta.get("_extra", ())]
     out = [f"# {line}" for line in header_lines(meta)]
-    out.append("\t".join(COLUMNS + (["llr_markov"] if markov else [])))
+    out.append("\t".join(COLUMNS + (["llr_markov"] if markov else []) + [f"llr_{n}" for n in extra]))
     for a in alleles:
         row = [a.chrom, str(a.pos), a.id, a.ref, a.alt, _num(a.llr(strands)), _num(a.llr_forward),
                _num(a.llr_reverse if strands == 2 else math.nan), a.note_text() or "."]
         if markov:
             row.append(_num(a.llr_markov(strands)))
+        row += [_num(a.llr_extra(n, strands)) for n in extra]
         out.append("\t".join(row))
     return "\n".join(out) + "\n"
 
@@ -71,6 +74,8 @@ def _prepare_header(vf, records: Sequence, meta: dict[str, Any]) -> None:
     if meta.get("markov_order") is not None:
         fields.append(("SEQFORMER_LLR_MARKOV", "Float", f"the same score from the order-{meta['markov_order']} "
                                                         f"Markov baseline (bits)"))
+    for name, description in meta.get("_extra", ()):
+        fields.append((f"SEQFORMER_LLR_{name.upper()}", "Float", description.replace('"', "'")))
     fields.append(("SEQFORMER_NOTE", "String", "why an ALT was not scored or was flagged: " +
                    ", ".join(f"{k} = {v}" for k, v in NOTES.items())))
     for name, kind, text in fields:
@@ -78,10 +83,11 @@ def _prepare_header(vf, records: Sequence, meta: dict[str, Any]) -> None:
             raise SeqformerError(f"the VCF already has INFO/{name} (scored before?); remove it with "
                                  f"bcftools annotate -x INFO/{name}")
         hdr.info.add(name, "A", kind, text)
-    hdr.add_line("##seqformer_score_variants=<" + ",".join(f"{k}={v}" for k, v in meta.items() if v is not None) + ">")
+    hdr.add_line("##seqformer_score_variants=<" + ",".join(f"{k}={v}" for k, v in meta.items()
+                                                       if v is not None and not k.startswith("_")) + ">")
 
 
-def _info_values(alleles: Sequence, strands: int, markov: bool) -> dict[str, tuple]:
+def _info_values(alleles: Sequence, strands: int, markov: bool, extra: Sequence[str] = ()) -> dict[str, tuple]:
     def num(x: float):
         return float(x) if math.isfinite(x) else None
 
@@ -91,6 +97,8 @@ def _info_values(alleles: Sequence, strands: int, markov: bool) -> dict[str, tup
         vals["SEQFORMER_LLR_REV"] = tuple(num(a.llr_reverse) for a in alleles)
     if markov:
         vals["SEQFORMER_LLR_MARKOV"] = tuple(num(a.llr_markov(strands)) for a in alleles)
+    for name in extra:
+        vals[f"SEQFORMER_LLR_{name.upper()}"] = tuple(num(a.llr_extra(name, strands)) for a in alleles)
     vals["SEQFORMER_NOTE"] = tuple("|".join(c for c, _ in a.notes) or "." for a in alleles)
     return vals
 
@@ -108,7 +116,8 @@ def write_vcf(alleles: Sequence, vcf_in: PathLike, tmp: str, gz: bool, records: 
         with pysam.VariantFile(tmp, "wz" if gz else "w", header=vf.header) as out:
             for row, rec in enumerate(vf):
                 if rec.alts:
-                    for k, v in _info_values(by_row[row], strands, markov).items():
+                    extra = [name for name, _ in meta.get("_extra", ())]
+                    for k, v in _info_values(by_row[row], strands, markov, extra).items():
                         rec.info[k] = v
                 out.write(rec)
 

@@ -10,12 +10,14 @@ negative = the ALT allele is less likely than the reference), on the forward str
 ``strand="both"`` (default), on the reverse strand too: ``llr`` is then the mean of
 ``llr_forward`` and ``llr_reverse``. Alleles that are not scored keep their row with ``llr`` NA
 and the reason in ``note``: symbolic or structural alleles (``<DEL>``, breakends, ``*``),
-non-ACGT letters, a REF that disagrees with the reference (never scored silently), alleles
+non-ACGT letters, a REF that disagrees with the reference (never scored silently), an ALT
+equal to its REF (no change: a no-op, usually a bug upstream), alleles
 longer than a quarter of the window, non-SNVs with a masked model. Variants within a quarter
 window of a contig end are scored with the context there is and flagged.
 
 Outputs (by suffix, written atomically): ``.tsv`` (``chrom pos id ref alt llr llr_forward
-llr_reverse note`` [``llr_markov``], pos 1-based as in the VCF), or ``.vcf`` / ``.vcf.gz`` (the
+llr_reverse note`` [``llr_markov`` ``llr_gene`` ``llr_prodigal``, see
+:mod:`~reformer_seq.tasks.scoring.variant_baselines`], pos 1-based as in the VCF), or ``.vcf`` / ``.vcf.gz`` (the
 input with ``INFO/SEQFORMER_LLR`` and friends, Number=A, documented in the header).
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 
 from ...errors import InputError, SeqformerError
 from ...genome.tokenizers import NucleotideTokenizer
+from .variant_baselines import check_names, load_baselines, score_extra
 from .variant_effects import Job, causal_llr, markov_llr, masked_llr
 
 PathLike = Union[str, Path]
@@ -43,6 +46,7 @@ NOTES = {  # code (VCF INFO/SEQFORMER_NOTE) -> meaning
     "symbolic": "symbolic or structural allele, not scored",
     "non_acgt": "allele with letters other than A/C/G/T, not scored",
     "ref_mismatch": "REF disagrees with the reference, not scored",
+    "alt_equals_ref": "ALT equals REF (no change), not scored",
     "past_end": "REF lies outside the contig, not scored",
     "too_long": "allele longer than a quarter of the window, not scored (raise --window)",
     "masked_snv_only": "a masked model scores SNVs only, not scored",
@@ -64,6 +68,7 @@ class Allele:
     llr_reverse: float = math.nan
     markov: list[float] = field(default_factory=lambda: [math.nan, math.nan])
     notes: list[tuple[str, str]] = field(default_factory=list)
+    extra: dict[str, list[float]] = field(default_factory=dict)  # other baselines' [forward, reverse] scores
 
     @property
     def scored(self) -> bool:
@@ -74,6 +79,9 @@ class Allele:
 
     def llr_markov(self, strands: int) -> float:
         return _mean(self.markov[:strands])
+
+    def llr_extra(self, name: str, strands: int) -> float:
+        return _mean(self.extra.get(name, [math.nan, math.nan])[:strands])
 
     def note_text(self) -> str:
         return "; ".join(text for _, text in self.notes)
@@ -160,6 +168,9 @@ def classify(a: Allele, seq: np.ndarray, window: int, masked: bool, max_len: int
     if have.upper() != a.ref:
         a.notes.append(("ref_mismatch", f"REF {a.ref} but the reference has {have} at {a.chrom}:{a.pos}, not scored"))
         return
+    if alt == a.ref:
+        a.notes.append(("alt_equals_ref", f"ALT equals REF ({alt}) at {a.chrom}:{a.pos}: no change, not scored"))
+        return
     if masked and (r != 1 or len(alt) != 1):
         a.notes.append(("masked_snv_only", "the checkpoint is a masked model, which scores SNVs only; not scored"))
         return
@@ -198,11 +209,12 @@ def strand_sequences(records, reverse_for: set[int]) -> list[tuple[np.ndarray, O
 
 
 def score_alleles(alleles: Sequence[Allele], records, scorer, window: int = DEFAULT_WINDOW, strand: str = "both",
-                  markov=None, batch_size: int = 8, progress: bool = True) -> None:
+                  markov=None, batch_size: int = 8, progress: bool = True, extra: Sequence = ()) -> None:
     """Classify and score ``alleles`` against ``records`` (EncodedRecord, one per contig) in place.
 
     ``scorer``: a :class:`~reformer_seq.tasks.evaluation.likelihood.ScoringModel`; ``markov``: an optional fitted
-    :class:`~reformer_seq.tasks.evaluation.markov.MarkovModel` (its causal score fills ``Allele.markov``).
+    :class:`~reformer_seq.tasks.evaluation.markov.MarkovModel` (its causal score fills ``Allele.markov``);
+    ``extra``: :class:`~.variant_baselines.ExtraBaseline` scores, filling ``Allele.extra``.
     """
     from tqdm.auto import tqdm
 
@@ -235,6 +247,7 @@ def score_alleles(alleles: Sequence[Allele], records, scorer, window: int = DEFA
 
     (masked_llr if masked else causal_llr)(jobs, seqs, scorer, window, batch_size, done)
     bar.close()
+    score_extra(extra, alleles, jobs, seqs, window)
 
 
 # ---------------------------------------------------------------------- top level
@@ -265,10 +278,11 @@ def markov_from_checkpoint(info: dict, train_fasta: Optional[PathLike] = None):
 
 
 def score_vcf(vcf: PathLike, reference: PathLike, checkpoint: PathLike, out: PathLike,
-              window: int = DEFAULT_WINDOW, strand: str = "both", baseline: Optional[str] = None,
+              window: int = DEFAULT_WINDOW, strand: str = "both", baseline: Union[str, Sequence[str], None] = None,
               train_fasta: Optional[PathLike] = None, batch_size: int = 8, device: str = "auto",
               progress: bool = True) -> VariantSummary:
-    """Score every ALT of ``vcf`` against ``reference`` with a checkpoint and write ``out``."""
+    """Score every ALT of ``vcf`` against ``reference`` with a checkpoint and write ``out``;
+    ``baseline``: ``markov``, ``gene``, ``prodigal`` or several of them."""
     from ..pretrained import load_pretrained
     from ..evaluation.likelihood import ModelScorer
     from ...genome.encoded import load_genome
@@ -276,8 +290,8 @@ def score_vcf(vcf: PathLike, reference: PathLike, checkpoint: PathLike, out: Pat
 
     t0 = time.perf_counter()
     fmt = output_format(out)
-    if baseline not in (None, "markov"):
-        raise SeqformerError(f"--baseline must be markov, got {baseline!r}")
+    names = [baseline] if isinstance(baseline, str) else list(baseline or ())
+    check_names(names)
     model, tokenizer, info = load_pretrained(checkpoint)
     if getattr(tokenizer, "kind", None) != "nucleotide":
         raise SeqformerError(f"{info['path']}: score-variants needs a nucleotide model")
@@ -285,11 +299,13 @@ def score_vcf(vcf: PathLike, reference: PathLike, checkpoint: PathLike, out: Pat
     records = load_genome(reference, tokenizer)
     alleles = read_vcf(vcf)
     check_contigs(alleles, [r.id for r in records], vcf, reference)
-    markov = markov_from_checkpoint(info, train_fasta) if baseline == "markov" else None
-    score_alleles(alleles, records, scorer, window, strand, markov, batch_size, progress)
+    markov = markov_from_checkpoint(info, train_fasta) if "markov" in names else None
+    extra = load_baselines(names, info, train_fasta)
+    score_alleles(alleles, records, scorer, window, strand, markov, batch_size, progress, extra)
     window = int(min(window, scorer.max_len))
     meta = {"checkpoint": info["path"], "objective": scorer.objective, "window": window, "strand": strand,
-            "markov_order": markov.order if markov is not None else None}
+            "markov_order": markov.order if markov is not None else None,
+            "baselines": "+".join(b.name for b in extra) or None, "_extra": [(b.name, b.description) for b in extra]}
     write_variants(alleles, out, fmt, vcf, records, meta)
     notes: dict[str, int] = {}
     for a in alleles:
