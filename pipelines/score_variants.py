@@ -44,8 +44,8 @@ def score_variants(vcf, reference, checkpoint, out, window, strand, baseline, tr
     \b
     One row per ALT. Not scored (llr NA, reason in note): symbolic/structural alleles
     (<DEL>, breakends, *), non-ACGT letters, a REF that disagrees with the reference, an ALT
-    equal to its REF (a no-op), alleles longer than a quarter of the window. Variants near a contig end are scored with the
-    context there is and flagged.
+    equal to its REF (a no-op), alleles longer than a quarter of the window. Variants near
+    a contig end are scored with the context there is and flagged.
 
     \b
     Examples:
