@@ -86,19 +86,20 @@ COPY = {
 }
 # reading-frame levers (issue 27): a long causal convolution, dilated taps (every third base),
 # codon (3-mer) input embeddings, rotary positions in the local layer, width and depth
+_OLD = {"conv_kernel": 8, "frame_conv": 0, "kmer_embedding": 0, "local_rope": False}  # the default before the study
+_ALL = {"conv_kernel": 96, "frame_conv": 32, "kmer_embedding": 3, "local_rope": True}  # configs/default.yaml now
 FRAME = {
-    "conv-8": {},
-    "conv-96": {"model": {"conv_kernel": 96}},
-    "conv-96-codon": {"model": {"conv_kernel": 96, "kmer_embedding": 3}},
-    "conv-96-codon-frame": {"model": {"conv_kernel": 96, "kmer_embedding": 3, "frame_conv": 32}},
-    "conv-96-codon-frame-rope": {"model": {"conv_kernel": 96, "kmer_embedding": 3, "frame_conv": 32,
-                                           "local_rope": True}},
-    "conv-8-codon-frame-rope": {"model": {"kmer_embedding": 3, "frame_conv": 32, "local_rope": True}},
-    "conv-96-rope": {"model": {"conv_kernel": 96, "local_rope": True}},
-    "all-dim-96": {"model": {"conv_kernel": 96, "kmer_embedding": 3, "frame_conv": 32, "local_rope": True,
-                             "dim": 96}},
-    "all-depth-4": {"model": {"conv_kernel": 96, "kmer_embedding": 3, "frame_conv": 32, "local_rope": True,
-                              "depth": 4}},
+    "conv-8": {"model": _OLD},
+    "conv-96": {"model": {**_OLD, "conv_kernel": 96}},
+    "conv-96-codon": {"model": {**_OLD, "conv_kernel": 96, "kmer_embedding": 3}},
+    "conv-96-codon-frame": {"model": {**_ALL, "local_rope": False}},
+    "conv-96-codon-frame-rope": {"model": _ALL},
+    "conv-8-codon-frame-rope": {"model": {**_ALL, "conv_kernel": 8}},
+    "conv-96-rope": {"model": {**_OLD, "conv_kernel": 96, "local_rope": True}},
+    "all-dim-96": {"model": {**_ALL, "dim": 96}},
+    "all-depth-4": {"model": {**_ALL, "depth": 4}},
+    "all-masked": {"model": {**_ALL, "copy_k": 0, "causal": False, "kmer_embedding": 0, "conv_kernel": 0,
+                             "frame_conv": 0}, "data": {"plant_repeats": 0.0}, "train": {"objective": "masked"}},
 }
 STUDIES = {"frame": (FRAME, ECOLI), "copy": (COPY, ECOLI), "levers": (LEVERS, ECOLI), "lsh-vs-exact": (LSH_VS_EXACT, ECOLI), "context": (CONTEXT, CHRX),
            "final": ({"default": {}}, ECOLI)}
