@@ -55,4 +55,5 @@ def score(fasta, checkpoint, out, window, overlap, rc_average, region, regions_b
                     progress=not quiet)
     click.echo(f"{s.n_scored:,} bases scored in {s.n_records} record{'s' if s.n_records != 1 else ''}: mean "
                f"{s.mean_bits:.4f} bits/base (window {s.window}, overlap {s.overlap}"
-               f"{', both strands' if s.rc_average else ''}) -> {s.out}")
+               f"{', both strands' if s.rc_average else ''}"
+               f"{f'; {s.n_skipped_n:,} bases skipped as N' if s.n_skipped_n else ''}) -> {s.out}")
