@@ -52,7 +52,8 @@ def score_variants(vcf, reference, checkpoint, out, window, strand, baseline, tr
 
     \b
     Output: TSV (chrom pos id ref alt llr llr_forward llr_reverse note [llr_markov]; pos
-    1-based as in the VCF) or VCF with INFO/SEQFORMER_LLR, _LLR_FWD, _LLR_REV, _NOTE
+    1-based as in the VCF; the column header is line 1, what the scores mean is in OUT.json
+    beside it) or VCF with INFO/SEQFORMER_LLR, _LLR_FWD, _LLR_REV, _NOTE
     (and _LLR_MARKOV), Number=A.
     """
     from reformer_seq.tasks.scoring.variants import score_vcf

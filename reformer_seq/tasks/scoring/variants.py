@@ -15,7 +15,8 @@ longer than a quarter of the window, non-SNVs with a masked model. Variants with
 window of a contig end are scored with the context there is and flagged.
 
 Outputs (by suffix, written atomically): ``.tsv`` (``chrom pos id ref alt llr llr_forward
-llr_reverse note`` [``llr_markov``], pos 1-based as in the VCF), or ``.vcf`` / ``.vcf.gz`` (the
+llr_reverse note`` [``llr_markov``], pos 1-based as in the VCF; the header is line 1, what the
+scores mean is in the JSON sidecar ``OUT.json``), or ``.vcf`` / ``.vcf.gz`` (the
 input with ``INFO/SEQFORMER_LLR`` and friends, Number=A, documented in the header).
 """
 from __future__ import annotations
