@@ -12,8 +12,10 @@ import click
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--strict", is_flag=True,
+              help="Characters outside IUPAC are an error naming the record and position (default: read as N).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def predict(fasta, checkpoint, out, batch_size, device, precision, quiet):
+def predict(fasta, checkpoint, out, batch_size, device, precision, strict, quiet):
     """Score every record of a FASTA/GenBank file with a fine-tuned model.
 
     Writes a TSV with one row per record, in file order: `id`, `length`, then `predicted` and one
@@ -26,5 +28,5 @@ def predict(fasta, checkpoint, out, batch_size, device, precision, quiet):
     from reformer_seq.tasks.finetune.model import predict_fasta
 
     summary = predict_fasta(fasta, checkpoint, out, batch_size=batch_size, device=device, precision=precision,
-                            progress=not quiet)
+                            progress=not quiet, strict=strict)
     click.echo(summary.line())

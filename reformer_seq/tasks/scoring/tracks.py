@@ -261,8 +261,9 @@ class TrackSummary:
 def score_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, window: Optional[int] = None,
                 overlap: int = 1, rc_average: bool = False, region: Optional[str] = None,
                 regions_bed: Optional[PathLike] = None, batch_size: int = 8, device: str = "auto",
-                digits: int = 3, progress: bool = True) -> TrackSummary:
-    """Score every base of ``fasta`` (or of the regions) with a causal checkpoint and write the track."""
+                digits: int = 3, progress: bool = True, strict: bool = False) -> TrackSummary:
+    """Score every base of ``fasta`` (or of the regions) with a causal checkpoint and write the track.
+    ``strict``: characters outside IUPAC are an error (else N, with a warning)."""
     from ..pretrained import load_pretrained
 
     track_format(out)  # fail before loading anything
@@ -274,7 +275,7 @@ def score_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, window: Op
         raise SeqformerError(f"{info['path']}: score needs a nucleotide model")
     scorer = ModelScorer(model, info.get("objective"), device)
     window = int(min(window or default_window(info, scorer.max_len), scorer.max_len))
-    records = load_genome(fasta, tokenizer)
+    records = load_genome(fasta, tokenizer, strict=strict)
     tracks = score_tracks(records, scorer, window, overlap, rc_average, regions, batch_size, progress)
     lengths = {r.id: len(r) for r in records}
     strands = "both strands averaged" if rc_average else "forward strand"
