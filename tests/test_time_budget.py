@@ -57,3 +57,25 @@ def test_a_run_that_slows_down_still_anneals_and_stops_on_time(tmp_path, one_thr
     lr = [r["lr"] for r in rows if r["kind"] == "train"]
     assert max(lr) == pytest.approx(cfg.train.lr, rel=1e-3)  # it warmed up
     assert all(b <= a + 1e-12 for a, b in zip(lr[2:], lr[3:]))  # and only decayed after warmup
+
+
+def test_end_of_run_validation_scales_to_a_50mb_record(tmp_path, one_thread):
+    """A 50 Mb record holds out 5 Mb; the end-of-run validation scores the fixed seeded sample of
+    ``val_bases`` bases (with a standard error) in seconds, not the whole split."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    fa = tmp_path / "big.fa"
+    with open(fa, "wb") as f:
+        f.write(b">big synthetic 50 Mb\n")
+        f.write(np.frombuffer(b"ACGT", np.uint8)[rng.integers(0, 4, 50_000_000)].tobytes())
+        f.write(b"\n")
+    cfg = load_run_config(TINY, {"train": {"max_steps": 2, "val_bases": 100_000, "eval_every": 1000,
+                                           "save_every": 1000}})
+    res = pretrain([fa], cfg, tmp_path / "run", progress=False, echo=lambda s: None)
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in rows if r["kind"] == "val" and r["final"]][-1]
+    assert final["seconds"] < 20.0, final  # the whole 5 Mb held out would take minutes here
+    assert res.val_windows == -(-100_000 // 256) and 0.9 * 100_000 < final["targets"] <= 100_000
+    assert final["stderr"] is not None and 0 < final["stderr"] < 0.1
+    assert 1.5 < res.val_bits_per_base < 3.5  # two steps from log2(9) toward 2 bits (random bases)

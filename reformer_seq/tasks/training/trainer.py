@@ -2,8 +2,10 @@
 
 AdamW with linear warmup and cosine decay (:mod:`.optim`), gradient clipping and accumulation,
 optional bf16 autocast (CPU and GPU) or fp16 with a gradient scaler (GPU). Every ``eval_every``
-steps the model is scored on the held-out part of each record (:mod:`.loss`: bits per base for
-the causal objective, bits per masked base for the masked one). Metrics go to ``metrics.jsonl``
+steps the model is scored on a fixed, seeded sample (``val_bases``) of the held-out windows of
+each record, all of the sample at the end (:mod:`.loss`: bits per base for the causal objective,
+bits per masked base for the masked one, with a standard error). With ``max_time`` the
+learning-rate schedule follows the clock (:mod:`.optim`). Metrics go to ``metrics.jsonl``
 and a loss-curve PNG in the run folder (:mod:`.run_folder`).
 
 Checkpoints (see :mod:`reformer_seq.runtime.checkpoint`) carry the optimizer, scheduler, step,
@@ -37,7 +39,7 @@ from ...runtime.checkpoint import STATE_FILE, load_model_weights, resolve_checkp
 from ...runtime.device import resolve_device
 from ...runtime.files import atomic_write_json
 from .distributed import Dist
-from .loss import LN2, batch_loss, validation_bits
+from .loss import LN2, batch_loss, val_sample, validation_bits
 from .optim import fit_horizon, lr_at, make_optimizer, time_progress
 from .run_folder import (RunFiles, append_metrics, plot_loss_curve, point_to_checkpoint, prune_checkpoints,
                          run_inputs, truncate_metrics, write_config)
@@ -60,6 +62,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     signal: Optional[int] = None  # the signal that stopped the run, if any
     is_main: bool = True  # False on ranks > 0 of a multi-process run
+    val_stderr: Optional[float] = None  # standard error of val_bits_per_base (over the sample's batches)
+    val_windows: int = 0  # windows in the validation sample (of val_bases held-out bases)
 
 
 @dataclass
@@ -76,9 +80,11 @@ class TrainState:
     trained_before: float = 0.0  # seconds of training in earlier invocations
     best_val: Optional[float] = None
     warm_end: Optional[float] = None  # training time when warmup ended (time budgets: the schedule's start)
+    val_seconds: float = 0.0  # seconds spent validating, earlier invocations included (left out of tokens/s)
     # this invocation only
     history: list[dict] = field(default_factory=list)  # {"step", "bits_per_base"} per step
     last_val: Optional[float] = None  # the last validation's bits per base, at val_step
+    last_stderr: Optional[float] = None
     val_step: int = -1
     last_checkpoint: Optional[Path] = None
     stopped_by: str = "max_steps"
@@ -126,7 +132,8 @@ class Trainer:
                           "sha256": [file_sha256(p) for p in fasta] if dist.main else [],
                           "alphabet": dcfg.alphabet, "seq_len": dcfg.seq_len, "stride": dcfg.stride,
                           "val_fraction": dcfg.val_fraction, "max_n_fraction": dcfg.max_n_fraction,
-                          "train_windows": len(self.train_ds), "val_windows": len(self.val_ds)}
+                          "train_windows": len(self.train_ds), "val_windows": len(self.val_ds),
+                          "val_sample_windows": len(self.val_sample)}
 
     # ------------------------------------------------------------------ setting up
     def _make_data(self) -> None:
@@ -139,8 +146,9 @@ class Trainer:
         self.train_loader = make_dataloader(self.train_ds, tcfg.batch_size, collate, shuffle=True, seed=tcfg.seed,
                                             num_workers=tcfg.num_workers)
         val_collate = make_collator(tcfg.objective, tok, dcfg.mask_prob, dcfg.mask_span, seed=tcfg.seed + 1)
-        self.val_loader = make_dataloader(self.val_ds, tcfg.batch_size, val_collate, shuffle=False, seed=tcfg.seed,
-                                          rank=0, world_size=1) if len(self.val_ds) else None
+        self.val_sample = val_sample(self.val_ds, dcfg.seq_len, tcfg.val_bases, tcfg.seed)
+        self.val_loader = make_dataloader(self.val_sample, tcfg.batch_size, val_collate, shuffle=False,
+                                          seed=tcfg.seed, rank=0, world_size=1) if len(self.val_ds) else None
 
     def _restore(self) -> None:
         """Continue from the run's latest checkpoint: weights, optimizer, schedule, data position, RNG."""
@@ -157,6 +165,7 @@ class Trainer:
         st.horizon_steps, st.horizon_fixed, st.warm_end = horizon["steps"], horizon["fixed"], horizon.get("warm_end")
         st.trained_before, st.tokens_seen = saved["train_time"], saved["tokens_seen"]
         st.best_val = saved.get("best_val")
+        st.val_seconds = saved.get("val_time", 0.0)
         rng = saved["rng"]
         torch.set_rng_state(rng["torch"][dist.rank] if dist.rank < len(rng["torch"]) else rng["torch"][0])
         if device.type == "cuda" and rng.get("cuda"):
@@ -198,14 +207,18 @@ class Trainer:
             append_metrics(self.files.metrics, row)
 
     def validate(self, final: bool = False) -> Optional[float]:
-        """Bits per base on the held-out split: ``eval_batches`` batches, or all of it at the end."""
+        """Bits per base on the fixed validation sample (``val_bases`` held-out bases, seeded):
+        its first ``eval_batches`` batches during the run, all of it at the end."""
         if self.val_loader is None:
             return None
         t0 = time.perf_counter()
-        bpb, n = validation_bits(self.model, self.val_loader, self.device, self.tcfg.precision,
-                                 0 if final else self.tcfg.eval_batches)
+        bpb, n, se = validation_bits(self.model, self.val_loader, self.device, self.tcfg.precision,
+                                     0 if final else self.tcfg.eval_batches)
         self.state.window_val += time.perf_counter() - t0
-        self.log({"kind": "val", "step": self.state.step, "bits_per_base": bpb, "targets": n,
+        self.state.val_seconds += time.perf_counter() - t0
+        self.state.last_stderr = se
+        self.log({"kind": "val", "step": self.state.step, "bits_per_base": bpb, "stderr": se, "targets": n,
+                  "windows": len(self.val_sample), "final": final, "seconds": time.perf_counter() - t0,
                   "time": self.train_time()})
         return bpb
 
@@ -228,7 +241,8 @@ class Trainer:
             "step": st.step, "epoch": st.epoch, "batch_in_epoch": st.batch_in_epoch,
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(), "horizon": st.horizon, "rng": {"torch": rng_t, "cuda": rng_c},
-            "train_time": self.train_time(), "best_val": st.best_val, "tokens_seen": st.tokens_seen}
+            "train_time": self.train_time(), "best_val": st.best_val, "tokens_seen": st.tokens_seen,
+            "val_time": st.val_seconds}
         meta = {"step": st.step, "objective": self.tcfg.objective, "val_bits_per_base": val,
                 "train_data": self.meta_data, "tokens_seen": st.tokens_seen}
         folder = save_checkpoint(self.model, self.config.model, self.tokenizer.spec(), self.files.checkpoint(st.step),
@@ -345,8 +359,10 @@ class Trainer:
         result = TrainResult(run_dir=self.files.root, step=st.step, wall_time=time.perf_counter() - self.t_start,
                              train_time=self.train_time(), val_bits_per_base=st.last_val,
                              best_val_bits_per_base=st.best_val, checkpoint=st.last_checkpoint,
-                             stopped_by=st.stopped_by, tokens_per_second=st.tokens_seen / max(self.train_time(), 1e-9),
-                             history=st.history, signal=signum, is_main=self.dist.main)
+                             stopped_by=st.stopped_by,
+                             tokens_per_second=st.tokens_seen / max(self.train_time() - st.val_seconds, 1e-9),
+                             history=st.history, signal=signum, is_main=self.dist.main, val_stderr=st.last_stderr,
+                             val_windows=len(self.val_sample))
         if self.dist.main:
             atomic_write_json(self.files.result, {k: (str(v) if isinstance(v, Path) else v)
                                                   for k, v in result.__dict__.items() if k != "history"})
