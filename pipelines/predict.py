@@ -21,6 +21,10 @@ def predict(fasta, checkpoint, out, batch_size, device, precision, strict, quiet
     Writes a TSV with one row per record, in file order: `id`, `length`, then `predicted` and one
     `p_CLASS` probability column per class (classifier), or `value` (regressor).
 
+    Each record is scored in one pass, so it must fit the model's max_seq_len (unlike `embed`,
+    predict does not window long records): a longer record is an error that names it; cut such
+    records into pieces first (e.g. `seqkit sliding -W LEN -s LEN`).
+
     \b
     Example:
       seqformer predict peaks.fa --checkpoint runs/ctcf --out preds.tsv

@@ -137,3 +137,13 @@ def test_vcf_parse_errors_name_the_line_and_field(tmp_path, checkpoint):
                                                         "--checkpoint", str(checkpoint), "--device", "cpu",
                                                         "--out", str(tmp_path / "o.tsv"), "--quiet"]))
         assert str(vcf) in line and expect in line, line
+
+
+def test_predict_says_it_does_not_window_long_records(tmp_path, finetuned):
+    assert "does not window" in CliRunner().invoke(cli, ["predict", "--help"]).output
+    fa = tmp_path / "long.fa"
+    fa.write_text(">long\n" + "ACGT" * 100 + "\n")  # 400 bases; the model takes 256
+    line = _one_error_line(CliRunner().invoke(cli, ["predict", str(fa), "--checkpoint", str(finetuned), "--device",
+                                                    "cpu", "--out", str(tmp_path / "p.tsv"), "--quiet"]))
+    assert "long (400 bases)" in line and "seqkit sliding -W 256" in line, line
+    assert not (tmp_path / "p.tsv").exists()

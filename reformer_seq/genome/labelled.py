@@ -154,7 +154,8 @@ def check_lengths(data: LabelledSet, max_len: int) -> None:
     if too_long:
         shown = ", ".join(f"{rid} ({n:,} bases)" for rid, n in too_long[:MAX_SHOWN])
         raise InputError(f"{data.source}: {len(too_long)} sequence(s) longer than the model's max_seq_len "
-                         f"{max_len:,}: {shown}; cut them into pieces of at most {max_len:,} bases")
+                         f"{max_len:,}: {shown}; each is scored in one pass, so cut them into pieces of at most "
+                         f"{max_len:,} bases (e.g. seqkit sliding -W {max_len} -s {max_len})")
 
 
 def infer_task(labels: Sequence[str], task: Optional[str] = None) -> str:
