@@ -3,6 +3,7 @@ calls one library function and prints; errors a user can fix print one line and 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -13,16 +14,28 @@ from reformer_seq.runtime.tuning import runtime_tuning
 
 class _Group(click.Group):
     """Turns SeqformerError (bad file, bad config, bad checkpoint) into one line and exit code 2,
+    prints warnings as one line each (``seqformer: warning: ...``, for this command only),
     and runs every command with process-wide tuning on (reformer_seq.runtime.tuning: buffer cache, heap
     thresholds, gc.freeze; a library user's default is off)."""
 
     def invoke(self, ctx: click.Context):
         try:
-            with runtime_tuning():
+            with runtime_tuning(), warnings.catch_warnings():
+                warnings.showwarning = _show_warning
                 return super().invoke(ctx)
         except SeqformerError as e:
-            click.echo(f"seqformer: error: {e}", err=True)
+            click.echo(f"seqformer: error: {one_line(e.for_cli())}", err=True)
             sys.exit(2)
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line, ``seqformer: warning: ...``, in the command line's words (no source line)."""
+    text = message.for_cli() if hasattr(message, "for_cli") else str(message)
+    click.echo(f"seqformer: warning: {one_line(text).removeprefix('seqformer: ')}", err=True)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -109,6 +109,8 @@ def summary_lines(report: dict) -> str:
     if b.get("gene_hmm", {}).get("bits_per_base") is not None:
         parts.append(f"gene HMM order {b['gene_hmm']['order']} {b['gene_hmm']['bits_per_base']:.4f}")
     lines = [head + (f" (baselines: {', '.join(parts)})" if parts else "")]
+    if report.get("n_skipped_n"):
+        lines.append(f"{report['n_skipped_n']:,} bases skipped as N (gaps and ambiguity codes)")
     for m in report.get("motifs", []):
         if not m["n_evaluated"]:
             lines.append(f"  {m['id']} {m['name']}: {m['n_sites']} sites" + (f" ({m['note']})" if m.get("note") else ""))

@@ -43,9 +43,12 @@ import click
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint, exactly.")
+@click.option("--strict", is_flag=True,
+              help="Characters outside IUPAC are an error naming the record and position (default: read as N).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def finetune(tsv, checkpoint, out, fasta, classes, val, val_fraction, task, pool, hidden, layer, freeze, lr,
-             backbone_lr_scale, head_steps, batch_size, max_steps, max_time, eval_every, patience, metric, seed, device, precision, resume, quiet):
+             backbone_lr_scale, head_steps, batch_size, max_steps, max_time, eval_every, patience, metric, seed, device, precision, resume,
+             strict, quiet):
     """Fine-tune a pretrained model to classify sequences or predict a number for each.
 
     Labelled input: a TSV with a header and columns `sequence` (bases) and `label`, or `id` (a
@@ -69,7 +72,7 @@ def finetune(tsv, checkpoint, out, fasta, classes, val, val_fraction, task, pool
                            batch_size=batch_size, max_steps=max_steps, max_time=max_time, eval_every=eval_every,
                            patience=patience, metric=metric, val_fraction=val_fraction, seed=seed, device=device,
                            precision=precision)
-    inputs = {"tsv": tsv, "fasta": fasta, "classes": list(classes), "val": val}
+    inputs = {"tsv": tsv, "fasta": fasta, "classes": list(classes), "val": val, "strict": strict}
     result = run_finetune(inputs, checkpoint, out, opts, resume=resume, progress=not quiet, echo=click.echo)
     click.echo(result.line())
     if result.stopped_by == "signal":

@@ -12,12 +12,18 @@ import click
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--strict", is_flag=True,
+              help="Characters outside IUPAC are an error naming the record and position (default: read as N).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def predict(fasta, checkpoint, out, batch_size, device, precision, quiet):
+def predict(fasta, checkpoint, out, batch_size, device, precision, strict, quiet):
     """Score every record of a FASTA/GenBank file with a fine-tuned model.
 
     Writes a TSV with one row per record, in file order: `id`, `length`, then `predicted` and one
     `p_CLASS` probability column per class (classifier), or `value` (regressor).
+
+    Each record is scored in one pass, so it must fit the model's max_seq_len (unlike `embed`,
+    predict does not window long records): a longer record is an error that names it; cut such
+    records into pieces first (e.g. `seqkit sliding -W LEN -s LEN`).
 
     \b
     Example:
@@ -26,5 +32,5 @@ def predict(fasta, checkpoint, out, batch_size, device, precision, quiet):
     from reformer_seq.tasks.finetune.model import predict_fasta
 
     summary = predict_fasta(fasta, checkpoint, out, batch_size=batch_size, device=device, precision=precision,
-                            progress=not quiet)
+                            progress=not quiet, strict=strict)
     click.echo(summary.line())

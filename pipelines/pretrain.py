@@ -61,8 +61,10 @@ def pretrain(fasta, config_path, out, max_steps, max_time, batch_size, grad_accu
     if not result.is_main:  # other ranks of a torchrun job stay silent
         return
     val = "n/a" if result.val_bits_per_base is None else f"{result.val_bits_per_base:.4f}"
+    if result.val_stderr is not None:
+        val += f" ± {result.val_stderr:.4f} ({result.val_windows:,} held-out windows)"
     click.echo(f"{result.step:,} steps in {result.train_time / 60:.1f} min of training "
-               f"({result.tokens_per_second:,.0f} tokens/s); validation {val} bits per base; "
+               f"({result.tokens_per_second:,.0f} tokens/s, validation left out); validation {val} bits per base; "
                f"checkpoint {result.checkpoint}")
     if result.signal is not None:
         click.echo(f"stopped by signal {result.signal}; continue with: seqformer pretrain --out {out} --resume",

@@ -27,8 +27,11 @@ import click
               help="Decimals kept in bedGraph/bigWig values (runs of equal rounded values are merged).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--strict", is_flag=True,
+              help="Characters outside IUPAC are an error naming the record and position (default: read as N, with one warning per file giving their count per record).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def score(fasta, checkpoint, out, window, overlap, rc_average, region, regions_bed, digits, batch_size, device, quiet):
+def score(fasta, checkpoint, out, window, overlap, rc_average, region, regions_bed, digits, batch_size, device, strict,
+          quiet):
     """Per-base scores along FASTA: bits -log2 p(base | the bases before it).
 
     \b
@@ -53,7 +56,8 @@ def score(fasta, checkpoint, out, window, overlap, rc_average, region, regions_b
 
     s = score_fasta(fasta, checkpoint, out, window=window, overlap=overlap, rc_average=rc_average, region=region,
                     regions_bed=regions_bed, batch_size=batch_size, device=device, digits=digits,
-                    progress=not quiet)
+                    progress=not quiet, strict=strict)
     click.echo(f"{s.n_scored:,} bases scored in {s.n_records} record{'s' if s.n_records != 1 else ''}: mean "
                f"{s.mean_bits:.4f} bits/base (window {s.window}, overlap {s.overlap}"
-               f"{', both strands' if s.rc_average else ''}) -> {s.out}")
+               f"{', both strands' if s.rc_average else ''}"
+               f"{f'; {s.n_skipped_n:,} bases skipped as N' if s.n_skipped_n else ''}) -> {s.out}")

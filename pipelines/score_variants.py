@@ -29,8 +29,11 @@ import click
                    "the checkpoint names.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--strict", is_flag=True,
+              help="Characters outside IUPAC are an error naming the record and position (default: read as N, with one warning per file giving their count per record).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def score_variants(vcf, reference, checkpoint, out, window, strand, baseline, train_fasta, batch_size, device, quiet):
+def score_variants(vcf, reference, checkpoint, out, window, strand, baseline, train_fasta, batch_size, device,
+                   strict, quiet):
     """Zero-shot effect scores for the variants of VCF (VCF, VCF.gz or BCF).
 
     \b
@@ -56,13 +59,15 @@ def score_variants(vcf, reference, checkpoint, out, window, strand, baseline, tr
 
     \b
     Output: TSV (chrom pos id ref alt llr llr_forward llr_reverse note [llr_markov llr_gene
-    llr_prodigal]; pos 1-based as in the VCF) or VCF with INFO/SEQFORMER_LLR, _LLR_FWD,
-    _LLR_REV, _NOTE (and _LLR_MARKOV, _LLR_GENE, _LLR_PRODIGAL), Number=A.
+    llr_prodigal]; pos 1-based as in the VCF; the column header is line 1, what the scores mean
+    is in OUT.json beside it) or VCF with INFO/SEQFORMER_LLR, _LLR_FWD, _LLR_REV, _NOTE (and
+    _LLR_MARKOV, _LLR_GENE, _LLR_PRODIGAL), Number=A.
     """
     from reformer_seq.tasks.scoring.variants import score_vcf
 
     s = score_vcf(vcf, reference, checkpoint, out, window=window, strand=strand, baseline=baseline,
-                  train_fasta=train_fasta, batch_size=batch_size, device=device, progress=not quiet)
+                  train_fasta=train_fasta, batch_size=batch_size, device=device, progress=not quiet,
+                  strict=strict)
     other = {k: v for k, v in s.notes.items() if k != "near_end"}
     click.echo(f"{s.n_scored:,} of {s.n_alleles:,} alleles scored ({s.n_records:,} records; {s.objective} model, "
                f"window {s.window}, strand {s.strand}) in {s.seconds:.1f} s -> {s.out}")

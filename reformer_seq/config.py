@@ -262,7 +262,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     eval_every: int = 100  # steps between validations
-    eval_batches: int = 8  # validation windows per evaluation (0 = whole split)
+    eval_batches: int = 8  # validation batches per evaluation during the run, from the fixed sample (0 = all of it)
+    val_bases: int = 2_000_000  # held-out bases validated: a fixed, seeded sample of windows (0 = the whole split)
     save_every: int = 100  # steps between checkpoints
     keep_last: int = 2  # checkpoints kept besides the best
     log_every: int = 10

@@ -44,7 +44,7 @@ def test_lenient_reading_warns_once_per_file_with_counts_and_positions(corrupt, 
     m = msgs[0]
     assert m.startswith(str(corrupt)) and "5 characters outside IUPAC" in m and "2 record(s)" in m, m
     assert "'chrB' 4 (first at position 7)" in m and "'z' 1 (first at position 3)" in m, m
-    assert "'a'" not in m and "'clean'" not in m and "--strict" in m, m
+    assert "'a'" not in m and "'clean'" not in m and "strict=True" in m, m
     # read again from the cache: the same warning (the file did not get better)
     assert _warnings(lambda: load_genome(corrupt, cache_dir=cache, use_cache=use_cache)) == msgs
     # strict: the first bad character is an error naming the record and position
@@ -72,15 +72,78 @@ def _one_error_line(res) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("command", ["pretrain", "embed", "evaluate"])
-def test_strict_flag_on_every_command(command, corrupt, checkpoint, tmp_path):
-    args = {"pretrain": ["pretrain", str(corrupt), "--config", str(TINY), "--max-steps", "1"],
-            "embed": ["embed", str(corrupt), "--checkpoint", str(checkpoint), "--device", "cpu"],
-            "evaluate": ["evaluate", str(corrupt), "--checkpoint", str(checkpoint), "--device", "cpu"]}[command]
-    out = ["--out", str(tmp_path / ("e.npz" if command == "embed" else "out"))]
-    line = _one_error_line(CliRunner().invoke(cli, args + out + ["--strict", "--quiet"]))
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, checkpoint) -> Path:
+    root = tmp_path_factory.mktemp("ft")
+    fa = root / "clean.fa"
+    fa.write_text("".join(f">r{i}\n{'ACGTTGCA' * (i + 4)}\n" for i in range(8)))
+    res = CliRunner().invoke(cli, ["finetune", "--class", f"a={fa}", "--class", f"b={fa}", "--checkpoint",
+                                   str(checkpoint), "--out", str(root / "run"), "--max-steps", "1", "--batch-size",
+                                   "4", "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    return root / "run"
+
+
+COMMANDS = ["pretrain", "embed", "evaluate", "score", "score-variants", "finetune", "predict"]
+
+
+def _strict_args(command: str, corrupt: Path, checkpoint: Path, finetuned: Path, tmp_path: Path) -> list[str]:
+    vcf = tmp_path / "v.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\nchrB\t2\t.\tC\tA\t.\t.\t.\n")
+    ck = ["--checkpoint", str(checkpoint), "--device", "cpu"]
+    return {"pretrain": ["pretrain", str(corrupt), "--config", str(TINY), "--max-steps", "1", "--out", str(tmp_path / "o")],
+            "embed": ["embed", str(corrupt), *ck, "--out", str(tmp_path / "e.npz")],
+            "evaluate": ["evaluate", str(corrupt), *ck, "--out", str(tmp_path / "o")],
+            "score": ["score", str(corrupt), *ck, "--out", str(tmp_path / "s.npz")],
+            "score-variants": ["score-variants", str(vcf), "--reference", str(corrupt), *ck, "--out",
+                               str(tmp_path / "v.tsv")],
+            "finetune": ["finetune", "--class", f"a={corrupt}", "--class", f"b={corrupt}", *ck, "--out",
+                         str(tmp_path / "ft")],
+            "predict": ["predict", str(corrupt), "--checkpoint", str(finetuned), "--device", "cpu", "--out",
+                        str(tmp_path / "p.tsv")]}[command]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_strict_flag_on_every_command(command, corrupt, checkpoint, finetuned, tmp_path):
+    args = _strict_args(command, corrupt, checkpoint, finetuned, tmp_path)
+    line = _one_error_line(CliRunner().invoke(cli, args + ["--strict", "--quiet"]))
     assert str(corrupt) in line and "record 'chrB'" in line and "position 7" in line, line
-    if command == "embed":  # lenient: works, and says what it replaced
-        with pytest.warns(InputWarning, match="'chrB' 4 \\(first at position 7\\)"):
-            res = CliRunner().invoke(cli, args + out + ["--quiet"])
+    assert "--strict" in line and "strict=False" not in line, line  # the command line's words
+    if command == "embed":  # lenient: works, and says what it replaced, in one line
+        res = CliRunner().invoke(cli, args + ["--quiet"])
         assert res.exit_code == 0, res.output
+        warn = [ln for ln in res.output.splitlines() if "warning" in ln.lower() or "IUPAC" in ln]
+        assert len(warn) == 1 and warn[0].startswith("seqformer: warning: "), res.output
+        assert "'chrB' 4 (first at position 7)" in warn[0] and "--strict" in warn[0], warn
+        assert "InputWarning" not in res.output and ".py:" not in res.output, res.output
+
+
+def test_library_errors_speak_in_arguments(corrupt, tmp_path):
+    with pytest.raises(InputError) as e:
+        load_genome(corrupt, cache_dir=tmp_path, strict=True)
+    assert "strict=False" in str(e.value) and "--strict" not in str(e.value)
+    assert "--strict" in e.value.for_cli()
+
+
+def test_vcf_parse_errors_name_the_line_and_field(tmp_path, checkpoint):
+    head = "##fileformat=VCFv4.2\n##contig=<ID=g>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+    ref = tmp_path / "g.fa"
+    ref.write_text(">g\nACGTACGTACGTACGTACGT\n")
+    for body, expect in [("g\t5\ta\tA\tC\t.\tPASS\t.\ng\tx12\tb\tA\tC\t.\tPASS\t.\n", "line 5, field POS: 'x12'"),
+                         ("g\t5\ta\tA\tC\t.\tPASS\t.\ng\t7\tb\tA\n", "line 5: 4 tab-separated fields")]:
+        vcf = tmp_path / "bad.vcf"
+        vcf.write_text(head + body)
+        line = _one_error_line(CliRunner().invoke(cli, ["score-variants", str(vcf), "--reference", str(ref),
+                                                        "--checkpoint", str(checkpoint), "--device", "cpu",
+                                                        "--out", str(tmp_path / "o.tsv"), "--quiet"]))
+        assert str(vcf) in line and expect in line, line
+
+
+def test_predict_says_it_does_not_window_long_records(tmp_path, finetuned):
+    assert "does not window" in CliRunner().invoke(cli, ["predict", "--help"]).output
+    fa = tmp_path / "long.fa"
+    fa.write_text(">long\n" + "ACGT" * 100 + "\n")  # 400 bases; the model takes 256
+    line = _one_error_line(CliRunner().invoke(cli, ["predict", str(fa), "--checkpoint", str(finetuned), "--device",
+                                                    "cpu", "--out", str(tmp_path / "p.tsv"), "--quiet"]))
+    assert "long (400 bases)" in line and "seqkit sliding -W 256" in line, line
+    assert not (tmp_path / "p.tsv").exists()

@@ -188,7 +188,7 @@ def test_cli_tsv_and_vcf_agree_and_flag_what_is_not_scored(files, tmp_path):
             str(W), "--baseline", "markov", "--quiet"]
     res = CliRunner().invoke(_cli(), ["score-variants", *args, "--out", str(tmp_path / "s.tsv")])
     assert res.exit_code == 0, res.output
-    text = (tmp_path / "s.tsv").read_text()
+    text = (tmp_path / "s.tsv.json").read_text()  # the meaning is in the sidecar; the TSV starts with its header
     assert "negative = the ALT allele is less likely" in text
     rows = read_tsv(tmp_path / "s.tsv")
     assert list(rows[0]) == ["chrom", "pos", "id", "ref", "alt", "llr", "llr_forward", "llr_reverse", "note",

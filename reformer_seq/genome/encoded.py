@@ -144,7 +144,8 @@ def _encode_record(path: Path, i: int, rec: SeqRecordText, tokenizer: Tokenizer,
         else:
             ids, mask = tokenizer.encode(rec.sequence, strict=strict), None
     except InvalidCharacterError as e:
-        raise InputError(f"{path}: record {rec.id!r} (#{i + 1}): {e}") from None
+        where = f"{path}: record {rec.id!r} (#{i + 1})"
+        raise InputError(f"{where}: {e}", cli_message=f"{where}: {e.for_cli()}") from None
     return ids, mask, ((0, -1) if strict else tokenizer.invalid_characters(rec.sequence))
 
 
@@ -179,9 +180,10 @@ def _warn_invalid(path: Path, invalid: list[list]) -> None:
     total = sum(n for _, n, _ in invalid)
     parts = [f"{rid!r} {n:,} (first at position {first + 1:,})" for rid, n, first in invalid[:5]]
     more = f" and {len(invalid) - 5:,} more records" if len(invalid) > 5 else ""
-    warnings.warn(f"{path}: {total:,} characters outside IUPAC read as N (lenient mode) in "
-                  f"{len(invalid):,} record(s): {', '.join(parts)}{more}; check the file, or pass --strict "
-                  f"(config data.strict: true, strict=True) to make this an error", InputWarning, stacklevel=3)
+    head = (f"{path}: {total:,} characters outside IUPAC read as N (lenient mode) in {len(invalid):,} record(s): "
+            f"{', '.join(parts)}{more}; check the file, or pass")
+    warnings.warn(InputWarning(f"{head} strict=True (config data.strict: true) to make this an error",
+                               cli_message=f"{head} --strict to make this an error"), stacklevel=3)
 
 
 def _load_entry(folder: Path) -> Optional[tuple[list[EncodedRecord], list[list]]]:

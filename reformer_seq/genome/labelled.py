@@ -25,7 +25,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from .tokenizers import Tokenizer
+from .tokenizers import InvalidCharacterError, Tokenizer
 
 PathLike = Union[str, os.PathLike]
 TASKS = ("classify", "regress")
@@ -58,10 +58,19 @@ def _as_float(text: str) -> Optional[float]:
     return v if math.isfinite(v) else None
 
 
-def _records_by_id(fasta: PathLike, tokenizer: Tokenizer) -> dict[str, np.ndarray]:
+def encode_checked(tokenizer: Tokenizer, seq: str, strict: bool, where: str) -> np.ndarray:
+    """``tokenizer.encode(seq, strict)``; a character outside IUPAC (strict) is an error naming ``where``."""
+    try:
+        return tokenizer.encode(seq, strict=strict)
+    except InvalidCharacterError as e:
+        raise InputError(f"{where}: {e}", cli_message=f"{where}: {e.for_cli()}") from None
+
+
+def _records_by_id(fasta: PathLike, tokenizer: Tokenizer, strict: bool = False) -> dict[str, np.ndarray]:
     from .fasta import read_records
 
-    return {r.id: tokenizer.encode(r.sequence) for r in read_records(fasta)}
+    return {r.id: encode_checked(tokenizer, r.sequence, strict, f"{fasta}: record {r.id!r}")
+            for r in read_records(fasta)}
 
 
 def _tsv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -75,8 +84,9 @@ def _tsv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     return [h.strip().lower() for h in rows[0]], rows[1:]
 
 
-def read_tsv(path: PathLike, tokenizer: Tokenizer, fasta: Optional[PathLike] = None) -> LabelledSet:
-    """Read a labelled TSV (see the module docstring)."""
+def read_tsv(path: PathLike, tokenizer: Tokenizer, fasta: Optional[PathLike] = None, strict: bool = False
+             ) -> LabelledSet:
+    """Read a labelled TSV (see the module docstring); ``strict``: characters outside IUPAC are an error."""
     path = Path(path)
     header, rows = _tsv_rows(path)
     if "label" not in header or ("sequence" not in header and "id" not in header):
@@ -87,7 +97,7 @@ def read_tsv(path: PathLike, tokenizer: Tokenizer, fasta: Optional[PathLike] = N
         raise InputError(f"{path}: has an 'id' column but no 'sequence' column; pass the FASTA holding those "
                          f"records with --fasta")
     col = {name: header.index(name) for name in ("label", "sequence", "id") if name in header}
-    records = _records_by_id(fasta, tokenizer) if use_ids else {}
+    records = _records_by_id(fasta, tokenizer, strict) if use_ids else {}
     ids, toks, labels, unknown = [], [], [], []
     for n, row in enumerate(rows, start=2):
         if len(row) < len(header):
@@ -99,7 +109,7 @@ def read_tsv(path: PathLike, tokenizer: Tokenizer, fasta: Optional[PathLike] = N
                 continue
             toks.append(records[rid])
         else:
-            toks.append(tokenizer.encode(row[col["sequence"]].strip()))
+            toks.append(encode_checked(tokenizer, row[col["sequence"]].strip(), strict, f"{path}: line {n}"))
         ids.append(rid)
         labels.append(row[col["label"]].strip())
     if unknown:
@@ -108,8 +118,8 @@ def read_tsv(path: PathLike, tokenizer: Tokenizer, fasta: Optional[PathLike] = N
     return _checked(LabelledSet(ids, toks, labels, str(path)))
 
 
-def read_class_fastas(specs: Sequence[str], tokenizer: Tokenizer) -> LabelledSet:
-    """Read ``NAME=FILE`` specs: every record of FILE is labelled NAME."""
+def read_class_fastas(specs: Sequence[str], tokenizer: Tokenizer, strict: bool = False) -> LabelledSet:
+    """Read ``NAME=FILE`` specs: every record of FILE is labelled NAME (``strict``: as :func:`read_tsv`)."""
     from .fasta import read_records
 
     ids, toks, labels = [], [], []
@@ -120,7 +130,7 @@ def read_class_fastas(specs: Sequence[str], tokenizer: Tokenizer) -> LabelledSet
         n0 = len(ids)
         for r in read_records(file):
             ids.append(r.id)
-            toks.append(tokenizer.encode(r.sequence))
+            toks.append(encode_checked(tokenizer, r.sequence, strict, f"{file}: record {r.id!r}"))
             labels.append(name)
         if len(ids) == n0:
             raise InputError(f"{file}: no records for class {name!r}")
@@ -144,7 +154,8 @@ def check_lengths(data: LabelledSet, max_len: int) -> None:
     if too_long:
         shown = ", ".join(f"{rid} ({n:,} bases)" for rid, n in too_long[:MAX_SHOWN])
         raise InputError(f"{data.source}: {len(too_long)} sequence(s) longer than the model's max_seq_len "
-                         f"{max_len:,}: {shown}; cut them into pieces of at most {max_len:,} bases")
+                         f"{max_len:,}: {shown}; each is scored in one pass, so cut them into pieces of at most "
+                         f"{max_len:,} bases (e.g. seqkit sliding -W {max_len} -s {max_len})")
 
 
 def infer_task(labels: Sequence[str], task: Optional[str] = None) -> str:

@@ -52,7 +52,7 @@ def evaluate_records(records: Sequence[EncodedRecord], scorer: ScoringModel, mot
         raise InputError("no records to evaluate")
     lk = likelihood(records, scorer, window, batch_size, mask_prob, seed, progress)
     report: dict[str, Any] = {"objective": scorer.objective, "window": lk.window, "n_records": len(records),
-                              "n_bases": lk.n_bases}
+                              "n_bases": lk.n_bases, "n_skipped_n": lk.n_skipped_n}
     if scorer.objective == "causal":
         report.update(bits_per_base=lk.bits_per_base, accuracy=lk.accuracy)
     else:

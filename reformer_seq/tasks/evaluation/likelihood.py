@@ -22,6 +22,10 @@ Conventions shared by every number here:
 that overlap by one base, and every base but a record's first is scored once, from its left
 context within its window. Masked: non-overlapping windows, ``mask_prob`` of the bases masked
 (all replaced by ``MASK_ID``, seeded), scored at the masked bases.
+
+Gaps are data: a window with no A/C/G/T to score (inside an assembly gap, a run of N longer than
+the window) is skipped without a forward pass, and the N bases are counted
+(:attr:`LikelihoodResult.n_skipped_n`).
 """
 from __future__ import annotations
 
@@ -146,18 +150,19 @@ def run_queries(scorer: ScoringModel, queries: Iterable[Query], batch_size: int 
     batch: list[Query] = []
 
     def flush() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        L = max(len(q.tokens) for q in batch)
-        x = np.full((len(batch), L), PAD_ID, dtype=np.int64)
-        for i, q in enumerate(batch):
-            x[i, :len(q.tokens)] = q.tokens
-        out = np.asarray(scorer(x))
-        if out.ndim != 3 or out.shape[:2] != x.shape or out.shape[2] <= int(BASE_IDS.max()):
-            raise ValueError(f"scoring model returned shape {out.shape} for tokens {x.shape}; expected "
-                             f"(B, L, V) log-probabilities with V > {int(BASE_IDS.max())}")
-        for i, q in enumerate(batch):
-            rows = _query_rows(scorer.objective, q.positions)
-            lp = out[i, rows].astype(np.float64)  # (n, V)
-            tgt = np.asarray(q.targets, dtype=np.int64).reshape(-1, len(rows))  # (k, n)
+        # a query with nothing to score (a window inside an assembly gap) gets empty results
+        # without a forward pass
+        todo = [q for q in batch if len(q.positions)]
+        out = _score_batch(scorer, todo) if todo else None
+        i = 0
+        for q in batch:
+            tgt = np.atleast_2d(np.asarray(q.targets, dtype=np.int64))  # (k, n)
+            if not len(q.positions):
+                empty = np.zeros((len(tgt), 0))
+                yield empty, empty.copy()
+                continue
+            lp = out[i, _query_rows(scorer.objective, q.positions)].astype(np.float64)  # (n, V)
+            i += 1
             logp = np.take_along_axis(lp[None].repeat(len(tgt), 0), tgt[..., None], axis=-1)[..., 0]
             correct = expected_top1(lp[:, BASE_IDS][None].repeat(len(tgt), 0), tgt - A_ID)
             yield logp, correct
@@ -173,6 +178,19 @@ def run_queries(scorer: ScoringModel, queries: Iterable[Query], batch_size: int 
     bar.close()
 
 
+def _score_batch(scorer: ScoringModel, batch: Sequence[Query]) -> np.ndarray:
+    """The scorer's (B, L, V) log-probabilities for ``batch``, right-padded with ``PAD_ID``."""
+    L = max(len(q.tokens) for q in batch)
+    x = np.full((len(batch), L), PAD_ID, dtype=np.int64)
+    for i, q in enumerate(batch):
+        x[i, :len(q.tokens)] = q.tokens
+    out = np.asarray(scorer(x))
+    if out.ndim != 3 or out.shape[:2] != x.shape or out.shape[2] <= int(BASE_IDS.max()):
+        raise ValueError(f"scoring model returned shape {out.shape} for tokens {x.shape}; expected "
+                         f"(B, L, V) log-probabilities with V > {int(BASE_IDS.max())}")
+    return out
+
+
 # ====================================================================== likelihood
 @dataclass
 class LikelihoodResult:
@@ -185,6 +203,7 @@ class LikelihoodResult:
     correct: float  # sum of top-1 correctness
     scored: list[np.ndarray]
     mask_prob: Optional[float] = None
+    n_skipped_n: int = 0  # bases never scored because they are N (or another non-A/C/G/T code)
 
     @property
     def bits_per_base(self) -> float:
@@ -264,7 +283,8 @@ def iter_likelihood(records: Sequence[EncodedRecord], scorer: ScoringModel, wind
 
     for logp, corr in run_queries(scorer, queries(), batch_size, total=len(plan), desc="likelihood", progress=progress):
         ri, pos = where.popleft()
-        yield ri, pos, logp[0], corr[0]
+        if pos.size:  # a window with no A/C/G/T (inside an assembly gap) is skipped
+            yield ri, pos, logp[0], corr[0]
 
 
 def likelihood(records: Sequence[EncodedRecord], scorer: ScoringModel, window: Optional[int] = None,
@@ -279,7 +299,9 @@ def likelihood(records: Sequence[EncodedRecord], scorer: ScoringModel, window: O
         nats -= float(logp.sum())
         correct += float(corr.sum())
     objective = scorer.objective
-    return LikelihoodResult(objective, window, n, nats, correct, scored, mask_prob if objective == "masked" else None)
+    n_gap = sum(int((~is_base(r.ids)).sum()) for r in records)
+    return LikelihoodResult(objective, window, n, nats, correct, scored, mask_prob if objective == "masked" else None,
+                            n_gap)
 
 
 

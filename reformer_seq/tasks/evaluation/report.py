@@ -80,7 +80,8 @@ def report_markdown(report: dict[str, Any]) -> str:
              + (f"; {report['split']} region, val_fraction {report['val_fraction']:g})"
                 if report.get("split", "all") != "all" else ")"),
              f"- checkpoint: `{report['checkpoint']}` (step {report.get('checkpoint_step')}, objective "
-             f"{report['objective']})", f"- window: {report['window']} bases", ""]
+             f"{report['objective']})", f"- window: {report['window']} bases",
+             f"- bases skipped as N (assembly gaps, ambiguity codes): {report.get('n_skipped_n', 0):,}", ""]
     lines += ["## Likelihood", "", "| model | bases | bits/base | top-1 accuracy |", "|---|---:|---:|---:|"]
     if report["objective"] == "causal":
         lines.append(f"| this model | {report['n_bases']:,} | {_fmt(report['bits_per_base'])} | {_fmt(report['accuracy'])} |")

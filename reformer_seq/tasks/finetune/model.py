@@ -214,8 +214,10 @@ class PredictSummary:
 
 
 def predict_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, batch_size: int = 32,
-                  device: str = "auto", precision: str = "fp32", progress: bool = True) -> PredictSummary:
+                  device: str = "auto", precision: str = "fp32", progress: bool = True,
+                  strict: bool = False) -> PredictSummary:
     """Score every record of ``fasta``; write a TSV (one row per record, file order) atomically.
+    ``strict``: characters outside IUPAC are an error (else N).
 
     Columns: ``id``, ``length``, then ``predicted`` (the most probable class) and ``p_CLASS`` per
     class for a classifier, or ``value`` for a regressor.
@@ -223,12 +225,13 @@ def predict_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, batch_si
     from ...runtime.files import atomic_write_text
     from ...runtime.device import resolve_device
     from ...genome.fasta import read_records
-    from ...genome.labelled import LabelledSet, check_lengths
+    from ...genome.labelled import LabelledSet, check_lengths, encode_checked
 
     t0 = time.perf_counter()
     model, tokenizer, info = load_finetuned(checkpoint)
     recs = list(read_records(fasta))
-    data = LabelledSet([r.id for r in recs], [tokenizer.encode(r.sequence) for r in recs], [""] * len(recs),
+    data = LabelledSet([r.id for r in recs], [encode_checked(tokenizer, r.sequence, strict, f"{fasta}: record {r.id!r}")
+                                              for r in recs], [""] * len(recs),
                        str(fasta))
     check_lengths(data, model.backbone.config.max_seq_len)
     dev = resolve_device(device)

@@ -116,17 +116,19 @@ def apply_freeze(model: SequenceModel, freeze: Union[str, int]) -> None:
 
 # ---------------------------------------------------------------------- inputs
 def load_inputs(inputs: dict, tokenizer) -> tuple[LabelledSet, Optional[LabelledSet]]:
-    """Training set and optional validation set from ``{"tsv", "fasta", "classes", "val"}``."""
+    """Training set and optional validation set from ``{"tsv", "fasta", "classes", "val"[, "strict"]}``
+    (``strict``: characters outside IUPAC are an error, else N)."""
+    strict = bool(inputs.get("strict"))
     if inputs.get("tsv") and inputs.get("classes"):
         raise ConfigError("give the labelled sequences either as a TSV or as --class NAME=FILE, not both")
     if inputs.get("tsv"):
-        train = read_tsv(inputs["tsv"], tokenizer, inputs.get("fasta"))
+        train = read_tsv(inputs["tsv"], tokenizer, inputs.get("fasta"), strict)
     elif inputs.get("classes"):
-        train = read_class_fastas(inputs["classes"], tokenizer)
+        train = read_class_fastas(inputs["classes"], tokenizer, strict)
     else:
         raise ConfigError("no labelled sequences: pass a TSV (sequence or id, label) or --class NAME=FILE twice "
                           "or more")
-    val = read_tsv(inputs["val"], tokenizer, inputs.get("fasta")) if inputs.get("val") else None
+    val = read_tsv(inputs["val"], tokenizer, inputs.get("fasta"), strict) if inputs.get("val") else None
     return train, val
 
 
@@ -294,7 +296,8 @@ def _prepare_run(run: Path, inputs: dict, checkpoint, opts: FinetuneOptions, res
                               f"without --resume")
     saved = json.loads((run / RUN_FILE).read_text())
     new = FinetuneOptions(**{**saved["options"], "max_steps": opts.max_steps, "max_time": opts.max_time})
-    return (inputs if any(inputs.values()) else saved["inputs"]), saved["checkpoint"], new
+    given = any(v for k, v in inputs.items() if k != "strict")
+    return (inputs if given else {**saved["inputs"], "strict": inputs.get("strict", False)}), saved["checkpoint"], new
 
 
 def _datasets(inputs: dict, tokenizer, max_len: int, opts: FinetuneOptions):

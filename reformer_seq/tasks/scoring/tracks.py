@@ -5,7 +5,8 @@ Windows are those of :func:`~reformer_seq.tasks.evaluation.likelihood.likelihood
 overlapping by ``overlap`` (default 1, exactly as ``seqformer evaluate``), each base scored once
 from its left context in its window; a record's (or region's) first base has no left context
 and no value. So the mean of a track over a record equals ``evaluate``'s bits per base on that
-record with the same window. N and other non-ACGT positions get no value.
+record with the same window. N and other non-ACGT positions get no value; windows inside an
+assembly gap (N runs longer than the window) are skipped and the N bases counted.
 
 ``rc_average``: each record is also scored on its reverse complement (the same windows applied
 to the reverse-complement sequence) and per base the two strands are averaged (base ``i`` with
@@ -36,7 +37,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ...errors import InputError, SeqformerError
-from ..evaluation.likelihood import LN2, ModelScorer, ScoringModel, default_window, iter_likelihood
+from ..evaluation.likelihood import LN2, ModelScorer, ScoringModel, default_window, is_base, iter_likelihood
 from ...runtime.files import atomic_write
 from ...genome.encoded import EncodedRecord, load_genome
 from ...genome.tokenizers import NucleotideTokenizer
@@ -254,13 +255,15 @@ class TrackSummary:
     overlap: int
     rc_average: bool
     checkpoint: str
+    n_skipped_n: int = 0  # bases of the scored spans that are N (assembly gaps), never scored
 
 
 def score_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, window: Optional[int] = None,
                 overlap: int = 1, rc_average: bool = False, region: Optional[str] = None,
                 regions_bed: Optional[PathLike] = None, batch_size: int = 8, device: str = "auto",
-                digits: int = 3, progress: bool = True) -> TrackSummary:
-    """Score every base of ``fasta`` (or of the regions) with a causal checkpoint and write the track."""
+                digits: int = 3, progress: bool = True, strict: bool = False) -> TrackSummary:
+    """Score every base of ``fasta`` (or of the regions) with a causal checkpoint and write the track.
+    ``strict``: characters outside IUPAC are an error (else N, with a warning)."""
     from ..pretrained import load_pretrained
 
     track_format(out)  # fail before loading anything
@@ -272,12 +275,13 @@ def score_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, window: Op
         raise SeqformerError(f"{info['path']}: score needs a nucleotide model")
     scorer = ModelScorer(model, info.get("objective"), device)
     window = int(min(window or default_window(info, scorer.max_len), scorer.max_len))
-    records = load_genome(fasta, tokenizer)
+    records = load_genome(fasta, tokenizer, strict=strict)
     tracks = score_tracks(records, scorer, window, overlap, rc_average, regions, batch_size, progress)
     lengths = {r.id: len(r) for r in records}
     strands = "both strands averaged" if rc_average else "forward strand"
     write_track(tracks, out, lengths, digits, f"seqformer -log2 p(base | left context), {strands}")
     allv = np.concatenate([t for t in tracks.values()]) if tracks else np.zeros(0)
     ok = np.isfinite(allv)
+    n_gap = sum(int((~is_base(records[ri].ids[s:e])).sum()) for ri, s, e in resolve_regions(records, regions))
     return TrackSummary(str(out), len(tracks), int(ok.sum()), float(allv[ok].mean()) if ok.any() else float("nan"),
-                        window, overlap, rc_average, info["path"])
+                        window, overlap, rc_average, info["path"], n_gap)

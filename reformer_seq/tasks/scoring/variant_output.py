@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 from ...errors import SeqformerError
-from ...runtime.files import atomic_write
+from ...runtime.files import atomic_write, atomic_write_json
 from .variants import NOTES, SIGN_NOTE, open_vcf, quiet_htslib
 
 PathLike = Union[str, Path]
@@ -22,12 +22,17 @@ def output_format(out: PathLike) -> str:
     raise SeqformerError(f"{out}: cannot tell the output format from the name; end it with .tsv, .vcf or .vcf.gz")
 
 
+def sidecar_path(out: PathLike) -> Path:
+    """The JSON file beside a TSV that holds what the table means (``scores.tsv`` -> ``scores.tsv.json``)."""
+    return Path(f"{out}.json")
+
+
 def _num(x: float) -> str:
     return f"{x:.4f}" if math.isfinite(x) else "NA"
 
 
 def header_lines(meta: dict[str, Any]) -> list[str]:
-    """The ``#`` comment lines that explain the scores (TSV) / the header descriptions (VCF)."""
+    """The lines that explain the scores: the TSV's JSON sidecar ``notes`` / the VCF header descriptions."""
     both = meta["strand"] == "both"
     how = ("summed over the bases from the variant to the end of its window (causal model)"
            if meta["objective"] == "causal" else "at the masked variant position (masked model, SNVs only)")
@@ -46,8 +51,8 @@ def tsv_text(alleles: Sequence, meta: dict[str, Any]) -> str:
     strands = 2 if meta["strand"] == "both" else 1
     markov = meta.get("markov_order") is not None
     extra = [name for name, _ in meta.get("_extra", ())]
-    out = [f"# {line}" for line in header_lines(meta)]
-    out.append("\t".join(COLUMNS + (["llr_markov"] if markov else []) + [f"llr_{n}" for n in extra]))
+    # the header is line 1 (metadata: the JSON sidecar)
+    out = ["\t".join(COLUMNS + (["llr_markov"] if markov else []) + [f"llr_{n}" for n in extra])]
     for a in alleles:
         row = [a.chrom, str(a.pos), a.id, a.ref, a.alt, _num(a.llr(strands)), _num(a.llr_forward),
                _num(a.llr_reverse if strands == 2 else math.nan), a.note_text() or "."]
@@ -130,6 +135,8 @@ def write_variants(alleles: Sequence, out: PathLike, fmt: str, vcf_in: PathLike,
         raise SeqformerError(f"--out {out} is a directory; give a file name such as {out / 'scores.tsv'}")
     if fmt == "tsv":
         data = tsv_text(alleles, meta).encode()
+        atomic_write_json(sidecar_path(out), {**meta, "notes": header_lines(meta), "columns": data.split(b"\n")[0]
+                                              .decode().split("\t")})
 
         def write(tmp: str) -> None:
             Path(tmp).write_bytes(data)

@@ -17,7 +17,8 @@ window of a contig end are scored with the context there is and flagged.
 
 Outputs (by suffix, written atomically): ``.tsv`` (``chrom pos id ref alt llr llr_forward
 llr_reverse note`` [``llr_markov`` ``llr_gene`` ``llr_prodigal``, see
-:mod:`~reformer_seq.tasks.scoring.variant_baselines`], pos 1-based as in the VCF), or ``.vcf`` / ``.vcf.gz`` (the
+:mod:`~reformer_seq.tasks.scoring.variant_baselines`], pos 1-based as in the VCF; the header is
+line 1, what the scores mean is in the JSON sidecar ``OUT.json``), or ``.vcf`` / ``.vcf.gz`` (the
 input with ``INFO/SEQFORMER_LLR`` and friends, Number=A, documented in the header).
 """
 from __future__ import annotations
@@ -113,6 +114,9 @@ def open_vcf(path: PathLike):
         raise InputError(f"{path}: VCF not found")
     try:
         return pysam.VariantFile(str(path))
+    except NotImplementedError:  # htslib reads gzip only through bgzip's blocks
+        raise InputError(f"{path}: compressed with plain gzip; recompress it with bgzip "
+                         f"(zcat {Path(path).name} | bgzip > calls.vcf.gz) or give it uncompressed") from None
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: cannot read it as VCF/BCF ({e}); expected a VCF (plain or bgzipped) "
                          f"or BCF file") from None
@@ -120,15 +124,56 @@ def open_vcf(path: PathLike):
 
 def read_vcf(path: PathLike) -> list[Allele]:
     """One :class:`Allele` per ALT of every record, in file order."""
-    out = []
+    out: list[Allele] = []
+    n_read = 0
     with quiet_htslib(), open_vcf(path) as vf:
         try:
             for row, rec in enumerate(vf):
                 for alt in rec.alts or (".",):
                     out.append(Allele(row, rec.chrom, rec.pos, rec.id or ".", rec.ref.upper(), alt.upper()))
-        except (OSError, ValueError) as e:
-            raise InputError(f"{path}: bad VCF record after {len(out)} alleles ({e})") from None
+                n_read = row + 1
+        except (OSError, ValueError, NotImplementedError) as e:  # NotImplementedError: gzip, not bgzip
+            raise InputError(f"{path}: {bad_record(path, n_read) or f'bad VCF record #{n_read + 1} ({e})'}") from None
     return out
+
+
+VCF_FIELDS = ("CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO")
+
+
+def bad_record(path: PathLike, index: int) -> Optional[str]:
+    """What is wrong with the ``index``-th (0-based) record of a text VCF, naming its line and field
+    (``line 7, field POS: 'x12' is not a position ...``); None when the text looks fine or is BCF."""
+    import gzip
+
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open if gz else open)(path, "rt", encoding="utf-8", errors="replace") as f:
+            return _first_problem(f, index)
+    except (OSError, EOFError):
+        return None
+
+
+def _first_problem(lines, index: int) -> Optional[str]:
+    seen = -1
+    for n, line in enumerate(lines, 1):
+        line = line.rstrip("\r\n")
+        if not line.strip() or line.startswith("#"):
+            continue
+        seen += 1
+        if seen < index:
+            continue
+        cols = line.split("\t")
+        if len(cols) < len(VCF_FIELDS):
+            return (f"line {n}: {len(cols)} tab-separated fields, a VCF record needs {len(VCF_FIELDS)} "
+                    f"({' '.join(VCF_FIELDS)}); is the line cut short or space-separated?")
+        if not cols[1].isdigit() or int(cols[1]) < 1:
+            return f"line {n}, field POS: {cols[1][:30]!r} is not a position (a whole number >= 1, 1-based)"
+        for name in ("CHROM", "REF", "ALT"):
+            if not cols[VCF_FIELDS.index(name)].strip():
+                return f"line {n}, field {name}: empty"
+        return None
+    return None
 
 
 def check_contigs(alleles: Sequence[Allele], contigs: Sequence[str], vcf: PathLike, reference: PathLike) -> None:
@@ -280,9 +325,10 @@ def markov_from_checkpoint(info: dict, train_fasta: Optional[PathLike] = None):
 def score_vcf(vcf: PathLike, reference: PathLike, checkpoint: PathLike, out: PathLike,
               window: int = DEFAULT_WINDOW, strand: str = "both", baseline: Union[str, Sequence[str], None] = None,
               train_fasta: Optional[PathLike] = None, batch_size: int = 8, device: str = "auto",
-              progress: bool = True) -> VariantSummary:
+              progress: bool = True, strict: bool = False) -> VariantSummary:
     """Score every ALT of ``vcf`` against ``reference`` with a checkpoint and write ``out``;
-    ``baseline``: ``markov``, ``gene``, ``prodigal`` or several of them."""
+    ``baseline``: ``markov``, ``gene``, ``prodigal`` or several of them (``strict``: characters
+    outside IUPAC in ``reference`` are an error, else N with a warning)."""
     from ..pretrained import load_pretrained
     from ..evaluation.likelihood import ModelScorer
     from ...genome.encoded import load_genome
@@ -296,7 +342,7 @@ def score_vcf(vcf: PathLike, reference: PathLike, checkpoint: PathLike, out: Pat
     if getattr(tokenizer, "kind", None) != "nucleotide":
         raise SeqformerError(f"{info['path']}: score-variants needs a nucleotide model")
     scorer = ModelScorer(model, info.get("objective"), device)
-    records = load_genome(reference, tokenizer)
+    records = load_genome(reference, tokenizer, strict=strict)
     alleles = read_vcf(vcf)
     check_contigs(alleles, [r.id for r in records], vcf, reference)
     markov = markov_from_checkpoint(info, train_fasta) if "markov" in names else None

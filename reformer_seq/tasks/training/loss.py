@@ -4,7 +4,7 @@ bits per target base over a held-out loader."""
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,20 +33,46 @@ def batch_loss(model: torch.nn.Module, batch: dict, device: torch.device, precis
     return loss, n, mask
 
 
+def val_sample(dataset, seq_len: int, val_bases: int, seed: int):
+    """A fixed, seeded sample of ``dataset``'s windows holding about ``val_bases`` bases (the
+    whole dataset when ``val_bases`` is 0 or it is smaller), in dataset order."""
+    import numpy as np
+    from torch.utils.data import Subset
+
+    n = len(dataset)
+    k = n if val_bases <= 0 else min(n, max(1, -(-val_bases // max(seq_len, 1))))
+    if k == n:
+        return dataset
+    pick = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+    return Subset(dataset, pick.tolist())
+
+
 @torch.no_grad()
 def validation_bits(model: torch.nn.Module, loader: Iterator[dict], device: torch.device, precision: str,
-                    max_batches: int = 0) -> tuple[float, int]:
-    """(bits per target base, number of targets) of ``model`` over ``loader``'s batches."""
+                    max_batches: int = 0) -> tuple[float, int, Optional[float]]:
+    """(bits per target base, number of targets, its standard error over the batches; None with
+    fewer than two) of ``model`` over ``loader``'s batches."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    sums, counts = [], []
     try:
         for i, batch in enumerate(loader):
             if max_batches and i >= max_batches:
                 break
             loss, n, _ = batch_loss(model, batch, device, precision)
-            total += float(loss)
-            count += n
+            sums.append(float(loss))
+            counts.append(n)
     finally:
         model.train(was_training)
-    return (total / max(count, 1) / LN2, count)
+    count = sum(counts)
+    mean = sum(sums) / max(count, 1) / LN2
+    return mean, count, ratio_stderr(sums, counts) if len(counts) > 1 and count else None
+
+
+def ratio_stderr(sums: list[float], counts: list[int]) -> float:
+    """Standard error, in bits, of ``sum(sums) / sum(counts)`` (nats per target) over the batches
+    (the ratio estimator: residuals ``sums_b - mean * counts_b``)."""
+    B, total = len(counts), sum(counts)
+    mean = sum(sums) / total
+    var = sum((s - mean * c) ** 2 for s, c in zip(sums, counts)) / (B - 1)
+    return math.sqrt(B * var) / total / LN2

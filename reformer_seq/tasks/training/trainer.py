@@ -2,8 +2,10 @@
 
 AdamW with linear warmup and cosine decay (:mod:`.optim`), gradient clipping and accumulation,
 optional bf16 autocast (CPU and GPU) or fp16 with a gradient scaler (GPU). Every ``eval_every``
-steps the model is scored on the held-out part of each record (:mod:`.loss`: bits per base for
-the causal objective, bits per masked base for the masked one). Metrics go to ``metrics.jsonl``
+steps the model is scored on a fixed, seeded sample (``val_bases``) of the held-out windows of
+each record, all of the sample at the end (:mod:`.loss`: bits per base for the causal objective,
+bits per masked base for the masked one, with a standard error). With ``max_time`` the
+learning-rate schedule follows the clock (:mod:`.optim`). Metrics go to ``metrics.jsonl``
 and a loss-curve PNG in the run folder (:mod:`.run_folder`).
 
 Checkpoints (see :mod:`reformer_seq.runtime.checkpoint`) carry the optimizer, scheduler, step,
@@ -37,8 +39,8 @@ from ...runtime.checkpoint import STATE_FILE, load_model_weights, resolve_checkp
 from ...runtime.device import resolve_device
 from ...runtime.files import atomic_write_json
 from .distributed import Dist
-from .loss import LN2, batch_loss, validation_bits
-from .optim import fit_horizon, lr_at, make_optimizer
+from .loss import LN2, batch_loss, val_sample, validation_bits
+from .optim import fit_horizon, lr_at, make_optimizer, time_progress
 from .run_folder import (RunFiles, append_metrics, plot_loss_curve, point_to_checkpoint, prune_checkpoints,
                          run_inputs, truncate_metrics, write_config)
 from .stop import StopFlag
@@ -60,6 +62,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     signal: Optional[int] = None  # the signal that stopped the run, if any
     is_main: bool = True  # False on ranks > 0 of a multi-process run
+    val_stderr: Optional[float] = None  # standard error of val_bits_per_base (over the sample's batches)
+    val_windows: int = 0  # windows in the validation sample (of val_bases held-out bases)
 
 
 @dataclass
@@ -67,27 +71,33 @@ class TrainState:
     """What the loop carries from step to step. The first fields are saved in every checkpoint
     and restored on resume; the rest belong to this invocation."""
 
-    horizon_steps: int  # the cosine schedule's length (max_steps, or what fits in max_time)
-    horizon_fixed: bool  # False until a time-budgeted run has measured its speed
+    horizon_steps: int  # the cosine schedule's length in steps (max_steps)
+    horizon_fixed: bool  # kept for checkpoints of earlier versions (their time budgets fitted it once)
     step: int = 0  # optimizer steps done
     epoch: int = 0
     batch_in_epoch: int = 0  # micro-batches of ``epoch`` already used
     tokens_seen: int = 0  # real (unpadded) bases, all ranks
     trained_before: float = 0.0  # seconds of training in earlier invocations
     best_val: Optional[float] = None
+    warm_end: Optional[float] = None  # training time when warmup ended (time budgets: the schedule's start)
+    val_seconds: float = 0.0  # seconds spent validating, earlier invocations included (left out of tokens/s)
     # this invocation only
     history: list[dict] = field(default_factory=list)  # {"step", "bits_per_base"} per step
     last_val: Optional[float] = None  # the last validation's bits per base, at val_step
+    last_stderr: Optional[float] = None
     val_step: int = -1
     last_checkpoint: Optional[Path] = None
     stopped_by: str = "max_steps"
-    probe: tuple[int, float] = (0, 0.0)  # (step, train time) the speed for the horizon is measured from
+    probe: tuple[int, float] = (0, 0.0)  # (step, train time) the progress bar's step estimate is measured from
     window_tokens: int = 0  # tokens since the last train row (for its tokens_per_s)
     window_start: float = 0.0
+    window_val: float = 0.0  # seconds of validation since the last train row (left out of tokens_per_s)
+    time_fraction: float = 0.0  # time budgets: share of the budget used by the end of the next step
+    last_clock: Optional[float] = None  # training time at the last optimizer step's end
 
     @property
     def horizon(self) -> dict:
-        return {"steps": self.horizon_steps, "fixed": self.horizon_fixed}
+        return {"steps": self.horizon_steps, "fixed": self.horizon_fixed, "warm_end": self.warm_end}
 
 
 class Trainer:
@@ -106,11 +116,12 @@ class Trainer:
         self.model = ReformerLM(config.model).to(device)
         dist.broadcast_parameters(self.model)
         self.opt = make_optimizer(self.model, tcfg.lr, tcfg.weight_decay, tcfg.betas)
-        # The cosine schedule's length: max_steps, or, with a time budget, the steps that fit in it
-        # (estimated once from the first steps' speed, then fixed and saved with the run).
-        self.state = state = TrainState(horizon_steps=tcfg.max_steps, horizon_fixed=tcfg.max_time is None)
+        # The cosine schedule ends at max_steps or, with a time budget, when the clock says so
+        # (optim.time_progress: re-measured at every step, so a run that slows down still anneals).
+        self.state = state = TrainState(horizon_steps=tcfg.max_steps, horizon_fixed=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(  # a lambda: LambdaLR saves no state for it
-            self.opt, lambda s: lr_at(s, 1.0, tcfg.warmup_steps, state.horizon_steps, tcfg.min_lr_ratio))
+            self.opt, lambda s: lr_at(s, 1.0, tcfg.warmup_steps, state.horizon_steps, tcfg.min_lr_ratio,
+                                      state.time_fraction))
         self.scaler = torch.amp.GradScaler("cuda", enabled=(tcfg.precision == "fp16"))
         if resume:
             self._restore()
@@ -121,7 +132,8 @@ class Trainer:
                           "sha256": [file_sha256(p) for p in fasta] if dist.main else [],
                           "alphabet": dcfg.alphabet, "seq_len": dcfg.seq_len, "stride": dcfg.stride,
                           "val_fraction": dcfg.val_fraction, "max_n_fraction": dcfg.max_n_fraction,
-                          "train_windows": len(self.train_ds), "val_windows": len(self.val_ds)}
+                          "train_windows": len(self.train_ds), "val_windows": len(self.val_ds),
+                          "val_sample_windows": len(self.val_sample)}
 
     # ------------------------------------------------------------------ setting up
     def _make_data(self) -> None:
@@ -134,8 +146,9 @@ class Trainer:
         self.train_loader = make_dataloader(self.train_ds, tcfg.batch_size, collate, shuffle=True, seed=tcfg.seed,
                                             num_workers=tcfg.num_workers)
         val_collate = make_collator(tcfg.objective, tok, dcfg.mask_prob, dcfg.mask_span, seed=tcfg.seed + 1)
-        self.val_loader = make_dataloader(self.val_ds, tcfg.batch_size, val_collate, shuffle=False, seed=tcfg.seed,
-                                          rank=0, world_size=1) if len(self.val_ds) else None
+        self.val_sample = val_sample(self.val_ds, dcfg.seq_len, tcfg.val_bases, tcfg.seed)
+        self.val_loader = make_dataloader(self.val_sample, tcfg.batch_size, val_collate, shuffle=False,
+                                          seed=tcfg.seed, rank=0, world_size=1) if len(self.val_ds) else None
 
     def _restore(self) -> None:
         """Continue from the run's latest checkpoint: weights, optimizer, schedule, data position, RNG."""
@@ -149,9 +162,10 @@ class Trainer:
             self.scaler.load_state_dict(saved["scaler"])
         st.step, st.epoch, st.batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
         horizon = {**st.horizon, **saved.get("horizon", {})}
-        st.horizon_steps, st.horizon_fixed = horizon["steps"], horizon["fixed"]
+        st.horizon_steps, st.horizon_fixed, st.warm_end = horizon["steps"], horizon["fixed"], horizon.get("warm_end")
         st.trained_before, st.tokens_seen = saved["train_time"], saved["tokens_seen"]
         st.best_val = saved.get("best_val")
+        st.val_seconds = saved.get("val_time", 0.0)
         rng = saved["rng"]
         torch.set_rng_state(rng["torch"][dist.rank] if dist.rank < len(rng["torch"]) else rng["torch"][0])
         if device.type == "cuda" and rng.get("cuda"):
@@ -193,12 +207,18 @@ class Trainer:
             append_metrics(self.files.metrics, row)
 
     def validate(self, final: bool = False) -> Optional[float]:
-        """Bits per base on the held-out split: ``eval_batches`` batches, or all of it at the end."""
+        """Bits per base on the fixed validation sample (``val_bases`` held-out bases, seeded):
+        its first ``eval_batches`` batches during the run, all of it at the end."""
         if self.val_loader is None:
             return None
-        bpb, n = validation_bits(self.model, self.val_loader, self.device, self.tcfg.precision,
-                                 0 if final else self.tcfg.eval_batches)
-        self.log({"kind": "val", "step": self.state.step, "bits_per_base": bpb, "targets": n,
+        t0 = time.perf_counter()
+        bpb, n, se = validation_bits(self.model, self.val_loader, self.device, self.tcfg.precision,
+                                     0 if final else self.tcfg.eval_batches)
+        self.state.window_val += time.perf_counter() - t0
+        self.state.val_seconds += time.perf_counter() - t0
+        self.state.last_stderr = se
+        self.log({"kind": "val", "step": self.state.step, "bits_per_base": bpb, "stderr": se, "targets": n,
+                  "windows": len(self.val_sample), "final": final, "seconds": time.perf_counter() - t0,
                   "time": self.train_time()})
         return bpb
 
@@ -221,7 +241,8 @@ class Trainer:
             "step": st.step, "epoch": st.epoch, "batch_in_epoch": st.batch_in_epoch,
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(), "horizon": st.horizon, "rng": {"torch": rng_t, "cuda": rng_c},
-            "train_time": self.train_time(), "best_val": st.best_val, "tokens_seen": st.tokens_seen}
+            "train_time": self.train_time(), "best_val": st.best_val, "tokens_seen": st.tokens_seen,
+            "val_time": st.val_seconds}
         meta = {"step": st.step, "objective": self.tcfg.objective, "val_bits_per_base": val,
                 "train_data": self.meta_data, "tokens_seen": st.tokens_seen}
         folder = save_checkpoint(self.model, self.config.model, self.tokenizer.spec(), self.files.checkpoint(st.step),
@@ -248,21 +269,25 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.grad_clip)
         self.scaler.step(self.opt)
         self.scaler.update()
-        self.sched.step()
         st.step += 1
-        self._fit_schedule()
-        stats = dist.all_reduce_(dist.tensor([loss_sum, float(n_sum)]), average=False).tolist()
+        # one all-reduce for the loss and the clock (every rank must take the same learning rate)
+        stats = dist.all_reduce_(dist.tensor([loss_sum, float(n_sum), self._time_fraction()]), average=False).tolist()
+        st.time_fraction = stats[2] / dist.world
+        self.sched.step()
         return float(stats[0] / max(float(stats[1]), 1.0)) / LN2
 
-    def _fit_schedule(self) -> None:
-        """Under a time budget: fix the schedule's length once the speed has been measured."""
-        st = self.state
-        if not st.horizon_fixed and st.step >= self.probe_step:
-            st.horizon_steps = fit_horizon(st.step, self.train_time(), st.probe, self.tcfg, self.dist)
-            st.horizon_fixed = True
-            self.bar.total = st.horizon_steps
-        if st.step == 2:
-            st.probe = (st.step, self.train_time())
+    def _time_fraction(self) -> float:
+        """Under a time budget, the share of it used by the end of the next step (0 without one, and
+        during warmup); see :func:`.optim.time_progress`."""
+        st, tcfg = self.state, self.tcfg
+        now = self.train_time()
+        last = now - st.last_clock if st.last_clock is not None else 0.0
+        st.last_clock = now
+        if tcfg.max_time is None:
+            return 0.0
+        if st.warm_end is None and st.step >= tcfg.warmup_steps:
+            st.warm_end = now
+        return 0.0 if st.warm_end is None else time_progress(now, last, st.warm_end, tcfg.max_time)
 
     def record(self, bpb: float) -> None:
         """The step's loss in the history, ``on_step``, a metrics row every ``log_every`` steps, the bar."""
@@ -272,10 +297,10 @@ class Trainer:
             self.on_step(st.step, bpb)
         if st.step % self.tcfg.log_every == 0 or st.step == 1:
             now = time.perf_counter()
-            tps = st.window_tokens / max(now - st.window_start, 1e-9)
+            tps = st.window_tokens / max(now - st.window_start - st.window_val, 1e-9)  # validation left out
             self.log({"kind": "train", "step": st.step, "loss": bpb * LN2, "bits_per_base": bpb,
                       "lr": self.sched.get_last_lr()[0], "tokens_per_s": tps, "time": self.train_time()})
-            st.window_tokens, st.window_start = 0, now
+            st.window_tokens, st.window_start, st.window_val = 0, now, 0.0
             self.bar.set_postfix(bpb=f"{bpb:.3f}", tok_s=f"{tps:,.0f}",
                                  val="-" if st.last_val is None else f"{st.last_val:.3f}")
         self.bar.update(1)
@@ -284,6 +309,9 @@ class Trainer:
         st = self.state
         if st.step % self.tcfg.eval_every == 0:
             st.last_val, st.val_step = self.validate(), st.step
+            if self.tcfg.max_time is not None:  # the bar's estimate of the steps that fit, from the recent speed
+                self.bar.total = fit_horizon(st.step, self.train_time(), st.probe, self.tcfg, self.dist)
+                st.probe = (st.step, self.train_time())
             if self.dist.main:
                 plot_loss_curve(self.files.metrics, self.files.plot)
         if st.step % self.tcfg.save_every == 0:
@@ -297,7 +325,7 @@ class Trainer:
         self.t_loop = time.perf_counter()
         self.model.train()
         data = self.batches()
-        self.probe_step, st.probe = max(10, tcfg.warmup_steps + 5), (st.step, self.train_time())
+        st.probe = (st.step, self.train_time())
         self.bar = tqdm(total=st.horizon_steps, initial=st.step, disable=not (self.progress and dist.main),
                         unit="step", dynamic_ncols=True, desc="pretrain")
         st.window_start = time.perf_counter()
@@ -331,8 +359,10 @@ class Trainer:
         result = TrainResult(run_dir=self.files.root, step=st.step, wall_time=time.perf_counter() - self.t_start,
                              train_time=self.train_time(), val_bits_per_base=st.last_val,
                              best_val_bits_per_base=st.best_val, checkpoint=st.last_checkpoint,
-                             stopped_by=st.stopped_by, tokens_per_second=st.tokens_seen / max(self.train_time(), 1e-9),
-                             history=st.history, signal=signum, is_main=self.dist.main)
+                             stopped_by=st.stopped_by,
+                             tokens_per_second=st.tokens_seen / max(self.train_time() - st.val_seconds, 1e-9),
+                             history=st.history, signal=signum, is_main=self.dist.main, val_stderr=st.last_stderr,
+                             val_windows=len(self.val_sample))
         if self.dist.main:
             atomic_write_json(self.files.result, {k: (str(v) if isinstance(v, Path) else v)
                                                   for k, v in result.__dict__.items() if k != "history"})
