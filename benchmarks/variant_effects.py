@@ -272,10 +272,12 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     write_vcf(picked, vcf, len(seq))
     print(f"wrote the sample to {vcf}")
     with tempfile.TemporaryDirectory() as tmp:
-        (base, base_notes), t_base = timed(baseline_scores, vcf, args.reference, Path(tmp), args)
-        (prod, t_prod) = timed(pyrodigal_scores, picked, seq, lo)
+        base, base_notes, t_base, t_prod, prod = {}, {}, 0.0, 0.0, None
+        if not args.models_only:
+            (base, base_notes), t_base = timed(baseline_scores, vcf, args.reference, Path(tmp), args)
+            (prod, t_prod) = timed(pyrodigal_scores, picked, seq, lo)
         models, model_meta = checkpoint_scores(vcf, Path(tmp), args)
-    scores = {**base, "pyrodigal (Δ summed gene score, 6 kb)": prod, **models}
+    scores = {**base, **({"pyrodigal (Δ summed gene score, 6 kb)": prod} if prod is not None else {}), **models}
     return {"held_out": [lo, hi], "snvs_available": dict(Counter(s.effect for s in snvs)),
             "sample": {"vcf": str(vcf), "counts": counts, "seed": args.seed, "n_per_class": args.n_per_class},
             "window": args.window, "strand": "both", "bootstrap": args.bootstrap,
@@ -335,8 +337,23 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "variant_effects.json",
                     help="JSON results; the sampled VCF goes next to it (same name, .vcf)")
     ap.add_argument("--write-example", type=Path, default=None, help="write the example VCF for data/ and stop")
+    ap.add_argument("--models-only", action="store_true",
+                    help="score only the --checkpoint models and add them to the results already in --out "
+                         "(same sample: same --seed and --n-per-class)")
     ap.add_argument("--quiet", action="store_true")
     return ap.parse_args()
+
+
+def merge_into(path: Path, res: dict[str, Any]) -> dict[str, Any]:
+    """``res`` (models only) added to the results already in ``path``, which must hold the same sample."""
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old is None:
+        return res
+    if old.get("sample", {}).get("counts") != res["sample"]["counts"] or old.get("held_out") != res["held_out"]:
+        raise SystemExit(f"{path} holds another sample (seed / n-per-class / held-out region); drop --models-only")
+    old["results"].update(res["results"])
+    old.setdefault("checkpoints", {}).update(res["checkpoints"])
+    return old
 
 
 def main() -> None:
@@ -348,6 +365,8 @@ def main() -> None:
     if not args.genbank.exists():
         raise SystemExit(f"{args.genbank} not found: the study needs the annotated E. coli GenBank (../shared/data)")
     res = study(args)
+    if args.models_only:
+        res = merge_into(args.out, res)
     print(table(res))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")

@@ -11,7 +11,10 @@ from reformer_seq.runtime.resources import resource
 
 
 @click.command()
-@click.argument("fasta", nargs=-1, type=click.Path(dir_okay=False))
+@click.argument("fasta", nargs=-1, type=click.Path())
+@click.option("--fasta-list", type=click.Path(dir_okay=False), multiple=True,
+              help="A file of FASTA/GenBank paths, one per line (# comments; relative to the list's folder); "
+                   "the same as @FILE. Directories given as FASTA take every sequence file below them.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=lambda: str(resource("configs", "default.yaml")),
               show_default="configs/default.yaml", help="YAML run config (sections model:, data:, train:).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -32,7 +35,7 @@ from reformer_seq.runtime.resources import resource
               help="Characters outside IUPAC are an error naming the record and position (default: read as N, "
                    "with one warning per file giving their count per record).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def pretrain(fasta, config_path, out, max_steps, max_time, batch_size, grad_accum, seq_len, lr, objective, device,
+def pretrain(fasta, fasta_list, config_path, out, max_steps, max_time, batch_size, grad_accum, seq_len, lr, objective, device,
              precision, seed, resume, strict, quiet):
     """Train a Reformer language model on genomes in FASTA/GenBank files.
 
@@ -45,6 +48,7 @@ def pretrain(fasta, config_path, out, max_steps, max_time, batch_size, grad_accu
       seqformer pretrain --out runs/ecoli
       seqformer pretrain genome.fa.gz --config configs/tiny.yaml --max-steps 50 --out runs/try
       seqformer pretrain --out runs/ecoli --resume --max-steps 2000     # continue / extend
+      seqformer pretrain bins/ @more_genomes.txt --out runs/meta        # a directory and a list file
       torchrun --nproc_per_node 2 -m pipelines.cli pretrain --out runs/ddp   # 2 processes
     """
     from reformer_seq.tasks.training import pretrain as run_pretrain
@@ -57,7 +61,7 @@ def pretrain(fasta, config_path, out, max_steps, max_time, batch_size, grad_accu
     }
     config = load_run_config(config_path, overrides)
     out = out or f"runs/pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = run_pretrain(list(fasta), config, out, resume=resume, progress=not quiet, echo=click.echo)
+    result = run_pretrain(list(fasta) + [f"@{f}" for f in fasta_list], config, out, resume=resume, progress=not quiet, echo=click.echo)
     if not result.is_main:  # other ranks of a torchrun job stay silent
         return
     val = "n/a" if result.val_bits_per_base is None else f"{result.val_bits_per_base:.4f}"

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 from ...config import RunConfig, load_run_config
 from ...errors import CheckpointError, ConfigError
+from ...genome.inputs import expand_sequence_inputs
 from ...runtime.files import atomic_write, atomic_write_json, atomic_write_text
 from ...runtime.resources import resource
 
@@ -66,7 +67,7 @@ def run_inputs(fasta: Sequence[str | Path], config: RunConfig, files: RunFiles, 
     elif files.has_checkpoints():
         raise ConfigError(f"{run}: already holds a run's checkpoints; pass --resume to continue it, or choose "
                           f"another --out")
-    return [Path(p) for p in fasta] or [default_genome()], config
+    return expand_sequence_inputs(fasta) or [default_genome()], config
 
 
 def write_config(path: Path, config: dict) -> None:

@@ -139,6 +139,10 @@ class Trainer:
     def _make_data(self) -> None:
         dcfg, tcfg, tok = self.config.data, self.tcfg, self.tokenizer
         self.train_ds, self.val_ds = datasets_from_config([str(p) for p in self.fasta], dcfg, seed=tcfg.seed)
+        if self.dist.main:
+            recs = self.train_ds.records
+            self.echo(f"read {len(self.fasta):,} file{'s' * (len(self.fasta) != 1)}: {len(recs):,} records, "
+                      f"{sum(len(r) for r in recs):,} bases")
         if len(self.train_ds) == 0:
             raise InputError(f"{', '.join(map(str, self.fasta))}: no training windows of {dcfg.seq_len:,} bases "
                              f"(genome too short or mostly N); lower --seq-len")
