@@ -87,7 +87,7 @@ COPY = {
 # reading-frame levers (issue 27): a long causal convolution, dilated taps (every third base),
 # codon (3-mer) input embeddings, rotary positions in the local layer, width and depth
 _OLD = {"conv_kernel": 8, "frame_conv": 0, "kmer_embedding": 0, "local_rope": False}  # the default before the study
-_ALL = {"conv_kernel": 96, "frame_conv": 32, "kmer_embedding": 3, "local_rope": True}  # configs/default.yaml now
+_ALL = {"conv_kernel": 96, "frame_conv": 32, "kmer_embedding": 3, "local_rope": True}  # all four levers
 FRAME = {
     "conv-8": {"model": _OLD},
     "conv-96": {"model": {**_OLD, "conv_kernel": 96}},

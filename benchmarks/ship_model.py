@@ -18,6 +18,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -29,21 +30,25 @@ SLICE_BASES = 20_000  # the recorded figure's slice: the first bases of the firs
 SLICE_WINDOW = 4096
 
 
-def held_out_slice(genome: Path, val_fraction: float = 0.1, n: int = SLICE_BASES) -> tuple[EncodedRecord, int, int]:
-    """The first ``n`` bases of the first record's held-out last ``val_fraction`` (as a record)."""
+def held_out_slice(genome: Path, val_fraction: float = 0.1, n: int = SLICE_BASES,
+                   bounds: Optional[tuple[int, int]] = None) -> tuple[EncodedRecord, int, int]:
+    """Bases ``bounds`` of the first record (default: the first ``n`` of its held-out last
+    ``val_fraction``), as a record. A file that is itself a held-out piece takes ``bounds=(0, n)``."""
     rec = load_genome(genome)[0]
-    start = len(rec) - int(round(len(rec) * val_fraction))
-    end = min(len(rec), start + n)
+    if bounds is None:
+        start = len(rec) - int(round(len(rec) * val_fraction))
+        bounds = (start, min(len(rec), start + n))
+    start, end = bounds
     return EncodedRecord(rec.id, rec.description, rec.ids[start:end].copy()), start, end
 
 
-def slice_bits(checkpoint, genome: Path) -> dict:
+def slice_bits(checkpoint, genome: Path, bounds: Optional[tuple[int, int]] = None) -> dict:
     """Bits per base of ``checkpoint`` on the recorded slice (causal, 4,096-base windows)."""
     from reformer_seq.tasks.evaluation.likelihood import ModelScorer, likelihood
     from reformer_seq.tasks.pretrained import load_pretrained
 
     model, _, _ = load_pretrained(checkpoint)
-    rec, start, end = held_out_slice(genome)
+    rec, start, end = held_out_slice(genome, bounds=bounds)
     res = likelihood([rec], ModelScorer(model.eval()), window=SLICE_WINDOW, progress=False)
     return {"genome": genome.name, "record": rec.id, "start": start, "end": end, "window": SLICE_WINDOW,
             "n_bases": res.n_bases, "bits_per_base": res.bits_per_base}
@@ -78,6 +83,8 @@ def main() -> int:
     ap.add_argument("--genome", required=True, type=Path, help="the FASTA the recorded slice is cut from")
     ap.add_argument("--retrain", required=True, help="the command that re-trains it, for the card")
     ap.add_argument("--figures", type=Path, help="JSON of held-out figures for the card")
+    ap.add_argument("--whole-file", action="store_true",
+                    help="--genome is itself a held-out piece (in data/): record its first 20,000 bases")
     args = ap.parse_args()
     ck = resolve_checkpoint(args.run)
     dest = ROOT / "models" / args.name
@@ -85,7 +92,7 @@ def main() -> int:
     for f in (MODEL_FILE, CONFIG_FILE):
         shutil.copyfile(ck / f, dest / f)
     info = json.loads((dest / CONFIG_FILE).read_text())
-    recorded = slice_bits(dest, args.genome)
+    recorded = slice_bits(dest, args.genome, (0, SLICE_BASES) if args.whole_file else None)
     (dest / "recorded.json").write_text(json.dumps(recorded, indent=1) + "\n")
     figures = json.loads(args.figures.read_text()) if args.figures else {}
     write_card(dest, args.name, info, figures, recorded, args.retrain)

@@ -20,7 +20,9 @@ from reformer_seq.runtime.resources import resource
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder for checkpoints, metrics and plots [default: runs/pretrain-DATE-TIME].")
 @click.option("--max-steps", type=int, help="Optimizer steps to train for.")
-@click.option("--max-time", type=float, help="Stop (and checkpoint) after this many seconds of training.")
+@click.option("--max-time", type=float,
+              help="Stop (and checkpoint) after this many seconds of training; 0 = no time budget (the config's "
+                   "max_time is dropped and --max-steps alone sets the schedule).")
 @click.option("--batch-size", type=int, help="Windows per step (per process).")
 @click.option("--grad-accum", type=int, help="Micro-batches per optimizer step.")
 @click.option("--seq-len", type=int, help="Window length in bases (at most the model's max_seq_len).")
@@ -60,6 +62,8 @@ def pretrain(fasta, fasta_list, config_path, out, max_steps, max_time, batch_siz
         "model": {"causal": False} if objective == "masked" else {},
     }
     config = load_run_config(config_path, overrides)
+    if max_time == 0:
+        config.train.max_time = None
     out = out or f"runs/pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
     result = run_pretrain(list(fasta) + [f"@{f}" for f in fasta_list], config, out, resume=resume, progress=not quiet, echo=click.echo)
     if not result.is_main:  # other ranks of a torchrun job stay silent

@@ -23,7 +23,7 @@ def test_shipped_model_reproduces_its_recorded_figure(name):
     folder = resolve_checkpoint(name)
     assert folder == shipped_model(name)
     rec = json.loads((folder / "recorded.json").read_text())
-    got = slice_bits(folder, REPO / "data" / rec["genome"])
+    got = slice_bits(folder, REPO / "data" / rec["genome"], (rec["start"], rec["end"]))
     assert got["n_bases"] == rec["n_bases"]
     assert got["bits_per_base"] == pytest.approx(rec["bits_per_base"], abs=1e-4)
     assert (folder / "CARD.md").is_file()
@@ -40,3 +40,29 @@ def test_a_folder_of_that_name_wins(tmp_path, monkeypatch):
     (tmp_path / "ecoli").mkdir()
     (tmp_path / "ecoli" / "config.json").write_text("{}")
     assert resolve_checkpoint("ecoli") == Path("ecoli")
+
+
+@pytest.mark.skipif("ecoli" not in PRESENT, reason="no shipped E. coli model in models/")
+def test_readme_quick_start_needs_no_training(tmp_path):
+    """The README's first commands: score the example VCF and embed a FASTA with --checkpoint ecoli."""
+    import csv
+
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+
+    data = REPO / "data"
+    out = tmp_path / "ecoli_example.tsv"
+    res = CliRunner().invoke(cli, ["score-variants", str(data / "variants" / "ecoli_example.vcf"), "--reference",
+                                   str(data / "Ecoli_K12_MG1655.fasta.gz"), "--checkpoint", "ecoli", "--baseline",
+                                   "markov", "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(out.open(), delimiter="\t"))
+    assert len(rows) == 32 and all(r["llr"] not in ("", "NA") for r in rows)
+    emb = tmp_path / "phix.npz"
+    res = CliRunner().invoke(cli, ["embed", str(data / "phiX174_NC_001422.1.fa"), "--checkpoint", "ecoli", "--out",
+                                   str(emb), "--quiet"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    import numpy as np
+
+    assert np.load(emb)["embeddings"].shape == (1, 64)

@@ -334,3 +334,14 @@ def test_process_wide_tuning_is_off_for_library_users_and_on_in_the_cli(tmp_path
     res = CliRunner().invoke(cli, ["pretrain", str(PHIX), "--config", str(TINY), "--out", str(tmp_path / "c")])
     assert res.exit_code == 2 and "stop here" in res.output
     assert seen == [("cli", True)] and not process_tuning()  # on inside the command, restored after
+
+
+def test_max_time_zero_drops_the_configs_time_budget(tmp_path):
+    """--max-time 0: the config's max_time is dropped, --max-steps alone sets the schedule."""
+    cfg = tiny_config(tmp_path, max_time=0.001, eval_every=1000, save_every=1000)
+    run = tmp_path / "run"
+    res = invoke("pretrain", str(PHIX), "--config", str(cfg), "--out", str(run), "--max-steps", "4",
+                 "--max-time", "0", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert load_run_config(run / "config.yaml").train.max_time is None
+    assert json.loads((run / "latest.json").read_text())["step"] == 4
