@@ -66,8 +66,8 @@ def write_card(dest: Path, name: str, info: dict, figures: dict, recorded: dict,
              f"conv {m.get('conv_kernel')}, frame conv {m.get('frame_conv', 0)}, k-mer embedding "
              f"{m.get('kmer_embedding', 0)}, local rope {m.get('local_rope', False)}, copy k {m.get('copy_k')}",
              f"- parameters: {figures.get('parameters', 'n/a')}", "",
-             "## Training", f"- {tr.get('steps', figures.get('steps', '?'))} steps, "
-             f"{figures.get('train_minutes', '?')} minutes on 2 CPU cores", f"- re-train: `{retrain}`", "",
+             "## Training", f"- {figures.get('steps', tr.get('steps', '?'))} optimizer steps; training time "
+             f"{figures.get('train_minutes', '?')} minutes", f"- re-train: `{retrain}`", "",
              "## Held-out figures"]
     lines += [f"- {k}: {v}" for k, v in figures.items() if k not in ("parameters", "train_minutes", "steps")]
     lines += [f"- recorded slice ({recorded['genome']} {recorded['record']}:{recorded['start']}-{recorded['end']}, "

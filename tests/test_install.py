@@ -47,6 +47,10 @@ def test_wheel_installed_elsewhere_pretrains_on_its_bundled_genome(tmp_path: Pat
     where = _run([sys.executable, "-c", "import reformer_seq, pipelines; print(reformer_seq.__file__); "
                   "print(pipelines.__file__)"], cwd=work, env=env).stdout.split()
     assert all(Path(p).is_relative_to(site) for p in where), where
+    if (ROOT / "models" / "ecoli" / "config.json").is_file():  # the shipped models travel in the wheel
+        shipped = _run([sys.executable, "-c", "from reformer_seq.runtime.checkpoint import shipped_model; "
+                        "print(shipped_model('ecoli'))"], cwd=work, env=env).stdout.strip()
+        assert Path(shipped).is_relative_to(site) and (Path(shipped) / "model.safetensors").is_file(), shipped
     res = _run([site / "bin" / "seqformer", "pretrain", "--max-time", "30", "--out", "r", "--quiet"], cwd=work,
                env=env, timeout=600)
     assert "steps in" in res.stdout and "validation" in res.stdout, res.stdout

@@ -58,7 +58,9 @@ def test_readme_quick_start_needs_no_training(tmp_path):
                                    "markov", "--out", str(out), "--quiet"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(out.open(), delimiter="\t"))
-    assert len(rows) == 32 and all(r["llr"] not in ("", "NA") for r in rows)
+    scored = [r for r in rows if r["llr"] != "NA"]
+    assert len(rows) == 32 and len(scored) == 31  # one symbolic <DEL> is not scored
+    assert all(r["alt"] == "<DEL>" for r in rows if r["llr"] == "NA")
     emb = tmp_path / "phix.npz"
     res = CliRunner().invoke(cli, ["embed", str(data / "phiX174_NC_001422.1.fa"), "--checkpoint", "ecoli", "--out",
                                    str(emb), "--quiet"], catch_exceptions=False)
