@@ -5,7 +5,7 @@ import click
 
 
 @click.command()
-@click.argument("fasta", type=click.Path(dir_okay=False))
+@click.argument("fasta", nargs=-1, required=True, type=click.Path())
 @click.option("--checkpoint", required=True, type=click.Path(),
               help="A `seqformer pretrain` run folder (uses its best checkpoint), a checkpoints/step-* folder, "
                    "or a shipped model: ecoli, human.")
@@ -38,6 +38,8 @@ import click
 def embed(fasta, checkpoint, out, pool, layer, rc_average, window, overlap, batch_size, device, precision, fmt,
           strict, quiet):
     """Embed the sequences of a FASTA/GenBank file (plain or gzip) with a trained model.
+    FASTA may be several files, directories (every FASTA/GenBank file below) or @LIST files
+    (one path per line); record ids must be unique across them.
 
     Writes `ids` (record ids, in file order), `lengths` and `embeddings` float32: (records, dim)
     with --pool mean, or (total bases, dim) with --pool none plus `offsets` (record i is rows

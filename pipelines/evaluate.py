@@ -9,7 +9,7 @@ def _split_ids(ctx: click.Context, param: click.Parameter, value: tuple[str, ...
 
 
 @click.command()
-@click.argument("fasta", type=click.Path(dir_okay=False))
+@click.argument("fasta", nargs=-1, required=True, type=click.Path())
 @click.option("--checkpoint", required=True, type=click.Path(),
               help="A `seqformer pretrain` run folder (uses its best checkpoint), a checkpoints/step-* folder, "
                    "or a shipped model: ecoli, human.")
@@ -50,6 +50,8 @@ def _split_ids(ctx: click.Context, param: click.Parameter, value: tuple[str, ...
 def evaluate(fasta, checkpoint, out_dir, motif_files, motif_ids, threshold, batch_size, device, window,
              motif_window, max_sites, train_fasta, split, gene_order, no_gene_hmm, seed, strict, quiet):
     """Evaluate a trained model on FASTA: bits per base against Markov baselines, and motif masking.
+    FASTA may be several files, directories (every FASTA/GenBank file below) or @LIST files
+    (one path per line); record ids must be unique across them.
 
     \b
     Likelihood: bits per base (causal models) or masked-token accuracy and bits per masked base

@@ -5,7 +5,7 @@ import click
 
 
 @click.command()
-@click.argument("fasta", type=click.Path(dir_okay=False))
+@click.argument("fasta", nargs=-1, required=True, type=click.Path())
 @click.option("--checkpoint", required=True, type=click.Path(),
               help="A `seqformer pretrain` run folder (uses its best checkpoint), a checkpoints/step-* folder "
                    "or a shipped model (ecoli, human); "
@@ -33,6 +33,8 @@ import click
 def score(fasta, checkpoint, out, window, overlap, rc_average, region, regions_bed, digits, batch_size, device, strict,
           quiet):
     """Per-base scores along FASTA: bits -log2 p(base | the bases before it).
+    FASTA may be several files, directories (every FASTA/GenBank file below) or @LIST files
+    (one path per line); record ids must be unique across them.
 
     \b
     High values mark sequence the model finds surprising, low values sequence it predicts

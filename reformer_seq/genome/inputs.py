@@ -68,6 +68,29 @@ def expand_sequence_inputs(items: Iterable[PathLike]) -> list[Path]:
         elif path.exists():
             out.append(path)
         else:
-            raise InputError(f"{path}: no such file or directory; pass FASTA/GenBank files, directories of "
+            raise InputError(f"{path}: file not found; pass FASTA/GenBank files, directories of "
                              f"them, or @LIST (a file of paths, one per line)")
     return out
+
+
+def load_sequences(inputs, tokenizer=None, strict: bool = False, use_cache: bool = True) -> list:
+    """Every record of ``inputs`` (a file, or files, directories and ``@LIST`` files, see
+    :func:`expand_sequence_inputs`), encoded, in input order. Record ids must be unique across
+    files (outputs are keyed by them): a repeated id is an InputError naming both files."""
+    from .encoded import load_genome
+
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    records, seen = [], {}
+    for path in expand_sequence_inputs(items):
+        for rec in load_genome(path, tokenizer, strict=strict, use_cache=use_cache):
+            if rec.id in seen and seen[rec.id] != path:
+                raise InputError(f"{path}: record {rec.id!r} is also in {seen[rec.id]}; record ids must be unique "
+                                 f"across the input files (rename one)")
+            seen.setdefault(rec.id, path)
+            records.append(rec)
+    return records
+
+
+def describe_inputs(inputs) -> str:
+    """``inputs`` as one string for reports: the path, or the paths joined by commas."""
+    return str(inputs) if isinstance(inputs, (str, Path)) else ", ".join(map(str, inputs))

@@ -140,7 +140,7 @@ def embed_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, *, pool: s
     a bad checkpoint or bad options raise :class:`~reformer_seq.errors.SeqformerError`.
     """
     from ..pretrained import load_pretrained
-    from ...genome.encoded import load_genome
+    from ...genome.inputs import describe_inputs, load_sequences
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -152,11 +152,11 @@ def embed_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, *, pool: s
     model, tokenizer, info = load_pretrained(checkpoint, map_location="cpu")
     eng = _Engine(model, tokenizer, pool, rc_average, window, overlap, batch_size, max_batch_tokens, device, precision,
                   layer)
-    records = load_genome(fasta, tokenizer, use_cache=use_cache, strict=strict)
+    records = load_sequences(fasta, tokenizer, use_cache=use_cache, strict=strict)
     ids = np.array([r.id for r in records])
     lengths = np.array([len(r) for r in records], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    meta = {"checkpoint": info["path"], "fasta": str(fasta), "pool": pool, "rc_average": rc_average,
+    meta = {"checkpoint": info["path"], "fasta": describe_inputs(fasta), "pool": pool, "rc_average": rc_average,
             "window": eng.window, "overlap": eng.overlap, "precision": precision, "dim": eng.dim, "layer": eng.layer,
             "seqformer_version": _version()}
     sink: Union[_NpzSink, _H5Sink, None] = None

@@ -24,7 +24,8 @@ import os
 from typing import Any, Optional, Sequence, Union
 
 from ...errors import CheckpointError, InputError
-from ...genome.encoded import EncodedRecord, load_genome
+from ...genome.encoded import EncodedRecord
+from ...genome.inputs import describe_inputs, load_sequences
 from ..motifs import DEFAULT_PSEUDOCOUNT, Motif, Threshold, background_from_records
 from .likelihood import LikelihoodResult, ModelScorer, ScoringModel, default_window, likelihood
 from .gene_hmm_baseline import DEFAULT_GENE_ORDER, gene_hmm_baseline
@@ -123,7 +124,7 @@ def evaluate_checkpoint(fasta: PathLike, checkpoint: PathLike, out_dir: Optional
     threshold = Threshold.parse(threshold)  # fail early on a bad threshold
     motifs = _load_motifs(motif_files, motif_ids)
     scorer, tokenizer, info = _load_scorer(checkpoint, device)
-    records = load_genome(fasta, tokenizer, strict=strict)
+    records = load_sequences(fasta, tokenizer, strict=strict)
     if val_fraction is None:
         td = info.get("train_data")
         val_fraction = float(td.get("val_fraction", 0.1)) if isinstance(td, dict) else 0.1
@@ -165,7 +166,7 @@ def _report_header(fasta: PathLike, checkpoint: PathLike, info: dict, scorer: Mo
 
     return {"seqformer_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "fasta": str(fasta), "split": split,
+            "fasta": describe_inputs(fasta), "split": split,
             "val_fraction": val_fraction if split != "all" else None,
             "checkpoint": info.get("path", str(checkpoint)),
             "checkpoint_step": info.get("step"),

@@ -39,7 +39,8 @@ import numpy as np
 from ...errors import InputError, SeqformerError
 from ..evaluation.likelihood import LN2, ModelScorer, ScoringModel, default_window, is_base, iter_likelihood
 from ...runtime.files import atomic_write
-from ...genome.encoded import EncodedRecord, load_genome
+from ...genome.encoded import EncodedRecord
+from ...genome.inputs import load_sequences
 from ...genome.tokenizers import NucleotideTokenizer
 
 PathLike = Union[str, Path]
@@ -275,7 +276,7 @@ def score_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, window: Op
         raise SeqformerError(f"{info['path']}: score needs a nucleotide model")
     scorer = ModelScorer(model, info.get("objective"), device)
     window = int(min(window or default_window(info, scorer.max_len), scorer.max_len))
-    records = load_genome(fasta, tokenizer, strict=strict)
+    records = load_sequences(fasta, tokenizer, strict=strict)
     tracks = score_tracks(records, scorer, window, overlap, rc_average, regions, batch_size, progress)
     lengths = {r.id: len(r) for r in records}
     strands = "both strands averaged" if rc_average else "forward strand"
