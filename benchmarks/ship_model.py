@@ -67,7 +67,7 @@ def write_card(dest: Path, name: str, info: dict, figures: dict, recorded: dict,
              f"{m.get('kmer_embedding', 0)}, local rope {m.get('local_rope', False)}, copy k {m.get('copy_k')}",
              f"- parameters: {figures.get('parameters', 'n/a')}", "",
              "## Training", f"- {figures.get('steps', tr.get('steps', '?'))} optimizer steps; training time "
-             f"{figures.get('train_minutes', '?')} minutes", f"- re-train: `{retrain}`", "",
+             f"{figures.get('train_minutes', '?')}", f"- re-train: `{retrain}`", "",
              "## Held-out figures"]
     lines += [f"- {k}: {v}" for k, v in figures.items() if k not in ("parameters", "train_minutes", "steps")]
     lines += [f"- recorded slice ({recorded['genome']} {recorded['record']}:{recorded['start']}-{recorded['end']}, "
