@@ -10,15 +10,12 @@ on the minus strand and equal to it on the plus strand.
 """
 from __future__ import annotations
 
-import gzip
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from ..errors import InputError
+from .fasta import PathLike, open_text
 
-PathLike = Union[str, os.PathLike]
 _COMPLEMENT = str.maketrans("ACGTNacgtn", "TGCANtgcan")
 
 
@@ -38,12 +35,6 @@ class CDS:
 
 def reverse_complement(seq: str) -> str:
     return seq.translate(_COMPLEMENT)[::-1]
-
-
-def _open_text(path: Path):
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt") if gz else open(path)
 
 
 def _simple_cds(feature, record_id: str):
@@ -67,7 +58,7 @@ def read_cds(path: PathLike) -> dict[str, list[CDS]]:
         raise InputError(f"{path}: GenBank file not found; expected an annotated .gb/.gbk/.gbff (plain or gzip)")
     out: dict[str, list[CDS]] = {}
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             for rec in SeqIO.parse(f, "genbank"):
                 cds = [c for c in (_simple_cds(f_, rec.id) for f_ in rec.features) if c is not None]
                 out[rec.id] = sorted(cds, key=lambda c: (c.start, c.end, c.strand))

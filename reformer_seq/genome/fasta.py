@@ -21,7 +21,7 @@ from typing import IO, Iterator, NamedTuple, Optional, Union
 from ..errors import InputError
 
 PathLike = Union[str, os.PathLike]
-FASTA_EXTS = (".fa", ".fasta", ".fna", ".fas", ".ffn", ".frn")
+FASTA_EXTS = (".fa", ".fasta", ".fna", ".fas", ".ffn", ".frn", ".fsa", ".seq")
 GENBANK_EXTS = (".gb", ".gbk", ".gbff", ".genbank")
 EXPECTED = "a FASTA (.fa .fasta .fna) or GenBank (.gb .gbk .gbff) file, plain, gzip or bgzip"
 _SNIFF_BYTES = 1 << 16
@@ -96,10 +96,11 @@ def sniff_format(path: PathLike) -> str:
                      f"record ('LOCUS'); expected {EXPECTED}")
 
 
-def _open_text(path: Path) -> IO[str]:
+def open_text(path: Path, errors: str = "strict") -> IO[str]:
+    """A text file, plain or gzip/bgzip (told by its magic bytes), as UTF-8."""
     if _is_gzip(path):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, "r", encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8", errors=errors)
+    return open(path, "r", encoding="utf-8", errors=errors)
 
 
 def _skip_blank_lines(handle: IO[str]) -> None:
@@ -127,7 +128,7 @@ def read_records(path: PathLike, format: Optional[str] = None) -> Iterator[SeqRe
     check_file(path)
     fmt = format or sniff_format(path)
     n, last = 0, None
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         records = None
         while True:
             where = f"while reading record #{n + 1}" + (f" (after {last!r})" if last else "")

@@ -12,12 +12,12 @@ Wherever a command takes several sequence files, each item may be:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Iterable
 
 from ..errors import InputError
+from .fasta import FASTA_EXTS, GENBANK_EXTS, PathLike
 
-SEQUENCE_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".fas", ".fsa", ".seq", ".gb", ".gbk", ".gbff", ".genbank")
-PathLike = Union[str, Path]
+SEQUENCE_SUFFIXES = FASTA_EXTS + GENBANK_EXTS
 
 
 def is_sequence_file(path: Path) -> bool:

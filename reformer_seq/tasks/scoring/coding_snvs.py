@@ -16,10 +16,9 @@ from functools import lru_cache
 from typing import Iterable, Iterator
 
 from ...errors import InputError
-from ...genome.annotation import CDS, cds_coordinates, cds_sequence
+from ...genome.annotation import CDS, cds_coordinates, cds_sequence, reverse_complement
 
 EFFECTS = ("synonymous", "missense", "nonsense")
-_COMPLEMENT = {"A": "T", "C": "G", "G": "C", "T": "A"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def cds_snvs(seq: str, cds: CDS, code: dict[str, str]) -> Iterator[CodingSNV]:
             continue
         for k, b, effect in codon_snvs(codon, code):
             pos = coords[c + k]
-            alt = b if cds.strand == 1 else _COMPLEMENT[b]
+            alt = b if cds.strand == 1 else reverse_complement(b)
             yield CodingSNV(cds.record, pos, seq[pos], alt, effect, cds.gene, cds.strand)
 
 

@@ -40,6 +40,7 @@ from ...errors import InputError, SeqformerError
 from ..evaluation.likelihood import LN2, ModelScorer, ScoringModel, default_window, is_base, iter_likelihood
 from ...runtime.files import atomic_write
 from ...genome.encoded import EncodedRecord
+from ...genome.fasta import open_text
 from ...genome.inputs import load_sequences
 from ...genome.tokenizers import NucleotideTokenizer
 
@@ -70,9 +71,8 @@ def read_bed(path: PathLike) -> list[Region]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: BED file not found")
-    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
     out = []
-    with opener(path, "rt") as f:
+    with open_text(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip() or line.startswith(("#", "track", "browser")):
                 continue
@@ -191,9 +191,8 @@ def bedgraph_text(tracks: dict[str, np.ndarray], digits: int = 3, name: str = "s
 def read_bedgraph(path: PathLike) -> dict[str, list[tuple[int, int, float]]]:
     """Intervals per chrom of a bedGraph (plain or gzip): ``(start, end, value)``."""
     path = Path(path)
-    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
     out: dict[str, list[tuple[int, int, float]]] = {}
-    with opener(path, "rt") as f:
+    with open_text(path) as f:
         for line in f:
             if line.startswith(("track", "browser", "#")) or not line.strip():
                 continue

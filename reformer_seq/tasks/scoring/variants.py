@@ -143,12 +143,10 @@ VCF_FIELDS = ("CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO")
 def bad_record(path: PathLike, index: int) -> Optional[str]:
     """What is wrong with the ``index``-th (0-based) record of a text VCF, naming its line and field
     (``line 7, field POS: 'x12' is not a position ...``); None when the text looks fine or is BCF."""
-    import gzip
+    from ...genome.fasta import open_text
 
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
     try:
-        with (gzip.open if gz else open)(path, "rt", encoding="utf-8", errors="replace") as f:
+        with open_text(Path(path), errors="replace") as f:
             return _first_problem(f, index)
     except (OSError, EOFError):
         return None
