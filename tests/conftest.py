@@ -31,6 +31,23 @@ def ecoli_records(session_cache: Path):
     return load_genome(ECOLI, cache_dir=session_cache)
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> Path:
+    """A run folder of the tiny config trained 2 steps on phiX174 (a real, loadable checkpoint)."""
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEQFORMER_CACHE_DIR", str(session_cache))
+        res = CliRunner().invoke(cli, ["pretrain", str(DATA / "phiX174_NC_001422.1.fa"), "--config",
+                                       str(REPO / "configs" / "tiny.yaml"), "--max-steps", "2", "--out", str(run),
+                                       "--quiet"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return run
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``slow`` (a wheel install, a build per installed compiler) run with
     ``pytest -m slow`` or ``SEQFORMER_SLOW_TESTS=1``; CI (.ci/run) runs them."""

@@ -74,37 +74,28 @@ def test_pretrain_reads_thousands_of_files_from_a_directory_and_a_list(tmp_path,
         [p.name for p in files + extra]
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("tiny") / "run"
-    res = CliRunner().invoke(cli, ["pretrain", str(ROOT / "data" / "phiX174_NC_001422.1.fa"), "--config", str(TINY),
-                                   "--max-steps", "2", "--out", str(run), "--quiet"], catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return run
-
-
-def test_embed_evaluate_and_score_take_directories_and_lists(tmp_path, tiny_checkpoint):
+def test_embed_evaluate_and_score_take_directories_and_lists(tmp_path, tiny_run):
     files = write_genomes(tmp_path / "bins", 3, length=500)
     lst = tmp_path / "list.txt"
     lst.write_text("\n".join(str(p) for p in files[1:]) + "\n")
     run = CliRunner().invoke
-    res = run(cli, ["embed", str(tmp_path / "bins"), "--checkpoint", str(tiny_checkpoint), "--out",
+    res = run(cli, ["embed", str(tmp_path / "bins"), "--checkpoint", str(tiny_run), "--out",
                     str(tmp_path / "e.npz"), "--quiet"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert list(np.load(tmp_path / "e.npz")["ids"]) == ["g0", "g1", "g2"]
-    res = run(cli, ["score", f"@{lst}", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "t.npz"),
+    res = run(cli, ["score", f"@{lst}", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "t.npz"),
                     "--quiet"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert sorted(np.load(tmp_path / "t.npz").files) == ["g1", "g2"]
-    res = run(cli, ["evaluate", str(files[0]), f"@{lst}", "--checkpoint", str(tiny_checkpoint), "--no-gene-hmm",
+    res = run(cli, ["evaluate", str(files[0]), f"@{lst}", "--checkpoint", str(tiny_run), "--no-gene-hmm",
                     "--out", str(tmp_path / "rep"), "--quiet"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["n_bases"] == 3 * 500 - 3
 
 
-def test_repeated_record_ids_across_files_are_an_error(tmp_path, tiny_checkpoint):
+def test_repeated_record_ids_across_files_are_an_error(tmp_path, tiny_run):
     a = write_genomes(tmp_path / "a", 1)
     b = write_genomes(tmp_path / "b", 1)  # the same id, g0, in another file
-    res = CliRunner().invoke(cli, ["embed", str(a[0]), str(b[0]), "--checkpoint", str(tiny_checkpoint), "--out",
+    res = CliRunner().invoke(cli, ["embed", str(a[0]), str(b[0]), "--checkpoint", str(tiny_run), "--out",
                                    str(tmp_path / "e.npz")])
     assert res.exit_code == 2 and "also in" in res.output and not (tmp_path / "e.npz").exists()

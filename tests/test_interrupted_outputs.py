@@ -12,23 +12,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "configs" / "tiny.yaml"
 ECOLI = ROOT / "data" / "Ecoli_K12_MG1655.fasta.gz"
-PHIX = ROOT / "data" / "phiX174_NC_001422.1.fa"
 
 
 def seqformer(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, cwd=ROOT, **kw)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("tiny") / "run"
-    p = seqformer("pretrain", str(PHIX), "--config", str(TINY), "--max-steps", "2", "--out", str(run), "--quiet")
-    assert p.wait(timeout=300) == 0, p.stderr.read().decode()
-    return run
 
 
 def big_fasta(path: Path, copies: int = 3) -> Path:
