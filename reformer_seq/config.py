@@ -104,6 +104,12 @@ class ReformerConfig:
     # "top" (learned values added to the stack's output before the head) or "bottom" (added to
     # the embeddings; the stack's layers read it).
     copy_position: str = "mix"
+    # Spaced seeds (copy_attention.py): 0/1 patterns over the last bases, most recent first, each
+    # palindromic (so both strands code the same bases), e.g. ["11010011011011001011"]. Each gets a
+    # direct and a reverse-complement head that match only the bases marked 1, so a copy with
+    # substitutions is still followed by the seeds that spare them. None: the contiguous copy_k-mer
+    # (copy_k still turns the layer on). Several k at once: patterns of all ones. copy_position mix only.
+    copy_seeds: Optional[list[str]] = None
     hash_seed: int = 0  # seed of the hash rotations in eval mode (deterministic inference)
 
     def __post_init__(self) -> None:
@@ -111,6 +117,11 @@ class ReformerConfig:
             self.axial_shape = tuple(int(x) for x in self.axial_shape)  # YAML gives a list
         if self.attn_layers is not None:
             self.attn_layers = list(self.attn_layers)
+        if self.copy_seeds is not None:
+            if isinstance(self.copy_seeds, str) or any(not isinstance(p, str) for p in self.copy_seeds):
+                raise ConfigError(f"model.copy_seeds must be a list of quoted strings (YAML reads 0110... "
+                                  f"unquoted as a number), e.g. ['11010011011011001011'], got {self.copy_seeds!r}")
+            self.copy_seeds = list(self.copy_seeds)
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -142,6 +153,16 @@ class ReformerConfig:
         if self.copy_k and self.vocab_size > 16:
             raise ConfigError(f"model.copy_k needs the nucleotide alphabet, got vocab_size {self.vocab_size} "
                               f"(byte-level); set copy_k: 0 for byte-level models")
+        if self.copy_seeds is not None:
+            if not self.copy_k or self.copy_position != "mix" or not self.copy_seeds:
+                raise ConfigError("model.copy_seeds needs copy_k > 0 (it turns the copy layer on) and "
+                                  f"copy_position: mix, and at least one pattern; got copy_k {self.copy_k}, "
+                                  f"copy_position {self.copy_position!r}, {len(self.copy_seeds)} patterns")
+            for pat in self.copy_seeds:
+                if set(pat) - {"0", "1"} or pat.count("1") < 4 or pat != pat[::-1] or len(pat) > 64:
+                    raise ConfigError(f"model.copy_seeds: pattern {pat!r} must be 0/1 characters, palindromic "
+                                      f"(reads the same reversed, so both strands code the same bases), at most "
+                                      f"64 long, with at least 4 ones; e.g. '11010011011011001011'")
         for name in ("copy_hashes", "copy_eval_hashes"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):

@@ -44,7 +44,8 @@ class ReformerLM(nn.Module):
         if c.copy_k:
             self.copy = CopyAttention(c.dim, c.copy_k, c.copy_rc, c.bucket_size, c.copy_hashes or c.n_hashes,
                                       c.copy_temperature, hash_seed=c.hash_seed * 1000 + 999,
-                                      learn_temperature=c.copy_learn_temperature, eval_hashes=c.copy_eval_hashes)
+                                      learn_temperature=c.copy_learn_temperature, eval_hashes=c.copy_eval_hashes,
+                                      seeds=c.copy_seeds)
         self.copy_mix = CopyMixture(c.dim, self.copy.heads) if c.copy_k and c.copy_position == "mix" else None
         self.layers = nn.ModuleList()
         for i, kind in enumerate(c.layer_kinds()):

@@ -26,16 +26,26 @@ of the reverse complement of ``x[j-k+1..j]``, and its value is the projection of
 hash the strand-symmetric code ``code(kmer) + code(revcomp(kmer))``, which a k-mer, its direct
 copy and its reverse-complement copy share, so one sorted layout serves both.
 
+**Spaced seeds** (``seeds``; PatternHunter, Ma, Tromp and Li, Bioinformatics 2002): instead of
+the contiguous k-mer, each pair of heads (direct + reverse complement) codes only the bases a
+0/1 pattern over the last ``s`` bases marks (most recent first), so a substitution breaks only
+the seeds that cover it, and a copy diverged by 10% is still followed by the heads whose
+pattern it spares. Patterns must be palindromic: then the reverse-complement code of a window
+covers the same bases as its forward code, and the strand-symmetric hash still joins a k-mer,
+its direct copy and its inverted copy. A pattern with zeros at the most recent offsets is a
+head that keeps following an alignment through the last bases' mismatches (persistence).
+Contiguous ``k`` is the pattern of ``k`` ones; several k at once are several such patterns.
+
 The layer reads token ids (it needs the bases, not hidden states), so it sits below the
 reversible stack: ``x = x + copy(x, tokens)``, and the stack's layers learn when to trust it.
 
-Letters: B batch, L length, Lp padded length, H heads (1 direct + 1 reverse-complement),
-k k-mer length, D = 4k code width, R hash rounds, C bucket size (look-back), G = B * H.
+Letters: B batch, L length, Lp padded length, S seeds (patterns), H heads (per seed 1 direct
++ 1 reverse-complement), k widest pattern span, D = 4k code width, R hash rounds, C bucket size (look-back), G = B * H.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -97,12 +107,20 @@ class CopyAttention(nn.Module):
 
     def __init__(self, dim: int, k: int = 12, reverse_complement: bool = True, bucket_size: int = 16,
                  n_hashes: int = 4, temperature: float = 16.0, hash_seed: int = 0, learn_temperature: bool = True,
-                 eval_hashes: Optional[int] = None):
+                 eval_hashes: Optional[int] = None, seeds: Optional[Sequence[str]] = None):
         super().__init__()
-        self.k, self.rc, self.bucket_size, self.train_hashes = k, reverse_complement, bucket_size, n_hashes
+        self.seeds = tuple(seeds) if seeds else ("1" * k,)
+        self.spans = [len(p) for p in self.seeds]
+        self.k = max(self.spans)  # the widest span sets the code width
+        self.rc, self.bucket_size, self.train_hashes = reverse_complement, bucket_size, n_hashes
         self.eval_hashes = eval_hashes or n_hashes
-        self.heads = 2 if reverse_complement else 1
-        self.dim_head = N_BASES * k
+        self.per_seed = 2 if reverse_complement else 1
+        self.heads = self.per_seed * len(self.seeds)
+        self.dim_head = N_BASES * self.k
+        masks = torch.zeros(len(self.seeds), self.k)
+        for g, pat in enumerate(self.seeds):
+            masks[g, :len(pat)] = torch.tensor([float(c == "1") for c in pat])
+        self.register_buffer("seed_masks", masks, persistent=False)  # (S, k): 1 where a seed reads the base
         self.hash_seed = hash_seed
         self.norm = nn.LayerNorm(dim)
         self.to_v = nn.Linear(dim, self.heads * self.dim_head, bias=False)
@@ -124,35 +142,52 @@ class CopyAttention(nn.Module):
         return layer_rotations(self.heads, self.dim_head, self.n_hashes, n_factors, device, self.training,
                                self.hash_seed)
 
+    def seed_codes(self, vec: Tensor) -> tuple[Tensor, Tensor]:
+        """vec (B, Lp, 4) -> each seed's unit-normalised forward and reverse-complement codes,
+        zero-padded to width D: (B, S, Lp, D) each (slots a pattern skips are zero)."""
+        fw, rv = [], []
+        for g, s in enumerate(self.spans):
+            f, r = kmer_codes(vec, s)  # (B, Lp, 4s) each
+            m = self.seed_masks[g, :s].to(vec.dtype).repeat_interleave(N_BASES)  # (4s,)
+            pad = (0, self.dim_head - N_BASES * s)
+            fw.append(F.pad(F.normalize(f * m, dim=-1), pad))
+            rv.append(F.pad(F.normalize(r * m, dim=-1), pad))
+        return torch.stack(fw, 1), torch.stack(rv, 1)  # (B, S, Lp, D)
+
     def layout(self, fwd: Tensor, rc: Tensor, real: Tensor, real_len: Tensor) -> Layout:
-        """Hash the strand-symmetric code of every position (both heads, own rotations) and sort."""
-        B, Lp, D = fwd.shape
-        sym = (fwd + rc).unsqueeze(1).expand(B, self.heads, Lp, D)  # (B, H, Lp, D)
+        """Hash the strand-symmetric code of every position (each head its seed's code, own
+        rotations) and sort. fwd, rc: (B, S, Lp, D) per seed, or (B, Lp, D) for a single seed."""
+        if fwd.dim() == 3:
+            fwd, rc = fwd.unsqueeze(1), rc.unsqueeze(1)  # (B, 1, Lp, D)
+        B, S, Lp, D = fwd.shape
+        sym = (fwd + rc).repeat_interleave(self.heads // S, dim=1)  # (B, H, Lp, D)
         bits = bucket_bits(real_len, self.bucket_size, None) + EXTRA_BITS
         rot = self._rotations(n_hash_factors(bits), fwd.device)
         return lsh_layout(sym, real, bits, rot, self.n_hashes, self.bucket_size, causal=True)
 
     def attend(self, values: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """Copy attention with per-position ``values`` (B, L, H, D): key j of the direct head reads
-        ``values[j + 1, 0]``, of the reverse-complement head ``values[j - k, 1]``. Returns the
-        output (B, L, H, D), zero where a query sees nothing, and ``seen`` (B, L, H) bool."""
+        """Copy attention with per-position ``values`` (B, L, H, D): key j of a direct head reads
+        ``values[j + 1, h]``, of a reverse-complement head ``values[j - s, h]`` (s: its seed's
+        span). Heads come in seed order, direct then reverse complement. Returns the output
+        (B, L, H, D), zero where a query sees nothing, and ``seen`` (B, L, H) bool."""
         B, L = tokens.shape
-        C, k = self.bucket_size, self.k
+        C, P = self.bucket_size, self.per_seed
         Lp = math.ceil(L / C) * C
         real = torch.ones(B, L, dtype=torch.bool, device=tokens.device) if real is None else real
         real_p = F.pad(real, (0, Lp - L), value=False)  # (B, Lp)
         vec = F.pad(base_vectors(tokens) * real.unsqueeze(-1), (0, 0, 0, Lp - L))  # (B, Lp, 4)
-        fwd, rc = kmer_codes(vec, k)  # (B, Lp, D) each
-        fwd, rc = F.normalize(fwd, dim=-1), F.normalize(rc, dim=-1)
+        fwd, rc = self.seed_codes(vec)  # (B, S, Lp, D) each
         with torch.no_grad():
             lay = self.layout(fwd, rc, real_p, real_p.sum(1))
         temp = self.log_temperature.exp()  # (H,)
-        q = fwd.unsqueeze(2) * temp.view(1, 1, -1, 1)  # (B, Lp, H, D): scale 1, logit = T * cos
-        keys = torch.stack([fwd, rc], dim=2)[:, :, :self.heads]  # (B, Lp, H, D)
+        q = fwd.transpose(1, 2).repeat_interleave(P, dim=2) * temp.view(1, 1, -1, 1)  # (B, Lp, H, D): logit T cos
+        keys = torch.stack([c for g in range(len(self.seeds)) for c in (fwd[:, g], rc[:, g])[:P]], dim=2)  # (B, Lp, H, D)
         v = F.pad(values, (0, 0, 0, 0, 0, Lp - L))  # (B, Lp, H, D)
-        shifted = [F.pad(v[:, 1:, 0], (0, 0, 0, 1))]  # direct: key j reads position j + 1
-        if self.rc:
-            shifted.append(F.pad(v[:, :Lp - k, 1], (0, 0, k, 0)))  # reverse complement: position j - k
+        shifted = []
+        for g, s in enumerate(self.spans):
+            shifted.append(F.pad(v[:, 1:, g * P], (0, 0, 0, 1)))  # direct: key j reads position j + 1
+            if self.rc:
+                shifted.append(F.pad(v[:, :Lp - s, g * P + 1], (0, 0, s, 0)))  # reverse complement: j - s
         vs = torch.stack(shifted, dim=2)  # (B, Lp, H, D)
         out = chunked_attention(q.contiguous(), keys.contiguous(), vs.contiguous(), lay, scale=1.0)  # (B, Lp, H, D)
         seen = ~alone_mask(lay, L).view(B, self.heads, L).transpose(1, 2)  # (B, L, H)
@@ -173,7 +208,7 @@ class CopyAttention(nn.Module):
         B, L = tokens.shape
         vec = base_vectors(tokens)  # centred one-hot; zero rows for N
         onehot = vec + (vec.abs().sum(-1, keepdim=True) > 0) / N_BASES  # (B, L, 4)
-        vals = [onehot, onehot.flip(-1)][:self.heads]  # complement: channels A C G T reversed
+        vals = [onehot, onehot.flip(-1)][:self.per_seed] * len(self.seeds)  # complement: A C G T reversed
         v = F.pad(torch.stack(vals, dim=2), (0, self.dim_head - N_BASES))  # (B, L, H, D)
         out, seen = self.attend(v, tokens, real)
         p = out[..., :N_BASES]  # (B, L, H, 4)
