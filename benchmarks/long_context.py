@@ -41,6 +41,7 @@ from reformer_seq.tasks.evaluation.markov import MarkovModel, Segment, split_seg
 from reformer_seq.genome.encoded import load_genome  # noqa: E402
 from reformer_seq.model.lm import ReformerLM  # noqa: E402
 from reformer_seq.tasks.recall import CopyModel, causal_bits, recall_pair, repeat_positions  # noqa: E402
+from reformer_seq.tasks.tolerant_copy import TolerantCopyModel  # noqa: E402
 
 ECOLI = REPO / "data" / "Ecoli_K12_MG1655.fasta.gz"
 CONTEXTS = (1024, 4096, 16384, 65536)
@@ -68,16 +69,30 @@ def fit_baselines(train: list[np.ndarray], order: int, window: int, n_windows: i
     return markov, copy
 
 
+def fit_tolerant(train: list[np.ndarray], markov, m: int, seed: int, pairs: int = 24) -> TolerantCopyModel:
+    """The substitution-tolerant copy model, its weights fitted on copy tests drawn from the *training*
+    split (0-30% diverged, both strands, 1K apart), never the held-out pairs it is reported on."""
+    longest = max(train, key=len)
+    rng = np.random.default_rng([seed, 7])
+    stretches = []
+    for i in range(pairs):
+        pair = recall_pair(longest, m, 1024, rng, prefix=1024, reverse=bool(i % 2), divergence=0.1 * (i % 4))
+        stretches.append((pair.repeat, len(pair.repeat) - pair.m, len(pair.repeat)))
+        stretches.append((pair.control, len(pair.control) - pair.m, len(pair.control)))
+    return TolerantCopyModel(markov).fit(stretches)
+
+
 # ---------------------------------------------------------------------- part 1: copy recall
 def copy_recall(scorer, held_out: np.ndarray, markov, copy, distances, m: int, segments: int, seed: int,
-                prefix: int = 1024, reverse_too: bool = True, divergences=(0.0,), indel_rate: float = 0.0) -> dict:
-    """Recall gain per (divergence, strand, distance): the network, the copy model and Markov on the same pairs."""
+                prefix: int = 1024, reverse_too: bool = True, divergences=(0.0,), indel_rate: float = 0.0,
+                tolerant=None) -> dict:
+    """Recall gain per (divergence, strand, distance): the network, the copy models and Markov on the same pairs."""
     rows = {}
     for div in divergences:
         for reverse in (False, True) if reverse_too else (False,):
             for d in distances:
                 rng = np.random.default_rng([seed, d, int(reverse), int(round(div * 1000))])
-                gains = {"model": [], "markov": [], "copy": []}
+                gains = {"model": [], "markov": [], "copy": [], "tolerant": []}
                 bits = {"model_repeat": [], "model_control": []}
                 t0 = time.time()
                 for _ in range(segments):
@@ -92,14 +107,18 @@ def copy_recall(scorer, held_out: np.ndarray, markov, copy, distances, m: int, s
                     lc, _ = markov.score(pair.control, pos)
                     gains["markov"].append(float(lr.mean() - lc.mean()))
                     gains["copy"].append(copy.bits(pair.control, pos).mean() - copy.bits(pair.repeat, pos).mean())
+                    if tolerant is not None:
+                        gains["tolerant"].append(tolerant.bits(pair.control, pos).mean()
+                                                 - tolerant.bits(pair.repeat, pos).mean())
                 key = f"{'rc' if reverse else 'direct'}_{d}" + (f"_div{div:g}" if len(divergences) > 1 or div else "")
                 rows[key] = {"distance": d, "reverse": reverse, "prefix": prefix, "divergence": div,
                              "indel_rate": indel_rate,
-                             **{f"gain_{k}": mean_se(v) for k, v in gains.items()},
+                             **{f"gain_{k}": mean_se(v) for k, v in gains.items() if v},
                              **{k: mean_se(v) for k, v in bits.items()}}
                 g, se = rows[key]["gain_model"]
                 print(f"copy {'rc    ' if reverse else 'direct'} d={d:>7,} div={div:.2f}: model gain {g:.3f} +/- "
-                      f"{se:.3f} bits/base (copy model {rows[key]['gain_copy'][0]:.3f}, Markov "
+                      f"{se:.3f} bits/base (copy model {rows[key]['gain_copy'][0]:.3f}, tolerant "
+                      f"{rows[key].get('gain_tolerant', (float('nan'),))[0]:.3f}, Markov "
                       f"{rows[key]['gain_markov'][0]:.3f}) [{time.time() - t0:.0f} s]", flush=True)
     return rows
 
@@ -175,15 +194,17 @@ def markdown(res: dict) -> str:
     if "copy" in res:
         lines += [f"Copy recall on the held-out split of `{res['genome']}`: m = {res['m']} bases, "
                   f"{res['segments']} segments per cell; gain = control - repeat bits/base (mean +/- SE).", "",
-                  "| copy | divergence | distance | model gain | copy-model gain | Markov gain | "
-                  "model bits (repeat / control) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| copy | divergence | distance | model gain | copy-model gain | tolerant copy-model gain | "
+                  "Markov gain | model bits (repeat / control) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in res["copy"].values():
             g, se = r["gain_model"]
             div = f"{r.get('divergence', 0.0):.0%}" + (f" + indels {r['indel_rate']:.0%}" if r.get("indel_rate") else "")
             lines.append(f"| {'reverse complement' if r['reverse'] else 'direct'} | {div} | {r['distance']:,} | "
                          f"**{g:.3f} +/- {se:.3f}** | {r['gain_copy'][0]:.3f} +/- {r['gain_copy'][1]:.3f} | "
-                         f"{r['gain_markov'][0]:.3f} | {r['model_repeat'][0]:.3f} / {r['model_control'][0]:.3f} |")
+                         + (f"{r['gain_tolerant'][0]:.3f} +/- {r['gain_tolerant'][1]:.3f} | " if "gain_tolerant" in r
+                            else "- | ")
+                         + f"{r['gain_markov'][0]:.3f} | {r['model_repeat'][0]:.3f} / {r['model_control'][0]:.3f} |")
         lines.append("")
     if "repeats" in res:
         rr = res["repeats"]
@@ -217,7 +238,10 @@ def plot(res: dict, path: Path) -> None:
             sel = sorted((r for r in rows if r["reverse"] == rev and r.get("divergence", 0.0) == div),
                          key=lambda r: r["distance"])
             d = [r["distance"] for r in sel]
-            for key, label, style in (("gain_model", "seqformer", "o-"), ("gain_copy", "copy model", "s--")):
+            for key, label, style in (("gain_model", "seqformer", "o-"), ("gain_copy", "copy model", "s--"),
+                                      ("gain_tolerant", "tolerant copy model", "^:")):
+                if key not in sel[0]:
+                    continue
                 ax.errorbar(d, [r[key][0] for r in sel], yerr=[r[key][1] for r in sel], fmt=style, color=f"C{i}",
                             label=f"{label}, {div:.0%} diverged", capsize=3, alpha=1.0 if key == "gain_model" else 0.6)
         ax.axhline(0, color="grey", lw=0.8)
@@ -272,9 +296,11 @@ def main() -> int:
                  if args.prefix + 2 * args.m + d <= scorer.max_len]
         markov, copy = fit_baselines(train, args.markov_order, 65536)
         res["copy_baseline_weights"] = copy.weights
+        tolerant = fit_tolerant(train, markov, args.m, args.seed)
+        res["tolerant_weights"] = tolerant.weights.tolist()
         res["copy"] = copy_recall(scorer, max(val, key=len), markov, copy, dists, args.m, args.segments, args.seed,
                                   args.prefix, not args.direct_only,
-                                  [float(x) for x in args.divergence.split(",")], args.indels)
+                                  [float(x) for x in args.divergence.split(",")], args.indels, tolerant)
     if args.repeats_genome:
         train, val = load_split(Path(args.repeats_genome))
         window = min(args.window, scorer.max_len)

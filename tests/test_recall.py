@@ -170,3 +170,28 @@ def test_copy_predictions_against_brute_force():
                         want = int(ids[s + k])
                         break
                 assert fast[t] == want, (k, rev, t)
+
+
+def test_tolerant_copy_model_follows_a_diverged_copy():
+    from reformer_seq.tasks.tolerant_copy import TolerantCopyModel
+
+    genome = random_ids(40_000, 11)
+    markov = MarkovModel.fit([Segment(genome[:20_000])], 2)
+    train = [recall_pair(genome[:20_000], 400, 2000, np.random.default_rng(s), prefix=256, reverse=bool(s % 2),
+                         divergence=0.1 * (s % 3)) for s in range(6)]
+    tol = TolerantCopyModel(markov).fit([(p.repeat, len(p.repeat) - p.m, len(p.repeat)) for p in train])
+    exact = CopyModel(markov, orders=(12,)).fit([p.repeat for p in train])
+    assert tol.weights[-1] > 0.8  # a run of hits is trusted
+    for reverse in (False, True):
+        pair = recall_pair(genome[20_000:], 400, 2000, np.random.default_rng(99), prefix=256, reverse=reverse,
+                           divergence=0.1)
+        lo = len(pair.repeat) - pair.m
+        pred, _ = tol.walk(pair.repeat, lo, len(pair.repeat))
+        right = pred[20:] == pair.repeat[lo + 20:]
+        assert 0.8 < right.mean() < 0.95  # follows the copy: right where the copy was not substituted
+        pos = np.arange(lo, len(pair.repeat))
+        gain_tol = tol.bits(pair.control, pos).mean() - tol.bits(pair.repeat, pos).mean()
+        gain_exact = exact.bits(pair.control, pos).mean() - exact.bits(pair.repeat, pos).mean()
+        assert gain_tol > 1.0 > gain_exact + 0.5, (gain_tol, gain_exact)
+        ctl_pred, _ = tol.walk(pair.control, lo, len(pair.repeat))
+        assert (ctl_pred >= 0).mean() < 0.05  # nothing to follow in the control

@@ -224,20 +224,20 @@ def _most_recent_before(db_key: np.ndarray, q_key: np.ndarray) -> np.ndarray:
     return found
 
 
-def copy_predictions(ids: np.ndarray, k: int, reverse: bool = False) -> np.ndarray:
-    """(L,) int64: for each position t, the copy model's prediction from the most recent earlier
-    occurrence of the suffix ``ids[t-k:t]``, or -1 where there is none.
+def copy_sources(ids: np.ndarray, k: int, reverse: bool = False) -> np.ndarray:
+    """(L,) int64: for each position t, the index of the base the copy model predicts ``ids[t]``
+    from (the most recent earlier occurrence of the suffix ``ids[t-k:t]``), or -1 where there is none.
 
-    Direct: an earlier occurrence of the same k-mer (ending before ``t - 1``); the prediction is
-    the base that followed it. ``reverse``: an earlier occurrence of its reverse complement
-    (ending before ``t - 1``); the prediction is the complement of the base before it.
+    Direct: an earlier occurrence of the same k-mer (ending before ``t - 1``); the source is the
+    base that followed it. ``reverse``: an earlier occurrence of its reverse complement (ending
+    before ``t - 1``); the source is the base before it, predicted as its complement.
     """
     ids = np.asarray(ids, dtype=np.int64)
     L = len(ids)
-    pred = np.full(L, -1, dtype=np.int64)
+    src = np.full(L, -1, dtype=np.int64)
     code, ok = _pack(ids, k)  # k-mer starting at s precedes position s + k
     if len(code) < 2:
-        return pred
+        return src
     q_key = np.where(ok, code, -1)
     if not reverse:
         prev = _most_recent_before(q_key, q_key)  # earlier start with the same k-mer
@@ -252,8 +252,19 @@ def copy_predictions(ids: np.ndarray, k: int, reverse: bool = False) -> np.ndarr
     q = q[q + k < L]
     f = follow[q]
     valid = is_base(ids[f])
-    base = ids[f[valid]]
-    pred[q[valid] + k] = reverse_complement(base[::-1]) if reverse else base  # complement, in order
+    src[q[valid] + k] = f[valid]
+    return src
+
+
+def copy_predictions(ids: np.ndarray, k: int, reverse: bool = False) -> np.ndarray:
+    """(L,) int64: for each position t, the copy model's prediction of ``ids[t]`` from
+    :func:`copy_sources` (the complement of the source base for ``reverse``), or -1 where there is none."""
+    ids = np.asarray(ids, dtype=np.int64)
+    src = copy_sources(ids, k, reverse)
+    pred = np.full(len(ids), -1, dtype=np.int64)
+    at = np.flatnonzero(src >= 0)
+    base = ids[src[at]]
+    pred[at] = reverse_complement(base[::-1]) if reverse else base  # complement, in order
     return pred
 
 
