@@ -232,7 +232,7 @@ def plot(res: dict, path: Path) -> None:
     rows = list(res.get("copy", {}).values())
     strands = [rev for rev in (False, True) if any(r["reverse"] == rev for r in rows)]
     divs = sorted({r.get("divergence", 0.0) for r in rows})
-    fig, axes = plt.subplots(1, len(strands), figsize=(6.0 * len(strands), 4.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(strands), figsize=(6.0 * len(strands), 5.4), sharey=True, squeeze=False)
     for ax, rev in zip(axes[0], strands):
         for i, div in enumerate(divs):
             sel = sorted((r for r in rows if r["reverse"] == rev and r.get("divergence", 0.0) == div),
@@ -248,10 +248,11 @@ def plot(res: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("distance between the copies (bases)")
         ax.set_title(f"{'reverse-complement' if rev else 'direct'} copies")
-        ax.legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     axes[0][0].set_ylabel("recall gain (bits/base)")
     fig.suptitle(f"Copy recall on held-out sequence ({Path(str(res['checkpoint'])).name}; Markov gains 0)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 + 0.025 * len(divs), 1, 1))
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
@@ -283,7 +284,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--name", default="long_context")
+    ap.add_argument("--replot", metavar="JSON", help="only redraw the PNG beside an earlier run's JSON")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), Path(args.replot).with_suffix(".png"))
+        return 0
 
     model = ReformerLM.from_pretrained(args.checkpoint)
     scorer = ModelScorer(model, "causal")

@@ -110,6 +110,10 @@ class ReformerConfig:
     # substitutions is still followed by the seeds that spare them. None: the contiguous copy_k-mer
     # (copy_k still turns the layer on). Several k at once: patterns of all ones. copy_position mix only.
     copy_seeds: Optional[list[str]] = None
+    # Persistence (copy_attention.py): one more copy head per strand that keeps following the last
+    # alignment a copy head found, one base a step, through mismatches (GeCo's substitution-tolerant
+    # copy model); the gate learns from its recent hits when to trust it. copy_position mix only.
+    copy_persist: bool = False
     hash_seed: int = 0  # seed of the hash rotations in eval mode (deterministic inference)
 
     def __post_init__(self) -> None:
@@ -163,6 +167,11 @@ class ReformerConfig:
                     raise ConfigError(f"model.copy_seeds: pattern {pat!r} must be 0/1 characters, palindromic "
                                       f"(reads the same reversed, so both strands code the same bases), at most "
                                       f"64 long, with at least 4 ones; e.g. '11010011011011001011'")
+        if self.copy_persist and (not self.copy_k or self.copy_position != "mix"):
+            raise ConfigError(f"model.copy_persist needs copy_k > 0 and copy_position: mix, got copy_k "
+                              f"{self.copy_k}, copy_position {self.copy_position!r}")
+        if self.copy_persist and max([self.copy_k] + [len(p) for p in self.copy_seeds or []]) < 3:
+            raise ConfigError("model.copy_persist needs a copy k-mer (or seed span) of at least 3 bases")
         for name in ("copy_hashes", "copy_eval_hashes"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):

@@ -107,8 +107,9 @@ class CopyAttention(nn.Module):
 
     def __init__(self, dim: int, k: int = 12, reverse_complement: bool = True, bucket_size: int = 16,
                  n_hashes: int = 4, temperature: float = 16.0, hash_seed: int = 0, learn_temperature: bool = True,
-                 eval_hashes: Optional[int] = None, seeds: Optional[Sequence[str]] = None):
+                 eval_hashes: Optional[int] = None, seeds: Optional[Sequence[str]] = None, persist: bool = False):
         super().__init__()
+        self.persist = persist
         self.seeds = tuple(seeds) if seeds else ("1" * k,)
         self.spans = [len(p) for p in self.seeds]
         self.k = max(self.spans)  # the widest span sets the code width
@@ -209,11 +210,91 @@ class CopyAttention(nn.Module):
         vec = base_vectors(tokens)  # centred one-hot; zero rows for N
         onehot = vec + (vec.abs().sum(-1, keepdim=True) > 0) / N_BASES  # (B, L, 4)
         vals = [onehot, onehot.flip(-1)][:self.per_seed] * len(self.seeds)  # complement: A C G T reversed
-        v = F.pad(torch.stack(vals, dim=2), (0, self.dim_head - N_BASES))  # (B, L, H, D)
+        v = torch.stack(vals, dim=2)  # (B, L, H, 4)
+        if self.persist:  # each value also carries its own position, as clock phases
+            v = torch.cat([v, clock(torch.arange(L, device=tokens.device))[None, :, None].expand(B, L, self.heads, -1)], dim=-1)
+        v = F.pad(v, (0, self.dim_head - v.shape[-1]))  # (B, L, H, D)
         out, seen = self.attend(v, tokens, real)
         p = out[..., :N_BASES]  # (B, L, H, 4)
         p = p + (1.0 - p.sum(-1, keepdim=True)).clamp(min=0) / N_BASES
+        if self.persist:
+            with torch.no_grad():
+                pp, ps = self.persistence(out[..., N_BASES:N_BASES + 2 * len(CLOCK_PERIODS)], seen, tokens, real)
+            p, seen = torch.cat([p, pp], dim=2), torch.cat([seen, ps], dim=2)
         return p, seen
+
+    def persistence(self, clocks: Tensor, seen: Tensor, tokens: Tensor, real: Optional[Tensor]
+                    ) -> tuple[Tensor, Tensor]:
+        """One more head per strand that keeps following the last alignment a seed head found,
+        through any mismatches since (GeCo's substitution-tolerant copy model, made parallel):
+        ``clocks`` (B, L, H, 2n), the attention output's clock channels, give each head's source
+        position; an **anchor** is a position where a head's source is one base on from its
+        source at t - 1 (the attention sat on one key at both, so not a chance match); from the
+        latest anchor ``a`` the source moves one base a step, ``src(a) + (t - a)`` (reverse
+        complement: ``- (t - a)``). Returns the next-base distributions (B, L, P, 4), one-hot on
+        the pointed base (its complement for reverse complement; uniform without a pointer),
+        and whether there is a pointer (B, L, P)."""
+        B, L, H, _ = clocks.shape
+        src, sharp = decode_clock(clocks)  # (B, L, H) each
+        step = torch.tensor([1, -1][:self.per_seed] * len(self.seeds), device=tokens.device)  # (H,)
+        prev = F.pad(src, (0, 0, 1, 0), value=-10)  # (B, L + 1, H): source at t - 1
+        ok_prev = F.pad(seen & sharp, (0, 0, 1, 0), value=False)
+        anchor = seen & sharp & ok_prev[:, :-1] & (src == prev[:, :-1] + step)  # (B, L, H)
+        t = torch.arange(L, device=tokens.device).view(1, L)
+        idx = torch.arange(L, device=tokens.device)
+        ids = tokens.long() - FIRST_BASE_ID
+        is_base = (ids >= 0) & (ids < N_BASES)
+        if real is not None:
+            is_base = is_base & real
+        out_p, out_ok = [], []
+        for r in range(self.per_seed):  # strand r: heads r, r + P, r + 2P, ...
+            a_h = anchor[..., r::self.per_seed]  # (B, L, S)
+            any_a = a_h.any(-1)  # (B, L)
+            first = a_h.float().argmax(-1, keepdim=True)  # (B, L, 1) the first anchoring seed
+            src_a = src[..., r::self.per_seed].gather(-1, first).squeeze(-1)  # (B, L)
+            last = torch.where(any_a, idx.view(1, L), torch.full_like(any_a, -1, dtype=torch.long)).cummax(1).values
+            ptr = src_a.gather(1, last.clamp(min=0)) + (1 if r == 0 else -1) * (t - last)  # (B, L)
+            ok = (last >= 0) & (ptr >= 0) & (ptr <= t)
+            ptr = ptr.clamp(0, L - 1)
+            ok = ok & is_base.gather(1, ptr)
+            base = ids.gather(1, ptr).clamp(0, N_BASES - 1)
+            base = base if r == 0 else N_BASES - 1 - base  # complement
+            pr = F.one_hot(base, N_BASES).to(clocks.dtype)  # (B, L, 4)
+            out_p.append(torch.where(ok.unsqueeze(-1), pr, torch.full_like(pr, 1.0 / N_BASES)))
+            out_ok.append(ok)
+        return torch.stack(out_p, 2), torch.stack(out_ok, 2)  # (B, L, P, 4), (B, L, P)
+
+    @property
+    def out_heads(self) -> int:
+        """Next-base distributions :meth:`next_base` returns: the heads, plus one per strand with ``persist``."""
+        return self.heads + (self.per_seed if self.persist else 0)
+
+
+# Clock periods of the position code in the values: the finest resolves single bases, each coarser
+# one the finer one's turn, up to 16.7M positions (attention leaking 1% of its mass elsewhere moves
+# a phase by ~0.01 rad: ~0.1 base at period 64, 2,600 bases at 16.7M; each < half the next period)
+CLOCK_PERIODS = (64, 4096, 262144, 16777216)
+
+
+def clock(pos: Tensor) -> Tensor:
+    """(L,) positions -> (L, 2n) cos/sin phases at :data:`CLOCK_PERIODS` (float64 phases, float32 out)."""
+    ang = pos.double().unsqueeze(-1) * (2 * math.pi / torch.tensor(CLOCK_PERIODS, dtype=torch.float64,
+                                                                    device=pos.device))  # (L, n)
+    return torch.cat([ang.cos(), ang.sin()], dim=-1).float()
+
+
+def decode_clock(c: Tensor, sharp_at: float = 0.95) -> tuple[Tensor, Tensor]:
+    """(..., 2n) attention-averaged clock phases -> the position (..., int64), coarse to fine, and
+    whether every phase vector kept length >= ``sharp_at`` (the attention sat on one position)."""
+    n = len(CLOCK_PERIODS)
+    cos, sin = c[..., :n].double(), c[..., n:].double()
+    sharp = (cos ** 2 + sin ** 2 >= sharp_at ** 2).all(-1)
+    per = torch.tensor(CLOCK_PERIODS, dtype=torch.float64, device=c.device)
+    frac = torch.atan2(sin, cos).remainder(2 * math.pi) / (2 * math.pi) * per  # (..., n) position mod period
+    est = frac[..., -1]
+    for i in range(n - 2, -1, -1):
+        est = frac[..., i] + per[i] * torch.round((est - frac[..., i]) / per[i])
+    return torch.round(est).long(), sharp
 
 
 HIT_WINDOWS = (4, 16, 64)  # the copy mixture's gate sees each head's recent hit rate over these spans
