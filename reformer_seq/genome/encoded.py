@@ -24,7 +24,7 @@ import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 
@@ -33,8 +33,8 @@ from ..runtime.files import atomic_folder
 from .tokenizers import InvalidCharacterError, NucleotideTokenizer, Tokenizer
 
 from .fasta import SeqRecordText, check_file, read_records
+from ..types import PathLike
 
-PathLike = Union[str, os.PathLike]
 CACHE_FORMAT = 2  # bump when the cache layout or encoding changes
 
 

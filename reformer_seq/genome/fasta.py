@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import codecs
 import gzip
-import os
 import zlib
 from pathlib import Path
-from typing import IO, Iterator, NamedTuple, Optional, Union
+from typing import IO, Iterator, NamedTuple, Optional
 
 
 from ..errors import InputError
+from ..types import PathLike
 
-PathLike = Union[str, os.PathLike]
 FASTA_EXTS = (".fa", ".fasta", ".fna", ".fas", ".ffn", ".frn", ".fsa", ".seq")
 GENBANK_EXTS = (".gb", ".gbk", ".gbff", ".genbank")
 EXPECTED = "a FASTA (.fa .fasta .fna) or GenBank (.gb .gbk .gbff) file, plain, gzip or bgzip"

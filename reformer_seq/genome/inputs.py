@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import InputError
-from .fasta import FASTA_EXTS, GENBANK_EXTS, PathLike
+from .fasta import FASTA_EXTS, GENBANK_EXTS
+from ..types import PathLike
 
 SEQUENCE_SUFFIXES = FASTA_EXTS + GENBANK_EXTS
 

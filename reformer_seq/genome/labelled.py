@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, InputError
 from .tokenizers import InvalidCharacterError, Tokenizer
+from ..types import PathLike
 
-PathLike = Union[str, os.PathLike]
 TASKS = ("classify", "regress")
 MAX_INTEGER_CLASSES = 10
 MAX_SHOWN = 3  # ids shown in an error message

@@ -10,8 +10,9 @@ from ..config import ReformerConfig
 from ..errors import CheckpointError, ConfigError
 from ..genome.tokenizers import tokenizer_from_spec
 from ..model.lm import ReformerLM
-from ..runtime.checkpoint import CONFIG_FILE, PathLike, load_model_weights, read_checkpoint_config, resolve_checkpoint
+from ..runtime.checkpoint import CONFIG_FILE, load_model_weights, read_checkpoint_config, resolve_checkpoint
 from .finetune.model import load_finetuned
+from ..types import PathLike
 
 
 def load_pretrained(path: PathLike, map_location: str = "cpu", **overrides: Any):

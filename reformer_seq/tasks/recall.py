@@ -23,9 +23,8 @@ import numpy as np
 
 from .evaluation.likelihood import is_base
 from .evaluation.markov import MarkovModel
-from ..genome.tokenizers import NucleotideTokenizer
+from ..genome.tokenizers import A_ID, NucleotideTokenizer
 
-A_ID = 4  # token id of A; C, G, T follow (tokenizers.py)
 _TOKENIZER = NucleotideTokenizer()
 
 

@@ -41,11 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...genome.tokenizers import A_ID as FIRST_BASE_ID, N_BASES
 from .chunked import Layout, chunked_attention
 from .lsh import bucket_bits, layer_rotations, lsh_layout, n_hash_factors
 
-FIRST_BASE_ID = 4  # token ids of A, C, G, T are 4..7 (tokenizers.py); complement of i is 3 - i
-N_BASES = 4
 # Buckets per round: 2**EXTRA_BITS times the LSH layer's (real_length / bucket_size). Exact
 # k-mer matches share a bucket whatever the bucket count, but angular LSH fills buckets unevenly
 # (a position's bucket holds ~3x the mean), and a causal query sees only the ``bucket_size``

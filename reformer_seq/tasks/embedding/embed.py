@@ -76,8 +76,9 @@ import numpy as np
 from ...errors import SeqformerError
 from ...runtime.files import atomic_path
 from .engine import _Engine
-from .plan import FORMATS, SUFFIX_FORMATS, PathLike
+from .plan import FORMATS, SUFFIX_FORMATS
 from .sinks import _H5Sink, _NpzSink, _import_h5py
+from ...types import PathLike
 
 # ---------------------------------------------------------------------- files
 @dataclass

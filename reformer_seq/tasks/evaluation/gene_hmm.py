@@ -47,10 +47,8 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import ConfigError
-from ...genome.tokenizers import NucleotideTokenizer
+from ...genome.tokenizers import A_ID, N_BASES
 
-A_ID = NucleotideTokenizer.base_ids[0]
-N_BASE_IDS = len(NucleotideTokenizer.base_ids)  # A C G T
 A, C, G, T = range(4)
 N, F1, F2, F3, RA, RB, RC = range(7)
 FSTART, FSTOP, RSTOP, RSTART = 7, 10, 13, 16  # first state of each codon block
@@ -174,7 +172,7 @@ class GeneHMM:
         (B, L + 1), from the longest left context (at most ``order``) of consecutive bases."""
         tokens = np.asarray(tokens)
         B, L = tokens.shape
-        valid = (tokens >= A_ID) & (tokens < A_ID + N_BASE_IDS)
+        valid = (tokens >= A_ID) & (tokens < A_ID + N_BASES)
         b = np.where(valid, tokens.astype(np.int64) - A_ID, 0)
         code = np.zeros((B, L + 1), np.int64)  # code of the up-to-`order` bases before each position
         run = np.zeros((B, L + 1), np.int64)

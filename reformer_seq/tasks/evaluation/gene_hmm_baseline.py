@@ -35,7 +35,8 @@ from ...genome.tokenizers import PAD_ID, NucleotideTokenizer
 from ...runtime.policy import current_policy
 from .gene_hmm import GeneHMM, predictive_logp
 from .gene_hmm_fit import LabelledSegment, fit_gene_hmm
-from .likelihood import A_ID, LN2, expected_top1, is_base
+from ...genome.tokenizers import A_ID
+from .likelihood import LN2, expected_top1, is_base
 from .markov import BaselineData, Segment
 
 DEFAULT_GENE_ORDER = 5

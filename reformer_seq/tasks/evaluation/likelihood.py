@@ -39,10 +39,10 @@ import numpy as np
 from ...errors import CheckpointError, InputError
 from ...runtime.device import resolve_device
 from ...genome.encoded import EncodedRecord
-from ...genome.tokenizers import MASK_ID, PAD_ID, NucleotideTokenizer
+from ...genome import tokenizers
+from ...genome.tokenizers import A_ID, MASK_ID, PAD_ID
 
-BASE_IDS = np.array(NucleotideTokenizer.base_ids)  # A C G T = 4 5 6 7
-A_ID = int(BASE_IDS[0])
+BASE_IDS = np.array(tokenizers.BASE_IDS)  # A C G T
 LN2 = math.log(2.0)
 
 

@@ -14,7 +14,6 @@ dense arrays, higher orders sorted sparse keys.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -24,9 +23,10 @@ import numpy as np
 from ...runtime.policy import current_policy
 from ...errors import InputError
 from ...genome.encoded import EncodedRecord, load_genome
-from .likelihood import A_ID, expected_top1, is_base
+from ...genome.tokenizers import A_ID
+from .likelihood import expected_top1, is_base
+from ...types import PathLike
 
-PathLike = Union[str, os.PathLike]
 DEFAULT_MAX_ORDER = 12
 
 

@@ -8,17 +8,15 @@ its information content.
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from ...errors import InputError
 from ...runtime.files import atomic_write, atomic_write_json, atomic_write_text
-
-PathLike = Union[str, os.PathLike]
+from ...types import PathLike
 
 
 def _safe_name(text: str) -> str:

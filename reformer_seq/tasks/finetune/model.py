@@ -16,11 +16,10 @@ scores a FASTA file with it. The training loop is in :mod:`.finetune_train`.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,8 +27,8 @@ from torch import Tensor, nn
 
 from ...errors import CheckpointError, ConfigError
 from ...model.lm import ReformerLM
+from ...types import PathLike
 
-PathLike = Union[str, os.PathLike]
 POOLS = ("mean", "attention")
 
 

@@ -11,11 +11,10 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 from ...errors import InputError
-from ...genome.tokenizers import NucleotideTokenizer
+from ...genome.tokenizers import BASES
+from ...types import PathLike
 
-PathLike = Union[str, Path]
-LETTERS = "ACGT"
-BASE_OFFSET = NucleotideTokenizer.a_id  # token id of A; C, G, T follow
+LETTERS = BASES  # the column order of every motif, the tokenizer's A C G T
 NOMINAL_SITES = 20.0  # sites assumed for a frequency-only matrix (MEME's default nsites)
 DEFAULT_PSEUDOCOUNT = 1.0
 DEFAULT_THRESHOLD = "p:1e-5"

@@ -11,8 +11,9 @@ import numpy as np
 from ...errors import InputError
 from ...runtime.policy import current_policy
 from ...genome.encoded import EncodedRecord
+from ...genome.tokenizers import A_ID, N_BASES
 
-from .files import BASE_OFFSET, DEFAULT_PSEUDOCOUNT, DEFAULT_THRESHOLD, SCORE_GRID, Motif, as_background
+from .files import DEFAULT_PSEUDOCOUNT, DEFAULT_THRESHOLD, SCORE_GRID, Motif, as_background
 
 
 # ---------------------------------------------------------------------- background and PSSMs
@@ -23,7 +24,7 @@ def base_counts(records: Sequence[Union[EncodedRecord, np.ndarray]]) -> np.ndarr
         ids = rec.ids if isinstance(rec, EncodedRecord) else rec
         step = current_policy().motif_scan_positions
         for off in range(0, len(ids), step):
-            total += np.bincount(np.asarray(ids[off:off + step]), minlength=256)[BASE_OFFSET:BASE_OFFSET + 4]
+            total += np.bincount(np.asarray(ids[off:off + step]), minlength=256)[A_ID:A_ID + N_BASES]
     return total
 
 

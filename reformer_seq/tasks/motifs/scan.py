@@ -9,9 +9,8 @@ import numpy as np
 
 from ...runtime.policy import current_policy
 from ...genome.encoded import EncodedRecord
-from ...genome.tokenizers import NucleotideTokenizer
+from ...genome.tokenizers import A_ID, N_BASES, NucleotideTokenizer
 
-from .files import BASE_OFFSET
 from .pssm import PSSM, Threshold
 
 
@@ -31,7 +30,7 @@ class Site(NamedTuple):
 def _extended_table(log_odds: np.ndarray, vocab: int = 256) -> np.ndarray:
     """(W, vocab) table: log-odds at the base ids, -inf for every other token (N, specials)."""
     t = np.full((log_odds.shape[0], vocab), -np.inf)
-    t[:, BASE_OFFSET:BASE_OFFSET + 4] = log_odds
+    t[:, A_ID:A_ID + N_BASES] = log_odds
     return t
 
 

@@ -32,7 +32,7 @@ import gzip
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -43,8 +43,8 @@ from ...genome.encoded import EncodedRecord
 from ...genome.fasta import open_text
 from ...genome.inputs import load_sequences
 from ...genome.tokenizers import NucleotideTokenizer
+from ...types import PathLike
 
-PathLike = Union[str, Path]
 TRACK_SUFFIXES = (".bedgraph", ".bedgraph.gz", ".npz", ".bw")
 Region = tuple[str, int, int]  # (chrom, start, end): 0-based half-open
 

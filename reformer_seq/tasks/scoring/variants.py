@@ -37,8 +37,8 @@ from ...errors import InputError, SeqformerError
 from ...genome.tokenizers import NucleotideTokenizer
 from .variant_baselines import check_names, load_baselines, score_extra
 from .variant_effects import Job, causal_llr, markov_llr, masked_llr
+from ...types import PathLike
 
-PathLike = Union[str, Path]
 DEFAULT_WINDOW = 4096
 TOKENIZER = NucleotideTokenizer()
 SIGN_NOTE = ("llr = log2 P(sequence with ALT) - log2 P(sequence with REF), in bits; "
