@@ -194,7 +194,7 @@ class ReformerConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "model") -> "ReformerConfig":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "model") -> ReformerConfig:
         return from_dict(cls, d, where)
 
 
@@ -293,7 +293,7 @@ class RunConfig:
                 "train": {**dataclasses.asdict(self.train), "betas": list(self.train.betas)}}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> "RunConfig":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> RunConfig:
         sections = {"model": ReformerConfig, "data": DataConfig, "train": TrainConfig}
         _reject_unknown(d, sections, where or "config")
         return cls(**{k: from_dict(c, d.get(k) or {}, k) for k, c in sections.items()})

@@ -70,7 +70,8 @@ def causal_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokeniz
 
 
 class CausalCollator:
-    """Batches for the next-base objective: ``input_ids``, ``labels`` (see :func:`causal_labels`), ``attention_mask``."""
+    """Batches for the next-base objective: ``input_ids``, ``labels`` (see :func:`causal_labels`),
+    ``attention_mask``."""
 
     def __init__(self, tokenizer: Optional[Tokenizer] = None) -> None:
         self.tokenizer = tokenizer or NucleotideTokenizer()

@@ -99,7 +99,7 @@ def open_text(path: Path, errors: str = "strict") -> IO[str]:
     """A text file, plain or gzip/bgzip (told by its magic bytes), as UTF-8."""
     if _is_gzip(path):
         return gzip.open(path, "rt", encoding="utf-8", errors=errors)
-    return open(path, "r", encoding="utf-8", errors=errors)
+    return open(path, encoding="utf-8", errors=errors)
 
 
 def _skip_blank_lines(handle: IO[str]) -> None:

@@ -44,7 +44,7 @@ class LabelledSet:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def subset(self, index: Sequence[int]) -> "LabelledSet":
+    def subset(self, index: Sequence[int]) -> LabelledSet:
         return LabelledSet([self.ids[i] for i in index], [self.tokens[i] for i in index],
                            [self.labels[i] for i in index], self.source)
 

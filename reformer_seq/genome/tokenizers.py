@@ -61,7 +61,8 @@ class InvalidCharacterError(InputError):
 
     def __init__(self, char: str, position: int, expected: str) -> None:
         self.char, self.position, self.expected = char, position, expected
-        head = f"invalid character {char!r} at position {position + 1:,} (1-based); expected {expected}; fix the sequence"
+        head = (f"invalid character {char!r} at position {position + 1:,} (1-based); expected {expected}; "
+                "fix the sequence")
         super().__init__(f"{head}, or pass strict=False (config data.strict: false) to read it as N",
                          cli_message=f"{head}, or leave out --strict (and data.strict: true from a --config) to "
                                      f"read it as N")

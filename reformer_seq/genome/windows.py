@@ -190,7 +190,7 @@ class GenomeWindowDataset(Dataset):
 
 
 # ---------------------------------------------------------------------- from a DataConfig
-def build_datasets(records: Records, cfg: "DataConfig", tokenizer: Optional[Tokenizer] = None, seed: int = 0
+def build_datasets(records: Records, cfg: DataConfig, tokenizer: Optional[Tokenizer] = None, seed: int = 0
                    ) -> tuple[GenomeWindowDataset, GenomeWindowDataset]:
     """Training and validation datasets from a :class:`~reformer_seq.config.DataConfig`."""
     common = dict(seq_len=cfg.seq_len, tokenizer=tokenizer, stride=cfg.stride, val_fraction=cfg.val_fraction,
@@ -204,7 +204,7 @@ def build_datasets(records: Records, cfg: "DataConfig", tokenizer: Optional[Toke
     return train, val
 
 
-def datasets_from_config(paths: Union[str, Sequence[str]], cfg: "DataConfig", seed: int = 0
+def datasets_from_config(paths: Union[str, Sequence[str]], cfg: DataConfig, seed: int = 0
                          ) -> tuple[GenomeWindowDataset, GenomeWindowDataset]:
     """Load (cached) genomes from ``paths`` with ``cfg``'s alphabet and options; train and val datasets."""
     from .encoded import load_genome

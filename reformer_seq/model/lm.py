@@ -59,7 +59,8 @@ class ReformerLM(nn.Module):
     def _check(self, tokens: Tensor, mask: Optional[Tensor]) -> None:
         c = self.config
         if tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64, torch.int16, torch.uint8):
-            raise ValueError(f"tokens must be a (batch, length) integer tensor, got {tuple(tokens.shape)} {tokens.dtype}")
+            raise ValueError(f"tokens must be a (batch, length) integer tensor, "
+                             f"got {tuple(tokens.shape)} {tokens.dtype}")
         L = tokens.shape[1]
         if L == 0:
             raise ValueError("tokens is empty (length 0)")
@@ -95,7 +96,8 @@ class ReformerLM(nn.Module):
             x = self.frame_conv(x)
         blocks = self.layers if n_blocks is None else self.layers[:n_blocks]
         top = self.config.copy_position == "top"
-        if self.copy is not None and self.config.copy_position == "bottom":  # what followed earlier copies of the last k bases
+        # what followed earlier copies of the last k bases
+        if self.copy is not None and self.config.copy_position == "bottom":
             x = x + self.copy(x, tokens, mask)
         h = run_blocks(blocks, x, mask, real_len, self.config.reversible)
         if self.copy is not None and top and len(blocks) == len(self.layers):  # beside the stack, straight to the head
@@ -154,7 +156,7 @@ class ReformerLM(nn.Module):
         return save_checkpoint(self, self.config, spec, folder, meta=meta)
 
     @classmethod
-    def from_pretrained(cls, folder, map_location: str = "cpu", **overrides) -> "ReformerLM":
+    def from_pretrained(cls, folder, map_location: str = "cpu", **overrides) -> ReformerLM:
         """A model from a checkpoint folder or a run folder (its best checkpoint)."""
         from ..tasks.pretrained import load_pretrained
 

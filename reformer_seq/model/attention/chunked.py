@@ -16,8 +16,8 @@ rounds a pair meets in, each round also gives every position a *window key* ``u`
 is visible to query ``i`` in round ``r`` iff ``lo <= u_r[i] - u_r[j] <= hi``. The callers encode
 their rules (see :mod:`.lsh_attention` and :mod:`.local_attention`).
 
-The autograd Function computes in float32 (float64 for float64 inputs) one (round, block of chunks) at a time, in forward
-and backward alike (the backward recomputes logits, as FlashAttention does), so temporaries
+The autograd Function computes in float32 (float64 for float64 inputs) one (round, block of chunks) at a time, in
+forward and backward alike (the backward recomputes logits, as FlashAttention does), so temporaries
 are bounded by ``max_block_elems`` (default: the execution policy's ``attention_block_elems``)
 whatever the length: memory grows linearly with L.
 
@@ -75,7 +75,7 @@ class Layout:
     def window(self) -> int:
         return (self.back + 1 + self.fwd) * self.chunk
 
-    def select_heads(self, heads: slice, n_heads: int) -> "Layout":
+    def select_heads(self, heads: slice, n_heads: int) -> Layout:
         """The layout of heads ``heads`` only (rows g = b * n_heads + h of every tensor)."""
         G = self.buckets.shape[1]
         if heads.start == 0 and heads.stop == n_heads:

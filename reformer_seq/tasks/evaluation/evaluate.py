@@ -85,7 +85,8 @@ def _baselines(records: Sequence[EncodedRecord], lk: LikelihoodResult, data: Opt
 
 
 def region_records(records: Sequence[EncodedRecord], split: str, val_fraction: float) -> list[EncodedRecord]:
-    """Each record cut to its ``split`` region (``train``/``val``/``all``; see :func:`~reformer_seq.genome.windows.split_bounds`)."""
+    """Each record cut to its ``split`` region (``train``/``val``/``all``; see
+    :func:`~reformer_seq.genome.windows.split_bounds`)."""
     from ...genome.windows import split_bounds
 
     if split not in ("all", "train", "val"):

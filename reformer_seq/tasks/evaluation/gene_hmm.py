@@ -2,7 +2,8 @@
 
 The textbook prokaryotic gene HMM (Krogh, Mian & Haussler 1994, "A hidden Markov model that
 finds genes in E. coli DNA", NAR 22:4768; with the higher-order codon-position emissions of
-GeneMark.hmm, Lukashin & Borodovsky 1998, NAR 26:1107) with order-k emissions, run as a causal language model: the forward algorithm gives, at every position t,
+GeneMark.hmm, Lukashin & Borodovsky 1998, NAR 26:1107) with order-k emissions, run as a causal language model: the
+forward algorithm gives, at every position t,
 ``P(x_{t+1} | x_0..x_t)`` with frame and strand summed over, never given.
 
 **States** (19; all read along the forward strand, left to right)::

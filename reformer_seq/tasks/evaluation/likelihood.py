@@ -318,7 +318,8 @@ def span_window(length: int, start: int, end: int, window: int, causal: bool) ->
 
 
 def default_window(info: dict, max_len: int) -> int:
-    """The checkpoint's training window (``info["train_data"]["seq_len"]``), capped at ``max_len`` (the default without one)."""
+    """The checkpoint's training window (``info["train_data"]["seq_len"]``), capped at ``max_len`` (the default
+    without one)."""
     td = info.get("train_data") if isinstance(info, dict) else None
     seq_len = td.get("seq_len") if isinstance(td, dict) else None
     return int(min(seq_len or max_len, max_len))

@@ -111,7 +111,7 @@ class MarkovModel:
     n_train: int = 0
 
     @classmethod
-    def fit(cls, segments: Sequence[Segment], order: int, pseudocount: float = 0.5) -> "MarkovModel":
+    def fit(cls, segments: Sequence[Segment], order: int, pseudocount: float = 0.5) -> MarkovModel:
         """Count every (r+1)-mer, r = 0..order, lying wholly inside a segment's ``[lo, hi)``."""
         if not 0 <= order <= 30:
             raise InputError(f"Markov order must be in 0..30, got {order}")
@@ -130,7 +130,7 @@ class MarkovModel:
         tables = [_count(np.concatenate(c) if c else np.zeros(0, np.int64), r) for r, c in enumerate(per_order)]
         return cls(order, pseudocount, tables, n)
 
-    def truncated(self, order: int) -> "MarkovModel":
+    def truncated(self, order: int) -> MarkovModel:
         """The same counts used as an order-``order`` model (order <= self.order)."""
         if order > self.order:
             raise ValueError(f"cannot raise a fitted order-{self.order} model to order {order}")

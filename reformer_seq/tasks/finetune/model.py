@@ -132,7 +132,7 @@ class SequenceModel(nn.Module):
                                meta={**(meta or {}), "finetune": self.head_config.to_dict()})
 
     @classmethod
-    def from_pretrained(cls, path: PathLike, map_location: str = "cpu") -> "SequenceModel":
+    def from_pretrained(cls, path: PathLike, map_location: str = "cpu") -> SequenceModel:
         """A fine-tuned model from its checkpoint folder or its run folder (the best checkpoint)."""
         return load_finetuned(path, map_location)[0]
 

@@ -114,7 +114,7 @@ class Threshold:
     value: float
 
     @classmethod
-    def parse(cls, text: Union[str, float, "Threshold", None]) -> "Threshold":
+    def parse(cls, text: Union[str, float, Threshold, None]) -> Threshold:
         """``p:1e-5`` / ``p=1e-5``, ``rel:0.9``, ``score:10`` or a plain number (bits)."""
         if text is None:
             text = DEFAULT_THRESHOLD

@@ -71,7 +71,7 @@ class ScanIndex:
     records: list[str]
 
     @classmethod
-    def build(cls, records: Sequence[EncodedRecord]) -> "ScanIndex":
+    def build(cls, records: Sequence[EncodedRecord]) -> ScanIndex:
         lengths = np.array([len(r) for r in records], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
         ids = np.full(int((lengths + 1).sum()), NucleotideTokenizer.n_id, dtype=np.uint8)

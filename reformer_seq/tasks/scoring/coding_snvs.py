@@ -12,7 +12,7 @@ gene the base is the complement of the codon's base at the mirrored CDS position
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Iterable, Iterator
 
 from ...errors import InputError
@@ -34,7 +34,7 @@ class CodingSNV:
     strand: int  # the gene's strand
 
 
-@lru_cache(maxsize=None)
+@cache
 def genetic_code(table: int = 11) -> dict[str, str]:
     """Codon -> one-letter amino acid, ``*`` for stops, for NCBI translation table ``table``."""
     from Bio.Data.CodonTable import unambiguous_dna_by_id
