@@ -236,7 +236,8 @@ class ByteTokenizer:
 
 
 Tokenizer = Union[NucleotideTokenizer, ByteTokenizer]
-_KINDS = {"nucleotide": NucleotideTokenizer, "byte": ByteTokenizer}
+_KINDS: dict[str, type[NucleotideTokenizer] | type[ByteTokenizer]] = {"nucleotide": NucleotideTokenizer,
+                                                                  "byte": ByteTokenizer}
 
 
 def make_tokenizer(alphabet: str) -> Tokenizer:

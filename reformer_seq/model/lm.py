@@ -7,7 +7,7 @@ two unchanged.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +44,9 @@ class ReformerLM(nn.Module):
             self.copy = CopyAttention(c.dim, c.copy_k, c.copy_rc, c.bucket_size, c.copy_hashes or c.n_hashes,
                                       c.copy_temperature, hash_seed=c.hash_seed * 1000 + 999,
                                       learn_temperature=c.copy_learn_temperature, eval_hashes=c.copy_eval_hashes)
-        self.copy_mix = CopyMixture(c.dim, self.copy.heads) if c.copy_k and c.copy_position == "mix" else None
+        self.copy_mix: Optional[CopyMixture] = None
+        if self.copy is not None and c.copy_position == "mix":
+            self.copy_mix = CopyMixture(c.dim, self.copy.heads)
         self.layers = nn.ModuleList()
         for i, kind in enumerate(c.layer_kinds()):
             attn = SelfAttention(c.dim, c.heads, c.head_dim, kind=kind, causal=c.causal, bucket_size=c.bucket_size,
@@ -99,7 +101,7 @@ class ReformerLM(nn.Module):
         # what followed earlier copies of the last k bases
         if self.copy is not None and self.config.copy_position == "bottom":
             x = x + self.copy(x, tokens, mask)
-        h = run_blocks(blocks, x, mask, real_len, self.config.reversible)
+        h = run_blocks(cast("list[ReversibleBlock]", blocks), x, mask, real_len, self.config.reversible)
         if self.copy is not None and top and len(blocks) == len(self.layers):  # beside the stack, straight to the head
             h = h + self.copy(tok, tokens, mask)  # values from the bases alone
         return h
@@ -136,6 +138,7 @@ class ReformerLM(nn.Module):
         else:
             logits = self._head(h)
         if self.copy_mix is not None:
+            assert self.copy is not None  # the mixture exists only beside the copy layer
             p_copy, seen = self.copy.next_base(tokens, mask)
             logits = self.copy_mix(logits, h, p_copy, seen, tokens)
         return logits

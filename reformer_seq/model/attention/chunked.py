@@ -81,13 +81,14 @@ class Layout:
         if heads.start == 0 and heads.stop == n_heads:
             return self
         B = G // n_heads
-        if B == 1:
-            pick = lambda t: None if t is None else t[:, heads]  # noqa: E731 - a view
-        else:
-            idx = (torch.arange(B, device=self.buckets.device).view(B, 1) * n_heads
-                   + torch.arange(heads.start, heads.stop, device=self.buckets.device)).reshape(-1)
-            pick = lambda t: None if t is None else t.index_select(1, idx)  # noqa: E731
-        return dataclasses.replace(self, perm=pick(self.perm), buckets=pick(self.buckets), u=pick(self.u))
+        idx = None if B == 1 else (torch.arange(B, device=self.buckets.device).view(B, 1) * n_heads
+                                   + torch.arange(heads.start, heads.stop, device=self.buckets.device)).reshape(-1)
+
+        def pick(t: Tensor) -> Tensor:
+            return t[:, heads] if idx is None else t.index_select(1, idx)  # B == 1: a view
+
+        return dataclasses.replace(self, perm=None if self.perm is None else pick(self.perm),
+                                   buckets=pick(self.buckets), u=None if self.u is None else pick(self.u))
 
 
 class _Block:
@@ -167,6 +168,8 @@ def _logits(q: Tensor, kw: Tensor, blk: _Block, lay: Layout, scale: float, masks
     valid = (bq == bk.view(G, n, 1, lay.window)) & band  # same bucket, inside the band
 
     if lay.rounds > 1:  # section 2: subtract log N_ij, N_ij = rounds in which j is in i's window
+        # a layout of several rounds carries u and a permutation
+        assert lay.u is not None and blk.q_pos is not None and blk.k_pos is not None
         count = valid.to(torch.uint8)
         for r in range(lay.rounds):
             if r == r0:
@@ -334,7 +337,7 @@ class ChunkedAttentionFunction(torch.autograd.Function):
     """Autograd wrapper: saves only q, k, v, out and lse; the backward recomputes logits."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float,  # type: ignore[override]
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float,
                 max_block_elems: int, cached: Optional[tuple[Tensor, Tensor]]) -> Tensor:
         dtype = q.dtype
         qf, kf, vf = (None if t is None else t.to(compute_dtype(dtype)) for t in (q, k, v))
@@ -349,7 +352,7 @@ class ChunkedAttentionFunction(torch.autograd.Function):
         return out.to(dtype)
 
     @staticmethod
-    def backward(ctx, dout: Tensor):  # type: ignore[override]
+    def backward(ctx, dout: Tensor):
         qf, kf, vf, out, lse = ctx.saved_tensors
         with torch.autocast(qf.device.type, enabled=False):
             dq, dk, dv = _backward(qf, kf, vf, out, lse, dout.to(qf.dtype), ctx.lay, ctx.scale, ctx.block)

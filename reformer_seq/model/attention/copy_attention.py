@@ -83,6 +83,7 @@ def alone_mask(lay: Layout, L: int) -> Tensor:
     """(G, L) bool: queries that see no key in any round (first of their bucket in every
     round's sorted order). Causal LSH windows always include the nearest earlier same-bucket
     position, so "no earlier same-bucket neighbour" is exactly "sees nothing"."""
+    assert lay.perm is not None  # an LSH layout is always permuted
     b = lay.buckets  # (R, G, L) sorted bucket ids
     first = torch.ones_like(b, dtype=torch.bool)
     first[..., 1:] = b[..., 1:] != b[..., :-1]  # (R, G, L) in sorted order
@@ -218,10 +219,11 @@ class CopyMixture(nn.Module):
         self.heads = heads
         self.norm = nn.LayerNorm(dim)
         n_in = dim + heads * (N_BASES + 2 + len(HIT_WINDOWS))
-        self.gate = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, heads + 1))
-        nn.init.zeros_(self.gate[2].weight)
+        last = nn.Linear(hidden, heads + 1)
+        self.gate = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), last)
+        nn.init.zeros_(last.weight)
         with torch.no_grad():  # start trusting the network: copy weights e^-3 each
-            self.gate[2].bias.copy_(torch.tensor([3.0] + [0.0] * heads))
+            last.bias.copy_(torch.tensor([3.0] + [0.0] * heads))
 
     def features(self, h: Tensor, p_copy: Tensor, seen: Tensor, tokens: Tensor) -> Tensor:
         peak = p_copy.max(-1).values  # (B, L, H)

@@ -3,6 +3,7 @@ matrices, and motifs selected by id or name. See the package docstring for the d
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,10 @@ _EXTENSIONS = {".jaspar": "jaspar", ".jsp": "jaspar", ".meme": "meme", ".transfa
 EXPECTED = "a JASPAR (.jaspar), MEME (.meme), TRANSFAC (.transfac/.dat) or PFM (.pfm) motif file"
 
 
+# A C G T background frequencies: a sequence, an array or a {letter: frequency} dict.
+Background = Union[Sequence[float], dict, np.ndarray]
+
+
 # ---------------------------------------------------------------------- motifs
 @dataclass
 class Motif:
@@ -46,13 +51,13 @@ class Motif:
     def label(self) -> str:
         return f"{self.id} {self.name}".strip() if self.name and self.name != self.id else self.id
 
-    def probabilities(self, background: Sequence[float], pseudocount: float = DEFAULT_PSEUDOCOUNT) -> np.ndarray:
+    def probabilities(self, background: Background, pseudocount: float = DEFAULT_PSEUDOCOUNT) -> np.ndarray:
         """Letter probabilities (W, 4) with ``pseudocount`` spread over the letters as ``background``."""
         b = as_background(background)
         n = self.counts.sum(axis=1, keepdims=True)
         return (self.counts + pseudocount * b) / (n + pseudocount)
 
-    def information_content(self, background: Sequence[float] = (0.25, 0.25, 0.25, 0.25),
+    def information_content(self, background: Background = (0.25, 0.25, 0.25, 0.25),
                             pseudocount: float = DEFAULT_PSEUDOCOUNT) -> np.ndarray:
         """Bits per column (W,): relative entropy of the column's letters against ``background``."""
         b = as_background(background)
@@ -63,7 +68,7 @@ class Motif:
         return "".join(LETTERS[i] for i in self.counts.argmax(axis=1))
 
 
-def as_background(background: Union[Sequence[float], dict, np.ndarray]) -> np.ndarray:
+def as_background(background: Background) -> np.ndarray:
     if isinstance(background, dict):
         background = [background[letter] for letter in LETTERS]
     b = np.asarray(background, dtype=np.float64).reshape(4)
@@ -195,7 +200,7 @@ def select_motifs(motifs: Sequence[Motif], ids: Optional[Iterable[str]], where: 
 
 def load_motifs(paths: Union[PathLike, Sequence[PathLike]], ids: Optional[Iterable[str]] = None) -> list[Motif]:
     """Motifs from one or more files, optionally selected by ``ids``; the first motif with a given id wins."""
-    if isinstance(paths, (str, Path)):
+    if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
         raise InputError(f"no motif file given; expected {EXPECTED}")

@@ -13,7 +13,7 @@ from ...runtime.policy import current_policy
 from ...genome.encoded import EncodedRecord
 from ...genome.tokenizers import A_ID, N_BASES
 
-from .files import DEFAULT_PSEUDOCOUNT, DEFAULT_THRESHOLD, SCORE_GRID, Motif, as_background
+from .files import Background, DEFAULT_PSEUDOCOUNT, DEFAULT_THRESHOLD, SCORE_GRID, Motif, as_background
 
 
 # ---------------------------------------------------------------------- background and PSSMs
@@ -98,7 +98,7 @@ class PSSM:
         return tail[idx]
 
 
-def make_pssm(motif: Motif, background: Sequence[float] = (0.25, 0.25, 0.25, 0.25),
+def make_pssm(motif: Motif, background: Background = (0.25, 0.25, 0.25, 0.25),
               pseudocount: float = DEFAULT_PSEUDOCOUNT) -> PSSM:
     """The motif's PSSM (log2-odds, bits) against ``background`` with ``pseudocount`` (see module docstring)."""
     b = as_background(background)

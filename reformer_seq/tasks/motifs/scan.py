@@ -92,7 +92,7 @@ def scan_records(records: Sequence[EncodedRecord], pssm: PSSM, threshold: Union[
     index = index or ScanIndex.build(records)
     fwd, rev = score_sequence(index.ids, pssm)
     strands = [("+", fwd), ("-", rev)] if both_strands else [("+", fwd)]
-    hits = []
+    hits: list[tuple[int, int, str, float]] = []  # (record, start, strand, score)
     for strand, sc in strands:
         pos = np.flatnonzero(sc >= cut)
         ri = np.searchsorted(index.starts, pos, side="right") - 1
