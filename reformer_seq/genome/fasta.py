@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import io
 import zlib
 from pathlib import Path
-from typing import IO, Iterator, NamedTuple, Optional
+from typing import IO, Iterator, NamedTuple, Optional, Union
 
 
 from ..errors import InputError
@@ -42,7 +43,7 @@ def _is_gzip(path: Path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
-def _open_binary(path: Path) -> IO[bytes]:
+def _open_binary(path: Path) -> Union[gzip.GzipFile, io.BufferedReader]:
     return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
 
 

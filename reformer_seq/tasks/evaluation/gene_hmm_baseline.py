@@ -83,7 +83,7 @@ def _genbank_segments(path: Path, segments: Sequence[Segment], ids: Sequence[str
 
 def labelled_training_segments(data: BaselineData) -> tuple[list[LabelledSegment], str]:
     """``data.train`` with genes (GenBank CDS where the file has them, else Prodigal calls) and a description."""
-    paths = data.record_paths or [None] * len(data.train)
+    paths: list[Optional[Path]] = [*data.record_paths] or [None] * len(data.train)
     ids = data.record_ids or [f"record{i}" for i in range(len(data.train))]
     out: list[LabelledSegment] = []
     how: list[str] = []

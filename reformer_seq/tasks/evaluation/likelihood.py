@@ -161,6 +161,7 @@ def run_queries(scorer: ScoringModel, queries: Iterable[Query], batch_size: int 
                 empty = np.zeros((len(tgt), 0))
                 yield empty, empty.copy()
                 continue
+            assert out is not None  # scored: this query is in ``todo``
             lp = out[i, _query_rows(scorer.objective, q.positions)].astype(np.float64)  # (n, V)
             i += 1
             logp = np.take_along_axis(lp[None].repeat(len(tgt), 0), tgt[..., None], axis=-1)[..., 0]

@@ -70,6 +70,9 @@ def masked_mean(h: Tensor, mask: Optional[Tensor]) -> Tensor:
 class SequenceHead(nn.Module):
     """Pool (mean or attention) -> standardize -> linear or MLP."""
 
+    center: Tensor  # buffers (D,): the standardisation of the pooled features
+    scale: Tensor
+
     def __init__(self, dim: int, config: HeadConfig):
         super().__init__()
         self.config = config

@@ -80,7 +80,7 @@ def coding_snvs(seq: str, genes: Iterable[CDS], lo: int = 0, hi: int | None = No
     seq = seq.upper()
     hi = len(seq) if hi is None else hi
     code = genetic_code(table)
-    out = []
+    out: list[CodingSNV] = []
     for cds in genes:
         if cds.end > len(seq):
             raise InputError(f"CDS {cds.gene} ends at {cds.end:,}, past the {len(seq):,}-base sequence of "

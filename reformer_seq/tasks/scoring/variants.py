@@ -245,9 +245,10 @@ def make_jobs(alleles: Sequence[Allele], index: dict[str, int], lengths: Sequenc
     return jobs
 
 
-def strand_sequences(records, reverse_for: set[int]) -> list[tuple[np.ndarray, Optional[np.ndarray]]]:
-    """``seqs[c][strand]``: each contig's token ids and, for contigs in ``reverse_for``, their reverse complement."""
-    return [(r.ids, TOKENIZER.reverse_complement(np.asarray(r.ids)) if i in reverse_for else None)
+def strand_sequences(records, reverse_for: set[int]) -> list[list[np.ndarray]]:
+    """``seqs[c][strand]``: each contig's token ids and, for contigs in ``reverse_for`` only, their reverse
+    complement."""
+    return [[r.ids] + ([TOKENIZER.reverse_complement(np.asarray(r.ids))] if i in reverse_for else [])
             for i, r in enumerate(records)]
 
 
