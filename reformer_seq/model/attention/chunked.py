@@ -66,6 +66,9 @@ class Layout:
     back: int = 1
     fwd: int = 0
     self_fallback: bool = True
+    # the GPU path's index tensors of this layout (model/attention/flex.py), kept from the forward
+    # pass for the reversible backward; a dict to fill, or None (not kept)
+    fused: Optional[dict] = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def rounds(self) -> int:
@@ -87,7 +90,8 @@ class Layout:
             idx = (torch.arange(B, device=self.buckets.device).view(B, 1) * n_heads
                    + torch.arange(heads.start, heads.stop, device=self.buckets.device)).reshape(-1)
             pick = lambda t: None if t is None else t.index_select(1, idx)  # noqa: E731
-        return dataclasses.replace(self, perm=pick(self.perm), buckets=pick(self.buckets), u=pick(self.u))
+        return dataclasses.replace(self, perm=pick(self.perm), buckets=pick(self.buckets), u=pick(self.u),
+                                   fused=None if self.fused is None else {})
 
 
 class _Block:

@@ -126,8 +126,27 @@ def banded_block_mask(L: int, chunk: int, back: int, fwd: int, blk: int, device:
     positions ``[i blk - back C, (i+1) blk + fwd C)``: a band, the same for every batch entry and
     head (index lists (1, 1, nb, W), broadcast). ``full_width``: lists of width nb (what the
     compiled CPU lowering asserts); the Triton kernel reads only the first ``num_blocks``.
-    ``L`` need not be a multiple of ``blk`` (nb = ceil(L / blk)).
+    ``L`` need not be a multiple of ``blk`` (nb = ceil(L / blk)). The index lists depend on the
+    shape only and are kept per process (a few KiB each); ``mask_mod`` is the call's own.
     """
+    count, kv_idx, q_count, q_idx = _band_lists(L, chunk, back, fwd, blk, torch.device(device), full_width)
+    return BlockMask(seq_lengths=(L, L), kv_num_blocks=count, kv_indices=kv_idx,
+                     full_kv_num_blocks=None, full_kv_indices=None, q_num_blocks=q_count,
+                     q_indices=q_idx, full_q_num_blocks=None, full_q_indices=None,
+                     BLOCK_SIZE=(blk, blk), mask_mod=mask_mod)
+
+
+@functools.lru_cache(maxsize=64)
+def _band_lists(L: int, chunk: int, back: int, fwd: int, blk: int, device: torch.device, full_width: bool
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """kv_num_blocks, kv_indices, q_num_blocks, q_indices of :func:`banded_block_mask` (kept, so
+    built outside any inference mode)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return _band_lists_now(L, chunk, back, fwd, blk, device, full_width)
+
+
+def _band_lists_now(L: int, chunk: int, back: int, fwd: int, blk: int, device: torch.device, full_width: bool
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     nb = -(-L // blk)
     i = torch.arange(nb, device=device)
     first = ((i * blk - back * chunk).clamp(min=0)) // blk  # (nb,) first kv block of q block i
@@ -143,11 +162,8 @@ def banded_block_mask(L: int, chunk: int, back: int, fwd: int, blk: int, device:
     q_last = torch.searchsorted(first.contiguous(), j, right=True) - 1  # last i with first[i] <= j
     q_count = q_last - q_first + 1
     q_idx = (q_first.view(nb, 1) + t).clamp(max=nb - 1)  # (nb, W); the band is symmetric in width
-    as_i32 = lambda x: x.to(torch.int32).view(1, 1, *x.shape).contiguous()  # noqa: E731
-    return BlockMask(seq_lengths=(L, L), kv_num_blocks=as_i32(count), kv_indices=as_i32(kv_idx),
-                     full_kv_num_blocks=None, full_kv_indices=None, q_num_blocks=as_i32(q_count),
-                     q_indices=as_i32(q_idx), full_q_num_blocks=None, full_q_indices=None,
-                     BLOCK_SIZE=(blk, blk), mask_mod=mask_mod)
+    as_i32 = lambda x: x.to(torch.int32).view(1, 1, *x.shape).contiguous()  # noqa: E731 - (1, 1, nb[, W])
+    return as_i32(count), as_i32(kv_idx), as_i32(q_count), as_i32(q_idx)
 
 
 # ----------------------------------------------------------------------------- the rules
@@ -186,67 +202,84 @@ def _round_groups(lay, G: int, L: int, D: int) -> list[tuple[int, int]]:
     return [(a, min(a + per, lay.rounds)) for a in range(0, lay.rounds, per)]
 
 
-def _rounds(q: Tensor, k: Tensor, v: Tensor, lay, scale: float, r0: int, r1: int) -> tuple[Tensor, Tensor]:
-    """Rounds r0..r1 of (G, L, D) inputs -> out (Rg, G, L, D), lse (Rg, G, L), at original positions."""
-    G, L, D = q.shape
-    Rg = r1 - r0
+def _indices(lay, B: int, H: int, L: int, r0: int, r1: int, keep: bool) -> dict:
+    """Index tensors of rounds r0..r1 (no autograd): ``rows`` (Rg*G*L,) rows of a flat (B*L*H, D)
+    input in each round's sorted order; ``back`` (Rg*B*L*H,) rows of the flat sorted output in
+    (round, b, position, h) order; ``back_lse`` (Rg*G*L,) the same for the (round, g, position)
+    log-sum-exps; ``us`` (Rg, R, G, L) every round's window key in these rounds' sorted orders.
+    ``keep``: store them in ``lay.fused`` for the backward's recomputation (small inputs)."""
+    store = lay.fused if lay.fused is not None else {}
+    if (r0, r1) in store:
+        return store[(r0, r1)]
+    G, Rg, R = B * H, r1 - r0, lay.rounds
+    dev = lay.buckets.device
+    with torch.no_grad():
+        perm = lay.perm[r0:r1].long()  # (Rg, G, L)
+        g = torch.arange(G, device=dev)
+        base = (g // H) * (L * H) + g % H  # (G,) row of (b, 0, h) in the flat (B*L*H, D) input
+        rows = (perm * H + base.view(1, G, 1)).view(-1)
+        inv = torch.empty_like(perm).scatter_(2, perm, torch.arange(L, device=dev).expand(Rg, G, L))
+        flat = inv + torch.arange(Rg * G, device=dev).mul_(L).view(Rg, G, 1)  # (Rg, G, L) sorted-output rows
+        back = flat.view(Rg, B, H, L).permute(0, 1, 3, 2).reshape(-1)  # (Rg*B*L*H,)
+        us = None
+        if R > 1:  # us[b, r2, g, s] = u[r2, g, perm[r0 + b, g, s]]
+            us = lay.u.unsqueeze(0).expand(Rg, R, G, L).gather(3, perm.unsqueeze(1).expand(Rg, R, G, L))
+        out = {"rows": rows, "back": back, "back_lse": flat.view(-1), "us": us}
+    if keep and lay.fused is not None:
+        store[(r0, r1)] = out
+    return out
+
+
+def _rounds(q: Tensor, k: Tensor, v: Tensor, lay, scale: float, r0: int, r1: int, keep: bool
+            ) -> tuple[Tensor, Tensor]:
+    """Rounds r0..r1 of (B, L, H, D) inputs -> out (Rg, B, L, H, D), lse (Rg, G, L), at original
+    positions (local attention, in the identity order: Rg = 1, no gathers and no copies)."""
+    B, L, H, D = q.shape
+    G, Rg = B * H, r1 - r0
     blk = current_policy("cuda").flex_block
-    bk = lay.buckets[r0:r1]  # (Rg, G, L) sorted buckets
-    score_mod = None
-    if lay.perm is None:  # identity order (local attention): no gathers
-        qs, ks, vs = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)  # (1, G, L, D)
-    else:
-        with torch.no_grad():
-            offs = (torch.arange(Rg * G, device=q.device) % G).mul_(L).view(Rg, G, 1)
-            rows = (lay.perm[r0:r1].long() + offs).view(-1)  # (Rg*G*L,) flat rows of (G*L, D)
-        qs, ks, vs = (t.reshape(G * L, t.shape[-1]).index_select(0, rows).view(Rg, G, L, t.shape[-1])
-                      for t in (q, k, v))  # (Rg, G, L, D) in each round's sorted order
-        if lay.rounds > 1:
-            with torch.no_grad():  # us[b, r2, g, s] = u[r2, g, perm[r0 + b, g, s]]
-                R = lay.rounds
-                perm = lay.perm[r0:r1].long().unsqueeze(1).expand(Rg, R, G, L)
-                us = lay.u.unsqueeze(0).expand(Rg, R, G, L).gather(3, perm)  # (Rg, R, G, L) int32
-            score_mod = _score_mod(us, lay.lo, lay.hi)
+    if lay.perm is None:  # (B, H, L, D) views; flex's batch is B, its heads H
+        bk = lay.buckets[0].view(B, H, L)
+        mask = banded_block_mask(L, lay.chunk, lay.back, lay.fwd, blk, q.device,
+                                 mask_mod=_mask_mod(bk, lay, lay.self_fallback))
+        out, lse = _flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, mask, scale, blk)
+        return out.transpose(1, 2).unsqueeze(0), lse.reshape(1, G, L)  # (1, B, L, H, D), (1, G, L)
+    ix = _indices(lay, B, H, L, r0, r1, keep)
+    qs, ks, vs = (t.reshape(B * L * H, t.shape[-1]).index_select(0, ix["rows"]).view(Rg, G, L, t.shape[-1])
+                  for t in (q, k, v))  # (Rg, G, L, D): flex's batch is the round, its heads G
+    score_mod = None if ix["us"] is None else _score_mod(ix["us"], lay.lo, lay.hi)
     mask = banded_block_mask(L, lay.chunk, lay.back, lay.fwd, blk, q.device,
-                             mask_mod=_mask_mod(bk, lay, lay.self_fallback))
+                             mask_mod=_mask_mod(lay.buckets[r0:r1], lay, lay.self_fallback))
     out_s, lse_s = _flex(qs, ks, vs, score_mod, mask, scale, blk)  # sorted coordinates
-    if lay.perm is None:
-        return out_s, lse_s
-    with torch.no_grad():  # inverse order: sorted index of each original position
-        inv = torch.empty_like(rows).view(Rg, G, L)
-        inv.scatter_(2, lay.perm[r0:r1].long(), torch.arange(L, device=q.device).expand(Rg, G, L))
-        back_rows = (inv + _group_offsets(Rg, G, L, q.device)).view(-1)  # rows of the flat sorted output
-    out = out_s.reshape(Rg * G * L, D).index_select(0, back_rows).view(Rg, G, L, D)
-    lse = lse_s.reshape(Rg * G * L).index_select(0, back_rows).view(Rg, G, L)
+    Dv = out_s.shape[-1]
+    out = out_s.reshape(Rg * G * L, Dv).index_select(0, ix["back"]).view(Rg, B, L, H, Dv)
+    lse = lse_s.reshape(Rg * G * L).index_select(0, ix["back_lse"]).view(Rg, G, L)
     return out, lse
 
 
-def _group_offsets(Rg: int, G: int, L: int, device: torch.device) -> Tensor:
-    """(Rg, G, 1) offsets of each (round, row) in a flattened (Rg*G*L, ...) tensor."""
-    return torch.arange(Rg * G, device=device).mul_(L).view(Rg, G, 1)
-
-
 def _safe(lse: Tensor) -> Tensor:
-    return torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    """-inf (a row that sees nothing) -> 0, for use as a subtrahend."""
+    return torch.nan_to_num(lse, neginf=0.0)
 
 
-def _reduce(out: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
-    """Merge rounds (dim 0) by their log-sum-exp: (Rg, G, L, D), (Rg, G, L) -> (G, L, D), (G, L)."""
+def _weights(lse_r: Tensor, total: Tensor, B: int, H: int) -> Tensor:
+    """exp(lse_r - total) (Rg, G, L) as a (Rg, B, L, H, 1) view: each round's share of the merged softmax."""
+    Rg, G, L = lse_r.shape
+    w = (lse_r - _safe(total)).exp_()  # 0 for rounds that see nothing
+    return w.view(Rg, B, H, L).transpose(2, 3).unsqueeze(-1)
+
+
+def _reduce(out: Tensor, lse: Tensor, B: int, H: int) -> tuple[Tensor, Tensor]:
+    """Merge rounds (dim 0) by their log-sum-exp: (Rg, B, L, H, D), (Rg, G, L) -> (B, L, H, D), (G, L)."""
+    if out.shape[0] == 1:
+        return out[0], lse[0]
     total = torch.logsumexp(lse, dim=0)  # (G, L); -inf where no round sees anything
-    w = (lse - _safe(total)).exp_()  # (Rg, G, L); 0 for rounds that see nothing
-    return (out * w.unsqueeze(-1)).sum(0), total
+    return (out * _weights(lse, total, B, H)).sum(0), total
 
 
-def _to_gld(t: Tensor) -> Tensor:
-    """(B, L, H, D) -> (B*H, L, D)."""
-    B, L, H, D = t.shape
-    return t.permute(0, 2, 1, 3).reshape(B * H, L, D)
-
-
-def _from_gld(t: Tensor, B: int, H: int) -> Tensor:
-    """(B*H, L, D) -> (B, L, H, D)."""
-    G, L, D = t.shape
-    return t.view(B, H, L, D).permute(0, 2, 1, 3)
+def _alone(lse: Tensor, B: int, H: int) -> Tensor:
+    """(G, L) lse -> (B, L, H, 1) bool: queries that see nothing in any round."""
+    G, L = lse.shape
+    return torch.isinf(lse).view(B, H, L).transpose(1, 2).unsqueeze(-1)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -254,18 +287,18 @@ def forward(q: Tensor, k: Optional[Tensor], v: Tensor, lay, scale: float) -> tup
     """Twin of the reference's forward on (B, L, H, D) tensors: out (B, L, H, D), lse (B*H, L).
     ``k=None``: shared-QK, keys ``F.normalize(q, dim=-1)``."""
     B, L, H, D = q.shape
-    qg, vg = _to_gld(q), _to_gld(v)
-    kg = F.normalize(qg, dim=-1) if k is None else _to_gld(k)
+    kk = F.normalize(q, dim=-1) if k is None else k
+    groups = _round_groups(lay, B * H, L, D)
     out = lse = None
-    for r0, r1 in _round_groups(lay, B * H, L, D):
-        o, s = _reduce(*_rounds(qg, kg, vg, lay, scale, r0, r1))
+    for r0, r1 in groups:
+        o, s = _reduce(*_rounds(q, kk, v, lay, scale, r0, r1, keep=len(groups) == 1), B, H)
         if out is None:
             out, lse = o, s
         else:  # merge with the earlier groups
-            out, lse = _reduce(torch.stack([out, o]), torch.stack([lse, s]))
+            out, lse = _reduce(torch.stack([out, o]), torch.stack([lse, s]), B, H)
     if lay.self_fallback:  # nothing visible in any round: the query takes its own value
-        out = torch.where(torch.isinf(lse).unsqueeze(-1), vg, out)
-    return _from_gld(out, B, H), lse
+        out = torch.where(_alone(lse, B, H), v, out)
+    return out, lse
 
 
 def backward(q: Tensor, k: Optional[Tensor], v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, lay,
@@ -274,23 +307,23 @@ def backward(q: Tensor, k: Optional[Tensor], v: Tensor, out: Tensor, lse: Tensor
     keys' gradient through the normalisation)."""
     B, L, H, D = q.shape
     G = B * H
+    groups = _round_groups(lay, G, L, D)
     with torch.enable_grad(), (_cpu_backward_allowed() if q.device.type == "cpu" else contextlib.nullcontext()):
-        qg = _to_gld(q).detach().requires_grad_(True)
-        vg = _to_gld(v).detach().requires_grad_(True)
-        kg = None if k is None else _to_gld(k).detach().requires_grad_(True)
-        og, dog = _to_gld(out).detach(), _to_gld(dout)
-        base = _safe(lse.view(G, L))
-        for r0, r1 in _round_groups(lay, G, L, D):
+        qg = q.detach().requires_grad_(True)
+        vg = v.detach().requires_grad_(True)
+        kg = None if k is None else k.detach().requires_grad_(True)
+        lse = lse.view(G, L)
+        for r0, r1 in groups:
             keys = F.normalize(qg, dim=-1) if kg is None else kg
-            out_r, lse_r = _rounds(qg, keys, vg, lay, scale, r0, r1)  # (Rg, G, L, D), (Rg, G, L)
-            w = (lse_r.detach() - base).exp_()  # (Rg, G, L) the merged softmax's share of each round
-            d_out = w.unsqueeze(-1) * dog
-            d_lse = w * ((out_r.detach() - og) * dog).sum(-1)
-            torch.autograd.backward([out_r, lse_r], [d_out, d_lse])
+            out_r, lse_r = _rounds(qg, keys, vg, lay, scale, r0, r1, keep=False)  # (Rg, B, L, H, D), (Rg, G, L)
+            w = _weights(lse_r.detach(), lse, B, H)  # (Rg, B, L, H, 1)
+            d_out = w * dout
+            d_lse = (w * (out_r.detach() - out) * dout).sum(-1)  # (Rg, B, L, H)
+            torch.autograd.backward([out_r, lse_r], [d_out, d_lse.permute(0, 1, 3, 2).reshape(lse_r.shape)])
             del out_r, lse_r
     dv = vg.grad
     if lay.self_fallback:  # alone rows took their own value
-        dv = dv + dog * torch.isinf(lse.view(G, L)).unsqueeze(-1).to(dog.dtype)
+        dv = dv + dout * _alone(lse, B, H).to(dout.dtype)
     dq = qg.grad if qg.grad is not None else torch.zeros_like(qg)
     dk = None if kg is None else (kg.grad if kg.grad is not None else torch.zeros_like(kg))
-    return (_from_gld(dq, B, H), None if dk is None else _from_gld(dk, B, H), _from_gld(dv, B, H))
+    return dq, dk, dv
