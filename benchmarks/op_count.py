@@ -38,7 +38,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from reformer_seq import ReformerConfig, ReformerLM  # noqa: E402
-from reformer_seq.model.attention import flex  # noqa: E402
 from reformer_seq.runtime.dispatch_count import OpCounter  # noqa: E402
 
 
@@ -60,6 +59,8 @@ def fused_stand_in(counter: OpCounter) -> Iterator[None]:
     """Replace the fused attention call by a differentiable stand-in of the right shapes that
     counts as one launch (the compiled kernel), its own ops paused (for op counts of the GPU path
     without eager FlexAttention's dense scores). Results are meaningless inside."""
+    from reformer_seq.model.attention import flex
+
     original = flex._flex
 
     def stand_in(q, k, v, score_mod, block_mask, scale, blk):

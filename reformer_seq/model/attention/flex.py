@@ -287,7 +287,8 @@ def forward(q: Tensor, k: Optional[Tensor], v: Tensor, lay, scale: float) -> tup
     """Twin of the reference's forward on (B, L, H, D) tensors: out (B, L, H, D), lse (B*H, L).
     ``k=None``: shared-QK, keys ``F.normalize(q, dim=-1)``."""
     B, L, H, D = q.shape
-    kk = F.normalize(q, dim=-1) if k is None else k
+    q, v = q.detach(), v.detach()  # called without autograd (the Function's forward, or no_grad)
+    kk = F.normalize(q, dim=-1) if k is None else k.detach()
     groups = _round_groups(lay, B * H, L, D)
     out = lse = None
     for r0, r1 in groups:
