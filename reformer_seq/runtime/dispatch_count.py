@@ -9,6 +9,8 @@ has caught up and blocks CUDA graphs and ``torch.compile``. :class:`OpCounter` i
 sequence of the GPU path does not depend on the device: ``SEQFORMER_KERNEL=gpu``).
 
 What it cannot see on a CPU: device-to-host copies (``.cpu()``, ``.tolist()`` of a CUDA tensor).
+Eager FlexAttention cannot run inside it (its dynamo wrapper refuses a dispatch mode): count the
+GPU path with a stand-in for the fused call (``benchmarks/op_count.py:fused_stand_in``).
 """
 from __future__ import annotations
 
