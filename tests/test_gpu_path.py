@@ -4,6 +4,7 @@ guard against the launch-bound GPU step of issue 23)."""
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,26 @@ def test_token_range_is_checked_without_a_host_sync(monkeypatch):
     with torch.no_grad(), c, _op_count().fused_stand_in(c):
         model(torch.randint(4, 8, (1, 32)))
     assert c.syncs == 0, c.sync_ops
+
+
+@pytest.mark.skipif(not flex.available(), reason="this torch has no FlexAttention with AuxRequest")
+def test_pretrain_on_the_gpu_path_in_bf16(tmp_path, monkeypatch, session_cache):
+    """``seqformer pretrain`` end to end on the code path ``--device cuda`` takes (eager on this
+    CPU), in bf16: it trains, finite, and reports the whole run's tokens per second."""
+    from click.testing import CliRunner
+
+    from pipelines.cli import cli
+
+    monkeypatch.setenv("SEQFORMER_CACHE_DIR", str(session_cache))
+    monkeypatch.setenv("SEQFORMER_KERNEL", "gpu")
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["pretrain", str(REPO / "data" / "phiX174_NC_001422.1.fa"), "--config",
+                                   str(REPO / "configs" / "tiny.yaml"), "--max-steps", "3", "--precision", "bf16",
+                                   "--out", str(run), "--quiet"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "tokens/s" in res.output
+    import json
+
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    train = [r for r in rows if r.get("kind") == "train"]
+    assert train and all(math.isfinite(r["bits_per_base"]) for r in train)
