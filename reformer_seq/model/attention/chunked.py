@@ -294,10 +294,12 @@ def _normalized(q: Tensor) -> Tensor:
 
 def _fused(q: Tensor) -> bool:
     """Whether the GPU path's fused backend (:mod:`.flex`) takes this call: CUDA tensors or
-    ``SEQFORMER_KERNEL=gpu``, and a torch with FlexAttention."""
+    ``SEQFORMER_KERNEL=gpu``, and a torch with FlexAttention (``SEQFORMER_KERNEL=torch``: the
+    reference, on CUDA too)."""
     from . import flex
+    from . import kernel as kernels
 
-    return gpu_path(q.device) and flex.available()
+    return gpu_path(q.device) and flex.available() and kernels.mode() != "torch"
 
 
 def _forward(q: Tensor, k: Optional[Tensor], v: Tensor, lay: Layout, scale: float, max_block_elems: int

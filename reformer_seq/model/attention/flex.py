@@ -72,6 +72,11 @@ def _compiled() -> Callable:
     return torch.compile(_flex_eager, dynamic=False)
 
 
+# Index lists of full width nb instead of the band's W (what the compiled CPU lowering needs; on
+# CUDA the narrow ones should do, which benchmarks/gpu_attention_check.py checks). Diagnostics only.
+FULL_WIDTH_LISTS = False
+
+
 def _kernel_options(blk: int) -> Optional[dict]:
     """Triton tiles that divide the BlockMask's blocks (the defaults assume 128)."""
     if blk >= 128:
@@ -129,6 +134,7 @@ def banded_block_mask(L: int, chunk: int, back: int, fwd: int, blk: int, device:
     ``L`` need not be a multiple of ``blk`` (nb = ceil(L / blk)). The index lists depend on the
     shape only and are kept per process (a few KiB each); ``mask_mod`` is the call's own.
     """
+    full_width = full_width or FULL_WIDTH_LISTS
     count, kv_idx, q_count, q_idx = _band_lists(L, chunk, back, fwd, blk, torch.device(device), full_width)
     return BlockMask(seq_lengths=(L, L), kv_num_blocks=count, kv_indices=kv_idx,
                      full_kv_num_blocks=None, full_kv_indices=None, q_num_blocks=q_count,
