@@ -18,7 +18,8 @@
 # Results under $WORK (default /tmp/gpu_check_attention), packed into $OUT/gpu_check_attention.tar.gz.
 # Wheels for missing packages (transformers, reformer-pytorch) may sit in .whl/ (installed into /tmp/site).
 #
-# CPU dry run (checks that every stage runs; eager FlexAttention, tiny lengths), about 3 minutes:
+# CPU dry run (checks that every stage runs; eager FlexAttention, tiny lengths), about 5 minutes; on a
+# CPU the eager steps are slow (~15 s per layer at 1K) and the seqformer step stages may time out:
 #   OUT=/tmp/dry DEVICE=cpu SEQFORMER_KERNEL=gpu CORRECT_L=256 LAYER_LENGTHS=1K STEP_LENGTHS=1K \
 #     COPY_LENGTHS=1K PEER_LENGTHS=1K bash benchmarks/gpu_check_attention.sh
 set -u
