@@ -260,12 +260,11 @@ class Trainer:
         returns the step's training bits per target base (all ranks)."""
         tcfg, st, dist = self.tcfg, self.state, self.dist
         self.opt.zero_grad(set_to_none=True)
-        loss_sum, n_sum = None, 0  # the loss stays on the device until the one read-back below
+        loss_sum, n_sum = 0.0, 0
         for _ in range(tcfg.grad_accum):
             loss, n, mask = batch_loss(self.model, next(data), self.device, tcfg.precision)
             self.scaler.scale(loss / max(n, 1) / tcfg.grad_accum).backward()
-            part = loss.detach().double()  # float64 as the Python sum it replaces
-            loss_sum = part if loss_sum is None else loss_sum + part
+            loss_sum = loss_sum + loss.detach().double()  # float64, as the Python sum it replaces
             n_sum += n
             st.tokens_seen += int(mask.sum()) * dist.world
             st.window_tokens += int(mask.sum()) * dist.world
@@ -275,10 +274,8 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         st.step += 1
-        # one all-reduce for the loss and the clock (every rank must take the same learning rate)
-        stats = dist.tensor([0.0, float(n_sum), self._time_fraction()])
-        stats[0] += loss_sum.to(stats.dtype)
-        stats = dist.all_reduce_(stats, average=False).tolist()  # the step's one host sync
+        # one all-reduce (the step's one host sync) for the loss and the clock (every rank must take the same lr)
+        stats = dist.all_reduce_(torch.cat([loss_sum.view(1), dist.tensor([n_sum, self._time_fraction()])]), False).tolist()
         st.time_fraction = stats[2] / dist.world
         self.sched.step()
         return float(stats[0] / max(float(stats[1]), 1.0)) / LN2
