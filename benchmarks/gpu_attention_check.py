@@ -145,7 +145,7 @@ def correctness(args) -> None:
         from reformer_seq.model.attention.copy_attention import CopyAttention
 
         torch.manual_seed(0)
-        layer = CopyAttention(dim=8, k=12, n_hashes=4).to(dev).eval()
+        layer = CopyAttention(k=12, n_hashes=4).to(dev).eval()
         g = torch.Generator().manual_seed(5)
         tokens = torch.randint(4, 8, (2, L), generator=g)
         tokens[:, L // 2:L // 2 + 60] = tokens[:, 20:80]

@@ -124,7 +124,7 @@ def test_copy_attention_equals_reference(monkeypatch):
     from reformer_seq.model.attention.copy_attention import CopyAttention
 
     torch.manual_seed(0)
-    layer = CopyAttention(dim=8, k=12, n_hashes=4).double().eval()
+    layer = CopyAttention(k=12, n_hashes=4).double().eval()
     g = torch.Generator().manual_seed(5)
     B, L = 2, 300
     tokens = torch.randint(4, 8, (B, L), generator=g)
