@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from ...genome.tokenizers import A_ID as FIRST_BASE_ID, N_BASES
 from .chunked import Layout, chunked_attention
-from .lsh import bucket_bits, layer_rotations, lsh_layout, n_hash_factors
+from .lsh import bits_bound, bucket_bits, layer_rotations, lsh_layout, n_hash_factors
 
 # Buckets per round: 2**EXTRA_BITS times the LSH layer's (real_length / bucket_size). Exact
 # k-mer matches share a bucket whatever the bucket count, but angular LSH fills buckets unevenly
@@ -61,7 +61,8 @@ def base_vectors(tokens: Tensor) -> Tensor:
     k-mers with ``m`` of ``k`` bases equal have cosine ``(4m - k) / 3k``."""
     idx = tokens.long() - FIRST_BASE_ID
     is_base = (idx >= 0) & (idx < N_BASES)
-    onehot = F.one_hot(idx.clamp(0, N_BASES - 1), N_BASES).to(torch.float32)  # (B, L, 4)
+    # a comparison, not F.one_hot (which reads its input's range back to the host)
+    onehot = (idx.unsqueeze(-1) == torch.arange(N_BASES, device=idx.device)).to(torch.float32)  # (B, L, 4)
     return (onehot - 1.0 / N_BASES) * is_base.unsqueeze(-1)
 
 
@@ -126,7 +127,7 @@ class CopyAttention(nn.Module):
         B, Lp, D = fwd.shape
         sym = (fwd + rc).unsqueeze(1).expand(B, self.heads, Lp, D)  # (B, H, Lp, D)
         bits = bucket_bits(real_len, self.bucket_size, None) + EXTRA_BITS
-        rot = self._rotations(n_hash_factors(bits), fwd.device)
+        rot = self._rotations(n_hash_factors(bits, bits_bound(Lp, self.bucket_size, None) + EXTRA_BITS), fwd.device)
         return lsh_layout(sym, real, bits, rot, self.n_hashes, self.bucket_size, causal=True)
 
     def attend(self, values: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
