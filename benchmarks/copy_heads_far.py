@@ -57,8 +57,8 @@ def main() -> int:
     rec = max(load_genome(ECOLI), key=lambda r: len(r.ids))
     ids = np.asarray(rec.ids, dtype=np.int64)
     split = int(len(ids) * 0.9)  # the held-out 10% is ids[split:]
-    layers = {"k12": CopyAttention(8, 12, temperature=11.0, n_hashes=2, eval_hashes=args.eval_hashes).eval(),
-              "seeds+persist": CopyAttention(8, 12, temperature=11.0, n_hashes=2, eval_hashes=args.eval_hashes,
+    layers = {"k12": CopyAttention(12, temperature=11.0, n_hashes=2, eval_hashes=args.eval_hashes).eval(),
+              "seeds+persist": CopyAttention(12, temperature=11.0, n_hashes=2, eval_hashes=args.eval_hashes,
                                              seeds=SEEDS, persist=True).eval()}
     rows = []
     for d in (int(x) for x in args.distances.split(",")):

@@ -34,6 +34,18 @@ def factor_axial(max_seq_len: int) -> tuple[int, int]:
     return a, max_seq_len // a
 
 
+N = TypeVar("N", int, float)
+
+
+def _pair(values: Any, key: str, kind: type[N]) -> tuple[N, N]:
+    """``values`` (a list from YAML, or a tuple) as a tuple of two ``kind``; any other length is a
+    ConfigError naming ``key`` (``from_dict`` checks YAML; this covers configs built in Python)."""
+    items = tuple(values)
+    if len(items) != 2:
+        raise ConfigError(f"{key} must have 2 values, got {list(items)}")
+    return kind(items[0]), kind(items[1])
+
+
 @dataclass
 class ReformerConfig:
     """Architecture of a :class:`~reformer_seq.model.lm.ReformerLM` (Kitaev et al., ICLR 2020)."""
@@ -99,26 +111,21 @@ class ReformerConfig:
     # Reformer paper, section 5: a model trained with few hashes evaluates better with more):
     # each round is another chance that the earlier copy is among a query's look-back keys.
     copy_eval_hashes: Optional[int] = None
-    # Where the copy signal joins: "mix" (the copy heads' next-base distributions, from fixed
-    # one-hot values, are mixed with the network's by a learned gate: a pointer-generator),
-    # "top" (learned values added to the stack's output before the head) or "bottom" (added to
-    # the embeddings; the stack's layers read it).
-    copy_position: str = "mix"
     # Spaced seeds (copy_attention.py): 0/1 patterns over the last bases, most recent first, each
     # palindromic (so both strands code the same bases), e.g. ["11010011011011001011"]. Each gets a
     # direct and a reverse-complement head that match only the bases marked 1, so a copy with
     # substitutions is still followed by the seeds that spare them. None: the contiguous copy_k-mer
-    # (copy_k still turns the layer on). Several k at once: patterns of all ones. copy_position mix only.
+    # (copy_k still turns the layer on). Several k at once: patterns of all ones.
     copy_seeds: Optional[list[str]] = None
     # Persistence (copy_attention.py): one more copy head per strand that keeps following the last
     # alignment a copy head found, one base a step, through mismatches (GeCo's substitution-tolerant
-    # copy model); the gate learns from its recent hits when to trust it. copy_position mix only.
+    # copy model); the gate learns from its recent hits when to trust it.
     copy_persist: bool = False
     hash_seed: int = 0  # seed of the hash rotations in eval mode (deterministic inference)
 
     def __post_init__(self) -> None:
         if self.axial_shape is not None:
-            self.axial_shape = tuple(int(x) for x in self.axial_shape)  # YAML gives a list
+            self.axial_shape = _pair(self.axial_shape, "model.axial_shape", int)  # YAML gives a list
         if self.attn_layers is not None:
             self.attn_layers = list(self.attn_layers)
         if self.copy_seeds is not None:
@@ -145,8 +152,6 @@ class ReformerConfig:
             raise ConfigError(f"model.n_buckets must be a power of two or null (auto), got {self.n_buckets}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if self.copy_position not in ("mix", "top", "bottom"):
-            raise ConfigError(f"model.copy_position must be mix, top or bottom, got {self.copy_position!r}")
         if self.positions not in ("axial", "none"):
             raise ConfigError(f"model.positions must be 'axial' or 'none', got {self.positions!r}")
         if not isinstance(self.copy_k, int) or self.copy_k < 0:
@@ -158,18 +163,16 @@ class ReformerConfig:
             raise ConfigError(f"model.copy_k needs the nucleotide alphabet, got vocab_size {self.vocab_size} "
                               f"(byte-level); set copy_k: 0 for byte-level models")
         if self.copy_seeds is not None:
-            if not self.copy_k or self.copy_position != "mix" or not self.copy_seeds:
-                raise ConfigError("model.copy_seeds needs copy_k > 0 (it turns the copy layer on) and "
-                                  f"copy_position: mix, and at least one pattern; got copy_k {self.copy_k}, "
-                                  f"copy_position {self.copy_position!r}, {len(self.copy_seeds)} patterns")
+            if not self.copy_k or not self.copy_seeds:
+                raise ConfigError("model.copy_seeds needs copy_k > 0 (it turns the copy layer on) and at least "
+                                  f"one pattern; got copy_k {self.copy_k}, {len(self.copy_seeds)} patterns")
             for pat in self.copy_seeds:
                 if set(pat) - {"0", "1"} or pat.count("1") < 4 or pat != pat[::-1] or len(pat) > 64:
                     raise ConfigError(f"model.copy_seeds: pattern {pat!r} must be 0/1 characters, palindromic "
                                       f"(reads the same reversed, so both strands code the same bases), at most "
                                       f"64 long, with at least 4 ones; e.g. '11010011011011001011'")
-        if self.copy_persist and (not self.copy_k or self.copy_position != "mix"):
-            raise ConfigError(f"model.copy_persist needs copy_k > 0 and copy_position: mix, got copy_k "
-                              f"{self.copy_k}, copy_position {self.copy_position!r}")
+        if self.copy_persist and not self.copy_k:
+            raise ConfigError("model.copy_persist needs the copy layer: set copy_k > 0 (e.g. 12)")
         if self.copy_persist and max([self.copy_k] + [len(p) for p in self.copy_seeds or []]) < 3:
             raise ConfigError("model.copy_persist needs a copy k-mer (or seed span) of at least 3 bases")
         for name in ("copy_hashes", "copy_eval_hashes"):
@@ -224,8 +227,25 @@ class ReformerConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "model") -> "ReformerConfig":
-        return from_dict(cls, d, where)
+    def from_dict(cls, d: Mapping[str, Any], where: str = "model") -> ReformerConfig:
+        return from_dict(cls, upgrade_model_keys(d, where), where)
+
+
+def upgrade_model_keys(d: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """Model configs written by older versions, mapped to today's fields.
+
+    ``copy_position`` (mix | top | bottom) is gone: the copy layer always joins as the mixture of
+    next-base distributions (the former ``mix``, kept in every later config). ``mix`` is dropped
+    silently; ``top`` and ``bottom`` models had learned copy values that no longer exist, so they
+    are refused with one line that says so.
+    """
+    if not isinstance(d, Mapping) or "copy_position" not in d:
+        return d
+    old = d["copy_position"]
+    if old != "mix":
+        raise ConfigError(f"{where}: copy_position {old!r} was removed (the copy layer now always joins as "
+                          f"the mixture, the former 'mix'); this model cannot be loaded: retrain it")
+    return {k: v for k, v in d.items() if k != "copy_position"}
 
 
 @dataclass
@@ -300,7 +320,7 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)
+        self.betas = _pair(self.betas, "train.betas", float)
         if self.objective not in ("causal", "masked"):
             raise ConfigError(f"train.objective must be 'causal' or 'masked', got {self.objective!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -323,9 +343,10 @@ class RunConfig:
                 "train": {**dataclasses.asdict(self.train), "betas": list(self.train.betas)}}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> "RunConfig":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> RunConfig:
         sections = {"model": ReformerConfig, "data": DataConfig, "train": TrainConfig}
         _reject_unknown(d, sections, where or "config")
+        d = {**d, "model": upgrade_model_keys(d.get("model") or {}, "model")}
         return cls(**{k: from_dict(c, d.get(k) or {}, k) for k, c in sections.items()})
 
 
@@ -368,11 +389,11 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        if args:
-            if origin is tuple and len(args) > 1 and len(args) != len(value):
-                raise ConfigError(f"{key} must have {len(args)} values, got {list(value)}")
-            value = [_check_type(v, args[min(i, len(args) - 1)], f"{key}[{i}]") for i, v in enumerate(value)]
+        elems = [a for a in typing.get_args(tp) if a is not Ellipsis]  # the element types
+        if elems:
+            if origin is tuple and len(elems) > 1 and len(elems) != len(value):
+                raise ConfigError(f"{key} must have {len(elems)} values, got {list(value)}")
+            return origin(_check_type(v, elems[min(i, len(elems) - 1)], f"{key}[{i}]") for i, v in enumerate(value))
         return origin(value)
     return value
 

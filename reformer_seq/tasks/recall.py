@@ -5,8 +5,9 @@
   of a real genome, ``P`` a prefix, ``F(d)`` d filler bases from elsewhere, and ``S'`` is ``S``
   (direct copy) or its reverse complement (inverted repeat), optionally diverged
   (:func:`diverge`: substitutions at an exact rate, short indels) and the same diverged ``S'`` in
-  the control. Scoring the final ``S'`` in both, **recall gain = control bits - repeat bits**. The bases before ``S'`` differ only in ``S``
-  against ``C``, so any fixed-order Markov model (order < d) gains exactly 0.
+  the control. Scoring the final ``S'`` in both, **recall gain = control bits - repeat bits**.
+  The bases before ``S'`` differ only in ``S`` against ``C``, so any fixed-order Markov model
+  (order < d) gains exactly 0.
 * :func:`repeat_positions` marks positions whose preceding ``w`` bases occurred earlier in the
   same window, exactly or with up to ``max_mismatches`` substitutions (pigeonhole on
   ``max_mismatches + 1`` blocks, then a check of every candidate pair).
@@ -24,9 +25,8 @@ import numpy as np
 
 from .evaluation.likelihood import is_base
 from .evaluation.markov import MarkovModel
-from ..genome.tokenizers import NucleotideTokenizer
+from ..genome.tokenizers import A_ID, NucleotideTokenizer
 
-A_ID = 4  # token id of A; C, G, T follow (tokenizers.py)
 _TOKENIZER = NucleotideTokenizer()
 
 
@@ -295,7 +295,7 @@ class CopyModel:
     def predictors(self) -> list[int]:
         return [s * k for k in self.orders for s in ((1, -1) if self.reverse else (1,))]
 
-    def fit(self, windows: Sequence[np.ndarray], grid: int = 200) -> "CopyModel":
+    def fit(self, windows: Sequence[np.ndarray], grid: int = 200) -> CopyModel:
         """Choose each w_k to maximise the likelihood of the training ``windows``."""
         hits: dict[int, list] = {k: [] for k in self.predictors()}
         for ids in windows:
@@ -339,8 +339,9 @@ def markov_for_copy(train_windows: Sequence[np.ndarray], order: int) -> MarkovMo
 
 
 def causal_bits(scorer, ids: np.ndarray, positions: Optional[np.ndarray] = None) -> np.ndarray:
-    """-log2 p of ``ids[t]`` given ``ids[:t]`` under a causal :class:`~reformer_seq.tasks.evaluation.likelihood.ScoringModel`,
-    for ``positions`` (default: every t >= 1), from one pass over ``ids``."""
+    """-log2 p of ``ids[t]`` given ``ids[:t]`` under a causal
+    :class:`~reformer_seq.tasks.evaluation.likelihood.ScoringModel`, for ``positions`` (default: every t >= 1),
+    from one pass over ``ids``."""
     ids = np.asarray(ids, dtype=np.int64)
     positions = np.arange(1, len(ids)) if positions is None else np.asarray(positions, dtype=np.int64)
     logp = scorer(ids[None])[0]  # (L, V): row t predicts ids[t + 1]

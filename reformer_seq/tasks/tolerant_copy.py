@@ -45,7 +45,8 @@ class TolerantCopyModel:
         src = {rev: copy_sources(ids, self.k, rev) for rev in (False, True)}
         pred = np.full(hi - lo, -1, np.int64)
         hits = np.zeros(hi - lo, np.int64)
-        ptr, step, hist = -1, 0, []
+        ptr, step = -1, 0
+        hist: list[bool] = []
         for t in range(lo, hi):
             misses = len(hist) - sum(hist)
             if ptr < 0 or ptr >= t or misses > self.max_misses or (hist and not hist[-1]):
@@ -66,7 +67,7 @@ class TolerantCopyModel:
                 ptr += step
         return pred, hits
 
-    def fit(self, seqs: Sequence[tuple[np.ndarray, int, int]], grid: int = 200) -> "TolerantCopyModel":
+    def fit(self, seqs: Sequence[tuple[np.ndarray, int, int]], grid: int = 200) -> TolerantCopyModel:
         """Each hit count's weight maximising the likelihood of ``(ids, lo, hi)`` training stretches."""
         right: list[list] = [[] for _ in range(self.window + 1)]
         pm: list[list] = [[] for _ in range(self.window + 1)]

@@ -36,11 +36,14 @@ its direct copy and its inverted copy. A pattern with zeros at the most recent o
 head that keeps following an alignment through the last bases' mismatches (persistence).
 Contiguous ``k`` is the pattern of ``k`` ones; several k at once are several such patterns.
 
-The layer reads token ids (it needs the bases, not hidden states), so it sits below the
-reversible stack: ``x = x + copy(x, tokens)``, and the stack's layers learn when to trust it.
+The layer reads token ids (it needs the bases, not hidden states) and has fixed one-hot values:
+each head's output is a distribution over the next base (:meth:`CopyAttention.next_base`), which
+:class:`CopyMixture` mixes with the network's own by a learned gate. Its only parameters are
+the heads' temperatures (learned or fixed); the gate belongs to the mixture.
 
 Letters: B batch, L length, Lp padded length, S seeds (patterns), H heads (per seed 1 direct
-+ 1 reverse-complement), k widest pattern span, D = 4k code width, R hash rounds, C bucket size (look-back), G = B * H.
++ 1 reverse-complement), k widest pattern span, D = 4k code width, R hash rounds, C bucket size
+(look-back), G = B * H.
 """
 from __future__ import annotations
 
@@ -51,11 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...genome.tokenizers import A_ID as FIRST_BASE_ID, N_BASES
 from .chunked import Layout, chunked_attention
-from .lsh import bucket_bits, layer_rotations, lsh_layout, n_hash_factors
+from .lsh import bits_bound, bucket_bits, layer_rotations, lsh_layout, n_hash_factors
 
-FIRST_BASE_ID = 4  # token ids of A, C, G, T are 4..7 (tokenizers.py); complement of i is 3 - i
-N_BASES = 4
 # Buckets per round: 2**EXTRA_BITS times the LSH layer's (real_length / bucket_size). Exact
 # k-mer matches share a bucket whatever the bucket count, but angular LSH fills buckets unevenly
 # (a position's bucket holds ~3x the mean), and a causal query sees only the ``bucket_size``
@@ -70,7 +72,8 @@ def base_vectors(tokens: Tensor) -> Tensor:
     k-mers with ``m`` of ``k`` bases equal have cosine ``(4m - k) / 3k``."""
     idx = tokens.long() - FIRST_BASE_ID
     is_base = (idx >= 0) & (idx < N_BASES)
-    onehot = F.one_hot(idx.clamp(0, N_BASES - 1), N_BASES).to(torch.float32)  # (B, L, 4)
+    # a comparison, not F.one_hot (which reads its input's range back to the host)
+    onehot = (idx.unsqueeze(-1) == torch.arange(N_BASES, device=idx.device)).to(torch.float32)  # (B, L, 4)
     return (onehot - 1.0 / N_BASES) * is_base.unsqueeze(-1)
 
 
@@ -94,6 +97,7 @@ def alone_mask(lay: Layout, L: int) -> Tensor:
     """(G, L) bool: queries that see no key in any round (first of their bucket in every
     round's sorted order). Causal LSH windows always include the nearest earlier same-bucket
     position, so "no earlier same-bucket neighbour" is exactly "sees nothing"."""
+    assert lay.perm is not None  # an LSH layout is always permuted
     b = lay.buckets  # (R, G, L) sorted bucket ids
     first = torch.ones_like(b, dtype=torch.bool)
     first[..., 1:] = b[..., 1:] != b[..., :-1]  # (R, G, L) in sorted order
@@ -103,9 +107,9 @@ def alone_mask(lay: Layout, L: int) -> Tensor:
 
 
 class CopyAttention(nn.Module):
-    """(B, L, dim) hidden states + (B, L) tokens -> (B, L, dim) copy signal (causal only)."""
+    """(B, L) tokens -> each copy head's next-base distribution (B, L, H, 4) (causal only)."""
 
-    def __init__(self, dim: int, k: int = 12, reverse_complement: bool = True, bucket_size: int = 16,
+    def __init__(self, k: int = 12, reverse_complement: bool = True, bucket_size: int = 16,
                  n_hashes: int = 4, temperature: float = 16.0, hash_seed: int = 0, learn_temperature: bool = True,
                  eval_hashes: Optional[int] = None, seeds: Optional[Sequence[str]] = None, persist: bool = False):
         super().__init__()
@@ -123,11 +127,6 @@ class CopyAttention(nn.Module):
             masks[g, :len(pat)] = torch.tensor([float(c == "1") for c in pat])
         self.register_buffer("seed_masks", masks, persistent=False)  # (S, k): 1 where a seed reads the base
         self.hash_seed = hash_seed
-        self.norm = nn.LayerNorm(dim)
-        self.to_v = nn.Linear(dim, self.heads * self.dim_head, bias=False)
-        self.to_out = nn.Linear(self.heads * self.dim_head, dim)
-        nn.init.zeros_(self.to_out.weight)  # the layer starts silent (x + 0); training turns it on
-        nn.init.zeros_(self.to_out.bias)
         log_t = torch.full((self.heads,), math.log(temperature))
         if learn_temperature:
             self.log_temperature = nn.Parameter(log_t)
@@ -147,9 +146,10 @@ class CopyAttention(nn.Module):
         """vec (B, Lp, 4) -> each seed's unit-normalised forward and reverse-complement codes,
         zero-padded to width D: (B, S, Lp, D) each (slots a pattern skips are zero)."""
         fw, rv = [], []
+        masks: Tensor = self.seed_masks  # type: ignore[assignment]  # a registered buffer
         for g, s in enumerate(self.spans):
             f, r = kmer_codes(vec, s)  # (B, Lp, 4s) each
-            m = self.seed_masks[g, :s].to(vec.dtype).repeat_interleave(N_BASES)  # (4s,)
+            m = masks[g, :s].to(vec.dtype).repeat_interleave(N_BASES)  # (4s,)
             pad = (0, self.dim_head - N_BASES * s)
             fw.append(F.pad(F.normalize(f * m, dim=-1), pad))
             rv.append(F.pad(F.normalize(r * m, dim=-1), pad))
@@ -163,7 +163,7 @@ class CopyAttention(nn.Module):
         B, S, Lp, D = fwd.shape
         sym = (fwd + rc).repeat_interleave(self.heads // S, dim=1)  # (B, H, Lp, D)
         bits = bucket_bits(real_len, self.bucket_size, None) + EXTRA_BITS
-        rot = self._rotations(n_hash_factors(bits), fwd.device)
+        rot = self._rotations(n_hash_factors(bits, bits_bound(Lp, self.bucket_size, None) + EXTRA_BITS), fwd.device)
         return lsh_layout(sym, real, bits, rot, self.n_hashes, self.bucket_size, causal=True)
 
     def attend(self, values: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
@@ -182,7 +182,8 @@ class CopyAttention(nn.Module):
             lay = self.layout(fwd, rc, real_p, real_p.sum(1))
         temp = self.log_temperature.exp()  # (H,)
         q = fwd.transpose(1, 2).repeat_interleave(P, dim=2) * temp.view(1, 1, -1, 1)  # (B, Lp, H, D): logit T cos
-        keys = torch.stack([c for g in range(len(self.seeds)) for c in (fwd[:, g], rc[:, g])[:P]], dim=2)  # (B, Lp, H, D)
+        pairs = [c for g in range(len(self.seeds)) for c in (fwd[:, g], rc[:, g])[:P]]
+        keys = torch.stack(pairs, dim=2)  # (B, Lp, H, D)
         v = F.pad(values, (0, 0, 0, 0, 0, Lp - L))  # (B, Lp, H, D)
         shifted = []
         for g, s in enumerate(self.spans):
@@ -194,25 +195,19 @@ class CopyAttention(nn.Module):
         seen = ~alone_mask(lay, L).view(B, self.heads, L).transpose(1, 2)  # (B, L, H)
         return out[:, :L] * seen.unsqueeze(-1).to(out.dtype), seen  # no self fallback: alone -> 0
 
-    def forward(self, x: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> Tensor:
-        """Learned values: x (B, L, dim) -> copy signal (B, L, dim) (``copy_position`` top/bottom)."""
-        B, L, _ = x.shape
-        v = self.to_v(self.norm(x)).view(B, L, self.heads, self.dim_head)  # (B, L, H, D)
-        out, _ = self.attend(v, tokens, real)
-        return self.to_out(out.reshape(B, L, self.heads * self.dim_head))
-
     def next_base(self, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """Each head's distribution over the next base (B, L, H, 4) with fixed one-hot values
-        (``copy_position: mix``): the direct head reads the base after its earlier copy, the
-        reverse-complement head the complement of the base before it. Mass that lands on N is
-        spread evenly; a query that sees nothing gets the uniform distribution. Also ``seen``."""
+        """Each head's distribution over the next base (B, L, H, 4), from fixed one-hot values: the
+        direct head reads the base after its earlier copy, the reverse-complement head the complement
+        of the base before it. Mass that lands on N is spread evenly; a query that sees nothing gets
+        the uniform distribution. Also ``seen``."""
         B, L = tokens.shape
         vec = base_vectors(tokens)  # centred one-hot; zero rows for N
         onehot = vec + (vec.abs().sum(-1, keepdim=True) > 0) / N_BASES  # (B, L, 4)
         vals = [onehot, onehot.flip(-1)][:self.per_seed] * len(self.seeds)  # complement: A C G T reversed
         v = torch.stack(vals, dim=2)  # (B, L, H, 4)
         if self.persist:  # each value also carries its own position, as clock phases
-            v = torch.cat([v, clock(torch.arange(L, device=tokens.device))[None, :, None].expand(B, L, self.heads, -1)], dim=-1)
+            pos = clock(torch.arange(L, device=tokens.device))[None, :, None]  # (1, L, 1, 2n)
+            v = torch.cat([v, pos.expand(B, L, self.heads, -1)], dim=-1)  # (B, L, H, 4 + 2n)
         v = F.pad(v, (0, self.dim_head - v.shape[-1]))  # (B, L, H, D)
         out, seen = self.attend(v, tokens, real)
         p = out[..., :N_BASES]  # (B, L, H, 4)
@@ -312,14 +307,20 @@ def recent_hits(p_copy: Tensor, tokens: Tensor, windows: tuple[int, ...] = HIT_W
     is_base = ((idx >= 0) & (idx < N_BASES)).unsqueeze(-1)  # (B, L, 1)
     prev = F.pad(p_copy[:, :-1], (0, 0, 0, 0, 1, 0), value=1.0 / N_BASES)  # (B, L, H, 4): p at t - 1
     got = prev.gather(-1, idx.clamp(0, N_BASES - 1).view(B, L, 1, 1).expand(B, L, H, 1)).squeeze(-1)
-    hit = torch.where(is_base, got, torch.full_like(got, 1.0 / N_BASES))  # (B, L, H)
+    hit = got.masked_fill(~is_base, 1.0 / N_BASES)  # (B, L, H)
     cs = F.pad(hit.cumsum(1), (0, 0, 1, 0))  # (B, L + 1, H)
-    feats = []
-    for w in windows:
-        lo = (torch.arange(L, device=hit.device) + 1 - w).clamp(min=0)  # (L,)
-        n = (torch.arange(L, device=hit.device) + 1 - lo).to(hit.dtype).view(1, L, 1)
-        feats.append((cs[:, 1:] - cs[:, lo]) / n)  # (B, L, H) mean over the last w positions
-    return torch.cat(feats, dim=-1)
+    lo, n = _window_starts(L, windows, hit.device)  # (W, L) each
+    means = (cs[:, 1:].unsqueeze(1) - cs[:, lo]) / n.to(hit.dtype).view(1, len(windows), L, 1)  # (B, W, L, H)
+    return means.permute(0, 2, 1, 3).reshape(B, L, len(windows) * H)  # window-major, as concatenated
+
+
+def _window_starts(L: int, windows: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """For each window w and position t: the first position ``max(0, t - w + 1)`` of the span
+    ending at t, and the span's length, (W, L) long each (computed together: a few ops, not a few per window)."""
+    end = torch.arange(1, L + 1, device=device)  # (L,): t + 1
+    w = torch.tensor(windows, device=device).view(-1, 1)  # (W, 1)
+    lo = (end - w).clamp(min=0)  # (W, L)
+    return lo, end - lo
 
 
 class CopyMixture(nn.Module):
@@ -327,30 +328,30 @@ class CopyMixture(nn.Module):
     distribution with the copy heads': ``p = w_0 p_model + w_1 p_direct + w_2 p_revcomp``, the
     weights a softmax of a small gate network on the hidden state, on each copy distribution and
     how peaked it is, and on how well each head predicted the last 4, 16 and 64 bases
-    (:func:`recent_hits`). Returns log-probabilities, which stand in for logits everywhere
-    (``log_softmax`` leaves them unchanged)."""
+    (:func:`recent_hits`). Takes the network's log-probabilities and returns the mixture's."""
 
     def __init__(self, dim: int, heads: int, hidden: int = 32):
         super().__init__()
         self.heads = heads
         self.norm = nn.LayerNorm(dim)
         n_in = dim + heads * (N_BASES + 2 + len(HIT_WINDOWS))
-        self.gate = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, heads + 1))
-        nn.init.zeros_(self.gate[2].weight)
+        last = nn.Linear(hidden, heads + 1)
+        self.gate = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), last)
+        nn.init.zeros_(last.weight)
         with torch.no_grad():  # start trusting the network: copy weights e^-3 each
-            self.gate[2].bias.copy_(torch.tensor([3.0] + [0.0] * heads))
+            last.bias.copy_(torch.tensor([3.0] + [0.0] * heads))
 
     def features(self, h: Tensor, p_copy: Tensor, seen: Tensor, tokens: Tensor) -> Tensor:
         peak = p_copy.max(-1).values  # (B, L, H)
         return torch.cat([self.norm(h), p_copy.flatten(2), peak, seen.to(h.dtype),
                           recent_hits(p_copy, tokens).to(h.dtype)], dim=-1)
 
-    def forward(self, logits: Tensor, h: Tensor, p_copy: Tensor, seen: Tensor, tokens: Tensor) -> Tensor:
-        """logits (B, L, V), h (B, L, dim), p_copy (B, L, H, 4), seen (B, L, H), tokens (B, L)
-        -> log p (B, L, V)."""
+    def forward(self, logp: Tensor, h: Tensor, p_copy: Tensor, seen: Tensor, tokens: Tensor) -> Tensor:
+        """logp (B, L, V) the network's log-probabilities, h (B, L, dim), p_copy (B, L, H, 4),
+        seen (B, L, H), tokens (B, L) -> the mixture's log-probabilities (B, L, V)."""
         w = torch.softmax(self.gate(self.features(h, p_copy, seen, tokens)), dim=-1)  # (B, L, 1 + H)
-        p = torch.softmax(logits.float(), dim=-1) * w[..., :1]  # (B, L, V)
+        p = torch.softmax(logp.float(), dim=-1) * w[..., :1]  # (B, L, V); softmax(log p) = p
         copy_p = (p_copy * w[..., 1:].unsqueeze(-1)).sum(2)  # (B, L, 4)
         p = torch.cat([p[..., :FIRST_BASE_ID], p[..., FIRST_BASE_ID:FIRST_BASE_ID + N_BASES] + copy_p,
                        p[..., FIRST_BASE_ID + N_BASES:]], dim=-1)
-        return torch.log(p.clamp(min=1e-30)).to(logits.dtype)
+        return torch.log(p.clamp(min=1e-30)).to(logp.dtype)
