@@ -51,15 +51,18 @@ def main() -> int:
     ap.add_argument("--m", type=int, default=512)
     ap.add_argument("--segments", type=int, default=3)
     ap.add_argument("--eval-hashes", type=int, default=4)
+    ap.add_argument("--seeds", action="store_true", help="also the 4 spaced seeds (8 heads; 8x the cost)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "copy_heads_far.json"))
     args = ap.parse_args()
 
     rec = max(load_genome(ECOLI), key=lambda r: len(r.ids))
     ids = np.asarray(rec.ids, dtype=np.int64)
     split = int(len(ids) * 0.9)  # the held-out 10% is ids[split:]
-    layers = {"k12": CopyAttention(12, temperature=11.0, n_hashes=2, eval_hashes=args.eval_hashes).eval(),
-              "seeds+persist": CopyAttention(12, temperature=11.0, n_hashes=2, eval_hashes=args.eval_hashes,
-                                             seeds=SEEDS, persist=True).eval()}
+    layers = {"k12+persist": CopyAttention(12, temperature=11.0, n_hashes=2, eval_hashes=args.eval_hashes,
+                                           persist=True).eval()}
+    if args.seeds:
+        layers["seeds+persist"] = CopyAttention(12, temperature=11.0, n_hashes=2, eval_hashes=args.eval_hashes,
+                                                seeds=SEEDS, persist=True).eval()
     rows = []
     for d in (int(x) for x in args.distances.split(",")):
         for div in (float(x) for x in args.divergence.split(",")):
@@ -85,7 +88,7 @@ def main() -> int:
                         right = ((p[0, t].argmax(-1) == nxt[:, None]) & seen[0, t]).float().mean(0)  # (heads,)
                         strand = slice(1, None, 2) if reverse else slice(0, None, 2)
                         heads = right[:layer.heads][strand]
-                        acc.setdefault(f"{name} best seed head", []).append(float(heads.max()))
+                        acc.setdefault(f"{name} best k-mer/seed head", []).append(float(heads.max()))
                         if layer.persist:
                             acc.setdefault(f"{name} pointer head", []).append(float(right[layer.heads:][strand][0]))
                 row = {"distance": d, "divergence": div, "reverse": reverse,
