@@ -199,7 +199,9 @@ def markdown(res: dict) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for r in res["copy"].values():
             g, se = r["gain_model"]
-            div = f"{r.get('divergence', 0.0):.0%}" + (f" + indels {r['indel_rate']:.0%}" if r.get("indel_rate") else "")
+            div = f"{r.get('divergence', 0.0):.0%}"
+            if r.get("indel_rate"):
+                div += f" + indels {r['indel_rate']:.0%}"
             lines.append(f"| {'reverse complement' if r['reverse'] else 'direct'} | {div} | {r['distance']:,} | "
                          f"**{g:.3f} +/- {se:.3f}** | {r['gain_copy'][0]:.3f} +/- {r['gain_copy'][1]:.3f} | "
                          + (f"{r['gain_tolerant'][0]:.3f} +/- {r['gain_tolerant'][1]:.3f} | " if "gain_tolerant" in r
