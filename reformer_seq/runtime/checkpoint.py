@@ -44,7 +44,7 @@ def save_checkpoint(model: torch.nn.Module, config: ReformerConfig, tokenizer_sp
     """Write a checkpoint folder atomically (replacing an existing one). Returns its path."""
     from safetensors.torch import save_file
 
-    from .. import __version__
+    from ..version import __version__
 
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
