@@ -9,7 +9,7 @@ from typing import Union
 from ...errors import SeqformerError
 
 PathLike = Union[str, os.PathLike]
-DEFAULT_LAYER = -1  # the final output; chosen by benchmarks/downstream.py's layer sweep (README)
+DEFAULT_LAYER = -1  # the final output; chosen by benchmarks/downstream.py's layer sweep (docs/studies.md)
 POOL_MODES = ("mean", "max", "none")
 PRECISIONS = ("fp32", "bf16")
 FORMATS = ("npz", "h5")
