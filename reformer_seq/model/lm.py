@@ -7,7 +7,7 @@ two unchanged.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +60,8 @@ class ReformerLM(nn.Module):
     def _check(self, tokens: Tensor, mask: Optional[Tensor]) -> None:
         c = self.config
         if tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64, torch.int16, torch.uint8):
-            raise ValueError(f"tokens must be a (batch, length) integer tensor, got {tuple(tokens.shape)} {tokens.dtype}")
+            raise ValueError(f"tokens must be a (batch, length) integer tensor, "
+                             f"got {tuple(tokens.shape)} {tokens.dtype}")
         L = tokens.shape[1]
         if L == 0:
             raise ValueError("tokens is empty (length 0)")
@@ -95,7 +96,7 @@ class ReformerLM(nn.Module):
         if self.frame_conv is not None:
             x = self.frame_conv(x)
         blocks = self.layers if n_blocks is None else self.layers[:n_blocks]
-        return run_blocks(blocks, x, mask, real_len, self.config.reversible)
+        return run_blocks(cast("list[ReversibleBlock]", blocks), x, mask, real_len, self.config.reversible)
 
     def resolve_layer(self, layer: Optional[int]) -> int:
         """``layer`` as a block count in [0, depth]: None = the last, negative counts from the end."""
@@ -133,6 +134,7 @@ class ReformerLM(nn.Module):
             logp = self._head(h)
         if self.copy_mix is None:
             return logp
+        assert self.copy is not None  # the mixture exists only beside the copy layer
         p_copy, seen = self.copy.next_base(tokens, mask)
         return self.copy_mix(logp, h, p_copy, seen, tokens)
 
@@ -152,7 +154,7 @@ class ReformerLM(nn.Module):
         return save_checkpoint(self, self.config, spec, folder, meta=meta)
 
     @classmethod
-    def from_pretrained(cls, folder, map_location: str = "cpu", **overrides) -> "ReformerLM":
+    def from_pretrained(cls, folder, map_location: str = "cpu", **overrides) -> ReformerLM:
         """A model from a checkpoint folder, a run folder (its best checkpoint) or a shipped model's
         name (``ecoli``, ``human``); of a fine-tuned checkpoint, its backbone. ``overrides`` change
         config fields that do not affect parameters. With its tokenizer:

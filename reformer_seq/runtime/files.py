@@ -28,9 +28,9 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional
 
-PathLike = Union[str, Path]
+from ..types import PathLike
 
 
 def _umask() -> int:

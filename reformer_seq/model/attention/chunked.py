@@ -16,8 +16,8 @@ rounds a pair meets in, each round also gives every position a *window key* ``u`
 is visible to query ``i`` in round ``r`` iff ``lo <= u_r[i] - u_r[j] <= hi``. The callers encode
 their rules (see :mod:`.lsh` and :mod:`.local`).
 
-The autograd Function computes in float32 (float64 for float64 inputs) one (round, block of chunks) at a time, in forward
-and backward alike (the backward recomputes logits, as FlashAttention does), so temporaries
+The autograd Function computes in float32 (float64 for float64 inputs) one (round, block of chunks) at a time, in
+forward and backward alike (the backward recomputes logits, as FlashAttention does), so temporaries
 are bounded by ``max_block_elems`` (default: the execution policy's ``attention_block_elems``)
 whatever the length: memory grows linearly with L.
 
@@ -75,19 +75,20 @@ class Layout:
     def window(self) -> int:
         return (self.back + 1 + self.fwd) * self.chunk
 
-    def select_heads(self, heads: slice, n_heads: int) -> "Layout":
+    def select_heads(self, heads: slice, n_heads: int) -> Layout:
         """The layout of heads ``heads`` only (rows g = b * n_heads + h of every tensor)."""
         G = self.buckets.shape[1]
         if heads.start == 0 and heads.stop == n_heads:
             return self
         B = G // n_heads
-        if B == 1:
-            pick = lambda t: None if t is None else t[:, heads]  # noqa: E731 - a view
-        else:
-            idx = (torch.arange(B, device=self.buckets.device).view(B, 1) * n_heads
-                   + torch.arange(heads.start, heads.stop, device=self.buckets.device)).reshape(-1)
-            pick = lambda t: None if t is None else t.index_select(1, idx)  # noqa: E731
-        return dataclasses.replace(self, perm=pick(self.perm), buckets=pick(self.buckets), u=pick(self.u))
+        idx = None if B == 1 else (torch.arange(B, device=self.buckets.device).view(B, 1) * n_heads
+                                   + torch.arange(heads.start, heads.stop, device=self.buckets.device)).reshape(-1)
+
+        def pick(t: Tensor) -> Tensor:
+            return t[:, heads] if idx is None else t.index_select(1, idx)  # B == 1: a view
+
+        return dataclasses.replace(self, perm=None if self.perm is None else pick(self.perm),
+                                   buckets=pick(self.buckets), u=None if self.u is None else pick(self.u))
 
 
 class _Block:
@@ -167,6 +168,8 @@ def _logits(q: Tensor, kw: Tensor, blk: _Block, lay: Layout, scale: float, masks
     valid = (bq == bk.view(G, n, 1, lay.window)) & band  # same bucket, inside the band
 
     if lay.rounds > 1:  # section 2: subtract log N_ij, N_ij = rounds in which j is in i's window
+        # a layout of several rounds carries u and a permutation
+        assert lay.u is not None and blk.q_pos is not None and blk.k_pos is not None
         count = valid.to(torch.uint8)
         for r in range(lay.rounds):
             if r == r0:
@@ -334,7 +337,7 @@ class ChunkedAttentionFunction(torch.autograd.Function):
     """Autograd wrapper: saves only q, k, v, out and lse; the backward recomputes logits."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float,  # type: ignore[override]
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float,
                 max_block_elems: int, cached: Optional[tuple[Tensor, Tensor]]) -> Tensor:
         dtype = q.dtype
         qf, kf, vf = (None if t is None else t.to(compute_dtype(dtype)) for t in (q, k, v))
@@ -349,7 +352,7 @@ class ChunkedAttentionFunction(torch.autograd.Function):
         return out.to(dtype)
 
     @staticmethod
-    def backward(ctx, dout: Tensor):  # type: ignore[override]
+    def backward(ctx, dout: Tensor):
         qf, kf, vf, out, lse = ctx.saved_tensors
         with torch.autocast(qf.device.type, enabled=False):
             dq, dk, dv = _backward(qf, kf, vf, out, lse, dout.to(qf.dtype), ctx.lay, ctx.scale, ctx.block)

@@ -43,11 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...genome.tokenizers import A_ID as FIRST_BASE_ID, N_BASES
 from .chunked import Layout, chunked_attention
 from .lsh import bucket_bits, layer_rotations, lsh_layout, n_hash_factors
 
-FIRST_BASE_ID = 4  # token ids of A, C, G, T are 4..7 (tokenizers.py); complement of i is 3 - i
-N_BASES = 4
 # Buckets per round: 2**EXTRA_BITS times the LSH layer's (real_length / bucket_size). Exact
 # k-mer matches share a bucket whatever the bucket count, but angular LSH fills buckets unevenly
 # (a position's bucket holds ~3x the mean), and a causal query sees only the ``bucket_size``
@@ -86,6 +85,7 @@ def alone_mask(lay: Layout, L: int) -> Tensor:
     """(G, L) bool: queries that see no key in any round (first of their bucket in every
     round's sorted order). Causal LSH windows always include the nearest earlier same-bucket
     position, so "no earlier same-bucket neighbour" is exactly "sees nothing"."""
+    assert lay.perm is not None  # an LSH layout is always permuted
     b = lay.buckets  # (R, G, L) sorted bucket ids
     first = torch.ones_like(b, dtype=torch.bool)
     first[..., 1:] = b[..., 1:] != b[..., :-1]  # (R, G, L) in sorted order
@@ -156,9 +156,10 @@ class CopyAttention(nn.Module):
         return out[:, :L] * seen.unsqueeze(-1).to(out.dtype), seen  # no self fallback: alone -> 0
 
     def next_base(self, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """Each head's distribution over the next base (B, L, H, 4), from fixed one-hot values: the direct head reads the base after its earlier copy, the
-        reverse-complement head the complement of the base before it. Mass that lands on N is
-        spread evenly; a query that sees nothing gets the uniform distribution. Also ``seen``."""
+        """Each head's distribution over the next base (B, L, H, 4), from fixed one-hot values: the
+        direct head reads the base after its earlier copy, the reverse-complement head the complement
+        of the base before it. Mass that lands on N is spread evenly; a query that sees nothing gets
+        the uniform distribution. Also ``seen``."""
         B, L = tokens.shape
         vec = base_vectors(tokens)  # centred one-hot; zero rows for N
         onehot = vec + (vec.abs().sum(-1, keepdim=True) > 0) / N_BASES  # (B, L, 4)
@@ -207,10 +208,11 @@ class CopyMixture(nn.Module):
         self.heads = heads
         self.norm = nn.LayerNorm(dim)
         n_in = dim + heads * (N_BASES + 2 + len(HIT_WINDOWS))
-        self.gate = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, heads + 1))
-        nn.init.zeros_(self.gate[2].weight)
+        last = nn.Linear(hidden, heads + 1)
+        self.gate = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), last)
+        nn.init.zeros_(last.weight)
         with torch.no_grad():  # start trusting the network: copy weights e^-3 each
-            self.gate[2].bias.copy_(torch.tensor([3.0] + [0.0] * heads))
+            last.bias.copy_(torch.tensor([3.0] + [0.0] * heads))
 
     def features(self, h: Tensor, p_copy: Tensor, seen: Tensor, tokens: Tensor) -> Tensor:
         peak = p_copy.max(-1).values  # (B, L, H)

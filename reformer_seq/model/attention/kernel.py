@@ -57,7 +57,7 @@ def load_library(compiler: Optional[str] = None, flags: Optional[Sequence[str]] 
     flags = list(FLAGS if flags is None else flags) + [f"-D{d}" for d in defines]
     lib = ctypes.CDLL(str(compile_library(SOURCE, cc, flags, LIBS)))
     f, i, p = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
-    common = [p, p, p, p, p, p] + [i] * 12 + [ctypes.c_int, f]
+    common: list[type[ctypes._SimpleCData]] = [p, p, p, p, p, p] + [i] * 12 + [ctypes.c_int, f]
     # ..., n_threads, seg_rows (the execution policy's kernel_segment_rows, passed with every call)
     lib.seq_attn_forward.argtypes = common + [p, p, ctypes.c_int, i]
     lib.seq_attn_backward.argtypes = common + [p, p, p, p, p, p, ctypes.c_int, i]
@@ -117,6 +117,16 @@ def _args(q, k, v, lay, scale):
     return args, keep
 
 
+def _loaded(lib: Optional[ctypes.CDLL]) -> ctypes.CDLL:
+    """``lib``, else :func:`library`; a BuildError (not an AttributeError on None) where the kernel is
+    unavailable (callers test :func:`usable` first)."""
+    lib = lib or library()
+    if lib is None:
+        raise BuildError(f"the compiled attention kernel is unavailable here (SEQFORMER_KERNEL mode {mode()!r}); "
+                         f"test kernel.usable() before calling it")
+    return lib
+
+
 def forward(q: torch.Tensor, k: Optional[torch.Tensor], v: torch.Tensor, lay, scale: float,
             lib: Optional[ctypes.CDLL] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Compiled twin of :func:`~reformer_seq.model.attention.chunked.chunked_attention_forward`, on
@@ -129,8 +139,8 @@ def forward(q: torch.Tensor, k: Optional[torch.Tensor], v: torch.Tensor, lay, sc
     out = torch.empty(B, L, H, D, dtype=torch.float32)
     lse = torch.empty(B * H, L, dtype=torch.float32)
     args, keep = _args(q, k, v, lay, scale)
-    (lib or library()).seq_attn_forward(*args, out.data_ptr(), lse.data_ptr(), torch.get_num_threads(),
-                                        current_policy().kernel_segment_rows)
+    _loaded(lib).seq_attn_forward(*args, out.data_ptr(), lse.data_ptr(), torch.get_num_threads(),
+                                  current_policy().kernel_segment_rows)
     del keep
     return out, lse
 
@@ -147,9 +157,9 @@ def backward(q, k, v, out, lse, dout, lay, scale, lib: Optional[ctypes.CDLL] = N
     dq, dv = torch.empty_like(q), torch.empty_like(v)  # every row is written (round 0 stores)
     dk = None if k is None else torch.empty_like(k)
     args, keep = _args(q, k, v, lay, scale)
-    (lib or library()).seq_attn_backward(*args, lse.data_ptr(), out.data_ptr(), dout.data_ptr(), dq.data_ptr(),
-                                         _ptr(dk), dv.data_ptr(), torch.get_num_threads(),
-                                         current_policy().kernel_segment_rows)
+    _loaded(lib).seq_attn_backward(*args, lse.data_ptr(), out.data_ptr(), dout.data_ptr(), dq.data_ptr(),
+                                   _ptr(dk), dv.data_ptr(), torch.get_num_threads(),
+                                   current_policy().kernel_segment_rows)
     del keep
     return dq, dk, dv
 
@@ -161,7 +171,7 @@ def lsh_codes(proj: torch.Tensor, n_factors: int, n_hashes: int, half: int, lib:
     proj = proj.contiguous()
     n = proj.shape[0]
     codes = torch.empty(n_hashes, n, dtype=torch.int64)
-    (lib or library()).seq_lsh_codes(proj.data_ptr(), n, n_factors, n_hashes, half, codes.data_ptr(),
+    _loaded(lib).seq_lsh_codes(proj.data_ptr(), n, n_factors, n_hashes, half, codes.data_ptr(),
                                      torch.get_num_threads())
     return codes
 
@@ -174,8 +184,8 @@ def lsh_sort(buckets: torch.Tensor, n_real_buckets: torch.Tensor, chunk: int, ca
     R, G, L = buckets.shape
     nb = n_real_buckets.to(torch.int64).contiguous()
     perm, srt, u = (torch.empty(R, G, L, dtype=torch.int32) for _ in range(3))
-    (lib or library()).seq_lsh_sort(buckets.data_ptr(), nb.data_ptr(), R, G, L, chunk, int(causal), perm.data_ptr(),
-                           srt.data_ptr(), u.data_ptr(), torch.get_num_threads())
+    _loaded(lib).seq_lsh_sort(buckets.data_ptr(), nb.data_ptr(), R, G, L, chunk, int(causal), perm.data_ptr(),
+                              srt.data_ptr(), u.data_ptr(), torch.get_num_threads())
     return perm, srt, u
 
 

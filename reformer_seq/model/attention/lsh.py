@@ -93,7 +93,7 @@ def hash_codes(qk: Tensor, rotations: Tensor, n_hashes: int) -> Tensor:
     rows = current_policy().hash_row_block  # positions hashed at a time (bounds the projection temporary)
     for a in range(0, L, rows):
         x = qk[:, :, a:a + rows]  # (B, H, l, D)
-        l = x.shape[2]
+        l = x.shape[2]  # noqa: E741 - the legend's l, a block of positions
         proj = torch.matmul(x, rot)  # (B, H, l, F*R*half)
         if compiled:
             code = kernels.lsh_codes(proj.view(-1, F * n_hashes * half), F, n_hashes, half)  # (R, B*H*l)

@@ -4,7 +4,7 @@ bits per target base over a held-out loader."""
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ def val_sample(dataset, seq_len: int, val_bases: int, seed: int):
 
 
 @torch.no_grad()
-def validation_bits(model: torch.nn.Module, loader: Iterator[dict], device: torch.device, precision: str,
+def validation_bits(model: torch.nn.Module, loader: Iterable[dict], device: torch.device, precision: str,
                     max_batches: int = 0) -> tuple[float, int, Optional[float]]:
     """(bits per target base, number of targets, its standard error over the batches; None with
     fewer than two) of ``model`` over ``loader``'s batches."""
