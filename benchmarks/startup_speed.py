@@ -11,7 +11,6 @@ two trees' runs alternate so they meet the same load. Prints a Markdown table an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
