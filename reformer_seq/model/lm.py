@@ -20,7 +20,7 @@ from .attention.copy_attention import CopyAttention, CopyMixture
 from ..errors import CheckpointError, ConfigError
 from .feedforward import FeedForward
 from .local_features import CausalConv, KmerEmbedding
-from ..runtime.policy import current_policy
+from ..runtime.policy import current_policy, gpu_path
 from .reversible import ReversibleBlock, run_blocks
 from ..runtime import tuning as runtime
 
@@ -68,9 +68,13 @@ class ReformerLM(nn.Module):
         if L > c.max_seq_len:
             raise ValueError(f"sequence length {L:,} exceeds max_seq_len {c.max_seq_len:,}; use a config with "
                              f"max_seq_len >= {L:,} (e.g. configs/long.yaml) or split the sequence into windows")
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= c.vocab_size:
-            raise ValueError(f"token ids must be in [0, {c.vocab_size}), got values in [{lo}, {hi}]")
+        if gpu_path(tokens.device):  # no host sync inside a step: a device-side assertion instead
+            torch._assert_async(((tokens >= 0) & (tokens < c.vocab_size)).all(),
+                                f"token ids must be in [0, {c.vocab_size}); check the tokenizer of the input")
+        else:
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= c.vocab_size:
+                raise ValueError(f"token ids must be in [0, {c.vocab_size}), got values in [{lo}, {hi}]")
         if mask is not None and (mask.shape != tokens.shape or mask.dtype != torch.bool):
             raise ValueError(f"mask must be a bool tensor of shape {tuple(tokens.shape)}, "
                              f"got {tuple(mask.shape)} {mask.dtype}")

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from ...genome.tokenizers import A_ID as FIRST_BASE_ID, N_BASES
 from .chunked import Layout, chunked_attention
-from .lsh import bucket_bits, layer_rotations, lsh_layout, n_hash_factors
+from .lsh import bits_bound, bucket_bits, layer_rotations, lsh_layout, n_hash_factors
 
 # Buckets per round: 2**EXTRA_BITS times the LSH layer's (real_length / bucket_size). Exact
 # k-mer matches share a bucket whatever the bucket count, but angular LSH fills buckets unevenly
@@ -61,7 +61,8 @@ def base_vectors(tokens: Tensor) -> Tensor:
     k-mers with ``m`` of ``k`` bases equal have cosine ``(4m - k) / 3k``."""
     idx = tokens.long() - FIRST_BASE_ID
     is_base = (idx >= 0) & (idx < N_BASES)
-    onehot = F.one_hot(idx.clamp(0, N_BASES - 1), N_BASES).to(torch.float32)  # (B, L, 4)
+    # a comparison, not F.one_hot (which reads its input's range back to the host)
+    onehot = (idx.unsqueeze(-1) == torch.arange(N_BASES, device=idx.device)).to(torch.float32)  # (B, L, 4)
     return (onehot - 1.0 / N_BASES) * is_base.unsqueeze(-1)
 
 
@@ -126,7 +127,7 @@ class CopyAttention(nn.Module):
         B, Lp, D = fwd.shape
         sym = (fwd + rc).unsqueeze(1).expand(B, self.heads, Lp, D)  # (B, H, Lp, D)
         bits = bucket_bits(real_len, self.bucket_size, None) + EXTRA_BITS
-        rot = self._rotations(n_hash_factors(bits), fwd.device)
+        rot = self._rotations(n_hash_factors(bits, bits_bound(Lp, self.bucket_size, None) + EXTRA_BITS), fwd.device)
         return lsh_layout(sym, real, bits, rot, self.n_hashes, self.bucket_size, causal=True)
 
     def attend(self, values: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
@@ -186,14 +187,20 @@ def recent_hits(p_copy: Tensor, tokens: Tensor, windows: tuple[int, ...] = HIT_W
     is_base = ((idx >= 0) & (idx < N_BASES)).unsqueeze(-1)  # (B, L, 1)
     prev = F.pad(p_copy[:, :-1], (0, 0, 0, 0, 1, 0), value=1.0 / N_BASES)  # (B, L, H, 4): p at t - 1
     got = prev.gather(-1, idx.clamp(0, N_BASES - 1).view(B, L, 1, 1).expand(B, L, H, 1)).squeeze(-1)
-    hit = torch.where(is_base, got, torch.full_like(got, 1.0 / N_BASES))  # (B, L, H)
+    hit = got.masked_fill(~is_base, 1.0 / N_BASES)  # (B, L, H)
     cs = F.pad(hit.cumsum(1), (0, 0, 1, 0))  # (B, L + 1, H)
-    feats = []
-    for w in windows:
-        lo = (torch.arange(L, device=hit.device) + 1 - w).clamp(min=0)  # (L,)
-        n = (torch.arange(L, device=hit.device) + 1 - lo).to(hit.dtype).view(1, L, 1)
-        feats.append((cs[:, 1:] - cs[:, lo]) / n)  # (B, L, H) mean over the last w positions
-    return torch.cat(feats, dim=-1)
+    lo, n = _window_starts(L, windows, hit.device)  # (W, L) each
+    means = (cs[:, 1:].unsqueeze(1) - cs[:, lo]) / n.to(hit.dtype).view(1, len(windows), L, 1)  # (B, W, L, H)
+    return means.permute(0, 2, 1, 3).reshape(B, L, len(windows) * H)  # window-major, as concatenated
+
+
+def _window_starts(L: int, windows: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """For each window w and position t: the first position ``max(0, t - w + 1)`` of the span
+    ending at t, and the span's length, (W, L) long each (computed together: a few ops, not a few per window)."""
+    end = torch.arange(1, L + 1, device=device)  # (L,): t + 1
+    w = torch.tensor(windows, device=device).view(-1, 1)  # (W, 1)
+    lo = (end - w).clamp(min=0)  # (W, L)
+    return lo, end - lo
 
 
 class CopyMixture(nn.Module):

@@ -14,7 +14,9 @@ beside where the library would be (same key), so later processes do not retry it
 marker, or change the compiler, to try again.
 
 ``SEQFORMER_KERNEL=torch`` forces the reference, ``SEQFORMER_KERNEL=c`` makes a failed build an
-error, and the default ``auto`` uses the kernel when it builds. :func:`load_library` builds
+error, and the default ``auto`` uses the kernel when it builds. ``SEQFORMER_KERNEL=gpu`` runs the
+CUDA code path on any device (the fused backend of :mod:`.flex` and the GPU execution policy;
+eager and slow on a CPU: for tests and op counts). :func:`load_library` builds
 and loads a copy with other flags or another compiler (for tests) without touching the one the
 library uses; the kernel functions take it as ``lib=``.
 """
@@ -40,8 +42,8 @@ INSTALL_C = ("install a C compiler, GCC 9 or newer or clang (Debian/Ubuntu: apt 
              "gcc; macOS: xcode-select --install), or set CC to one")
 def mode() -> str:
     m = os.environ.get("SEQFORMER_KERNEL", "auto").lower()
-    if m not in ("auto", "c", "torch"):
-        raise ValueError(f"SEQFORMER_KERNEL={m!r}; use auto, c or torch")
+    if m not in ("auto", "c", "torch", "gpu"):
+        raise ValueError(f"SEQFORMER_KERNEL={m!r}; use auto, c, torch or gpu")
     return m
 
 
@@ -73,8 +75,8 @@ def load_library(compiler: Optional[str] = None, flags: Optional[Sequence[str]] 
 def unavailable_reason() -> Optional[str]:
     """Why :func:`library` returned None: the build error, or the ``SEQFORMER_KERNEL`` setting
     (for skip messages); None when the kernel is loaded."""
-    if mode() == "torch":
-        return "SEQFORMER_KERNEL=torch"
+    if mode() in ("torch", "gpu"):
+        return f"SEQFORMER_KERNEL={mode()}"
     try:
         library()
     except Exception:  # noqa: BLE001 - SEQFORMER_KERNEL=c: the error is the answer
@@ -85,7 +87,7 @@ def unavailable_reason() -> Optional[str]:
 def library() -> Optional[ctypes.CDLL]:
     """The loaded kernel library, or None (reference path)."""
     m = mode()
-    if m == "torch":
+    if m in ("torch", "gpu"):
         return None
     return _LIB.get(required="SEQFORMER_KERNEL=c" if m == "c" else "")
 

@@ -25,7 +25,7 @@ from .chunked import chunked_attention
 from .exact import full_attention
 from .local import local_layout
 from ..local_features import rotary
-from .lsh import bucket_bits, layer_rotations, lsh_layout, n_hash_factors
+from .lsh import bits_bound, bucket_bits, layer_rotations, lsh_layout, n_hash_factors
 
 
 # Above this many elements per (B, Lp, heads, D) tensor, heads are attended a group at a time
@@ -79,7 +79,8 @@ class SelfAttention(nn.Module):
             if real_len is None:
                 real_len = real_p.sum(1)
             bits = bucket_bits(real_len, self.bucket_size, self.n_buckets)
-            rot = self._rotations(n_hash_factors(bits), h.device)  # drawn even when the layout is cached
+            bound = bits_bound(L, self.bucket_size, self.n_buckets)  # host-known: no sync on the GPU path
+            rot = self._rotations(n_hash_factors(bits, bound), h.device)  # drawn even when the layout is cached
             lay = cache.get("layout") if cache is not None else None
             if lay is None:
                 with torch.no_grad():
@@ -106,7 +107,8 @@ class SelfAttention(nn.Module):
         ``head_group_elems`` elements."""
         if self.kind == "full":
             return [slice(0, self.heads)]
-        per = max(1, min(self.heads, current_policy().head_group_elems // max(1, B * Lp * self.dim_head)))
+        pol = current_policy(self.to_qk.weight.device)
+        per = max(1, min(self.heads, pol.head_group_elems // max(1, B * Lp * self.dim_head)))
         return [slice(a, min(a + per, self.heads)) for a in range(0, self.heads, per)]
 
     def attend(self, h: Tensor, plan: dict, heads: slice, cache: Optional[dict] = None,
