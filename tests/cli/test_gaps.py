@@ -6,22 +6,16 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from helpers import PHIX, TINY, invoke, sharp_model
 from reformer_seq.genome.encoded import EncodedRecord
 from reformer_seq.genome.fasta import read_records
 from reformer_seq.genome.tokenizers import NucleotideTokenizer
 from reformer_seq.tasks.evaluation.likelihood import FunctionScorer, likelihood
 
-from test_variants import sharp_model
-
-ROOT = Path(__file__).resolve().parents[1]
-PHIX = ROOT / "data" / "phiX174_NC_001422.1.fa"
-TINY = ROOT / "configs" / "tiny.yaml"
 TOK = NucleotideTokenizer()
 GAP = 50_000  # the larger of the two gaps in a 4 Mb slice of GRCh37 chrX
 
@@ -53,16 +47,6 @@ def files(tmp_path_factory, phix):
         "objective": "causal", "step": 0,
         "train_data": {"paths": [str(fa)], "val_fraction": 0.1, "alphabet": "nucleotide", "seq_len": 200}})
     return {"root": root, "fa": fa, "seq": seq, "ck": ck}
-
-
-def _cli():
-    from pipelines.cli import cli
-
-    return cli
-
-
-def invoke(*args):
-    return CliRunner().invoke(_cli(), [str(a) for a in args])
 
 
 @pytest.mark.parametrize("objective", ["causal", "masked"])

@@ -2,23 +2,13 @@
 score-variants write to a temporary file beside the output and rename it when complete."""
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-ECOLI = ROOT / "data" / "Ecoli_K12_MG1655.fasta.gz"
-
-
-def seqformer(*args: str, **kw) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, cwd=ROOT, **kw)
+from helpers import ECOLI, spawn
 
 
 def big_fasta(path: Path, copies: int = 3) -> Path:
@@ -54,9 +44,9 @@ def test_sigkill_part_way_leaves_no_output(tmp_path, tiny_run, command):
             "embed": ["embed", big, "--checkpoint", str(tiny_run), "--pool", "none", "--out", str(out)],
             "score-variants": ["score-variants", str(snv_vcf(tmp_path / "v.vcf")), "--reference", str(ECOLI),
                                "--checkpoint", str(tiny_run), "--out", str(out)]}[command]
-    p = seqformer(*args, "--quiet")
+    p = spawn(*args, "--quiet")
     time.sleep(6)
-    assert p.poll() is None, f"{command} finished before it could be killed: {p.stderr.read().decode()}"
+    assert p.poll() is None, f"{command} finished before it could be killed: {p.stdout.read()}"
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
     assert not out.exists(), f"{command} left {out} behind after SIGKILL"

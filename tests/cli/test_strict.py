@@ -7,16 +7,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
-from click.testing import CliRunner
 
-from pipelines.cli import cli
-from reformer_seq import ReformerConfig, ReformerLM
+from helpers import TINY, error_line, invoke, tiny_model
 from reformer_seq.errors import InputError, InputWarning
 from reformer_seq.genome.encoded import load_genome
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "configs" / "tiny.yaml"
 # record 'chrB': 4 bad characters, the first ('$') at 1-based position 7; 'clean' has none;
 # 'z': 1 bad character at position 3
 CORRUPT = ">a ok\nACGTACGT\n>chrB x\nACGTAC$%\nQGTZ\n>clean\nACGTNRYacgt\n>z\nAC!\n"
@@ -60,16 +55,8 @@ def test_clean_file_gives_no_warning(tmp_path):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = ReformerLM(ReformerConfig(vocab_size=9, dim=16, depth=1, heads=2, bucket_size=8, n_hashes=1,
-                                      max_seq_len=256, attn_layers=["local"], local_window=16))
+    model = tiny_model(0, depth=1, n_hashes=1, max_seq_len=256, attn_layers=["local"], local_window=16)
     return model.save_pretrained(tmp_path_factory.mktemp("ck") / "m")
-
-
-def _one_error_line(res) -> str:
-    lines = [ln for ln in res.output.strip().splitlines() if ln.startswith("seqformer: error: ")]
-    assert res.exit_code == 2 and len(lines) == 1, res.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +64,9 @@ def finetuned(tmp_path_factory, checkpoint) -> Path:
     root = tmp_path_factory.mktemp("ft")
     fa = root / "clean.fa"
     fa.write_text("".join(f">r{i}\n{'ACGTTGCA' * (i + 4)}\n" for i in range(8)))
-    res = CliRunner().invoke(cli, ["finetune", "--class", f"a={fa}", "--class", f"b={fa}", "--checkpoint",
-                                   str(checkpoint), "--out", str(root / "run"), "--max-steps", "1", "--batch-size",
-                                   "4", "--device", "cpu", "--quiet"])
+    res = invoke("finetune", "--class", f"a={fa}", "--class", f"b={fa}", "--checkpoint",
+                 str(checkpoint), "--out", str(root / "run"), "--max-steps", "1", "--batch-size",
+                 "4", "--device", "cpu", "--quiet")
     assert res.exit_code == 0, res.output
     return root / "run"
 
@@ -106,11 +93,11 @@ def _strict_args(command: str, corrupt: Path, checkpoint: Path, finetuned: Path,
 @pytest.mark.parametrize("command", COMMANDS)
 def test_strict_flag_on_every_command(command, corrupt, checkpoint, finetuned, tmp_path):
     args = _strict_args(command, corrupt, checkpoint, finetuned, tmp_path)
-    line = _one_error_line(CliRunner().invoke(cli, args + ["--strict", "--quiet"]))
+    line = error_line(invoke(*args, "--strict", "--quiet"), alone=False)
     assert str(corrupt) in line and "record 'chrB'" in line and "position 7" in line, line
     assert "--strict" in line and "strict=False" not in line, line  # the command line's words
     if command == "embed":  # lenient: works, and says what it replaced, in one line
-        res = CliRunner().invoke(cli, args + ["--quiet"])
+        res = invoke(*args, "--quiet")
         assert res.exit_code == 0, res.output
         warn = [ln for ln in res.output.splitlines() if "warning" in ln.lower() or "IUPAC" in ln]
         assert len(warn) == 1 and warn[0].startswith("seqformer: warning: "), res.output
@@ -133,17 +120,17 @@ def test_vcf_parse_errors_name_the_line_and_field(tmp_path, checkpoint):
                          ("g\t5\ta\tA\tC\t.\tPASS\t.\ng\t7\tb\tA\n", "line 5: 4 tab-separated fields")]:
         vcf = tmp_path / "bad.vcf"
         vcf.write_text(head + body)
-        line = _one_error_line(CliRunner().invoke(cli, ["score-variants", str(vcf), "--reference", str(ref),
-                                                        "--checkpoint", str(checkpoint), "--device", "cpu",
-                                                        "--out", str(tmp_path / "o.tsv"), "--quiet"]))
+        line = error_line(invoke("score-variants", str(vcf), "--reference", str(ref),
+                                 "--checkpoint", str(checkpoint), "--device", "cpu",
+                                 "--out", str(tmp_path / "o.tsv"), "--quiet"), alone=False)
         assert str(vcf) in line and expect in line, line
 
 
 def test_predict_says_it_does_not_window_long_records(tmp_path, finetuned):
-    assert "does not window" in CliRunner().invoke(cli, ["predict", "--help"]).output
+    assert "does not window" in invoke("predict", "--help").output
     fa = tmp_path / "long.fa"
     fa.write_text(">long\n" + "ACGT" * 100 + "\n")  # 400 bases; the model takes 256
-    line = _one_error_line(CliRunner().invoke(cli, ["predict", str(fa), "--checkpoint", str(finetuned), "--device",
-                                                    "cpu", "--out", str(tmp_path / "p.tsv"), "--quiet"]))
+    line = error_line(invoke("predict", str(fa), "--checkpoint", str(finetuned), "--device",
+                             "cpu", "--out", str(tmp_path / "p.tsv"), "--quiet"), alone=False)
     assert "long (400 bases)" in line and "seqkit sliding -W 256" in line, line
     assert not (tmp_path / "p.tsv").exists()

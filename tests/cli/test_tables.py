@@ -9,19 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from test_variants import sharp_model
+from helpers import PHIX, invoke, sharp_model
 
-ROOT = Path(__file__).resolve().parents[1]
-PHIX = ROOT / "data" / "phiX174_NC_001422.1.fa"
 VARIANT_COLUMNS = ["chrom", "pos", "id", "ref", "alt", "llr", "llr_forward", "llr_reverse", "note"]
-
-
-def invoke(*args):
-    from pipelines.cli import cli
-
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def dict_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:

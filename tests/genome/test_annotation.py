@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from pathlib import Path
 
 import pytest
 from Bio import SeqIO
 
+from helpers import DATA
 from reformer_seq.errors import InputError
 from reformer_seq.genome.annotation import CDS, cds_coordinates, cds_sequence, read_cds, reverse_complement
 
-SLICE = Path(__file__).resolve().parents[1] / "data" / "Ecoli_K12_MG1655_NC_000913.2_1-20kb.gbk"
+SLICE = DATA / "Ecoli_K12_MG1655_NC_000913.2_1-20kb.gbk"
 
 
 @pytest.fixture(scope="module")

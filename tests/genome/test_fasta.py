@@ -19,7 +19,7 @@ from reformer_seq.genome.encoded import EncodedRecord, default_cache_dir, load_g
 from reformer_seq.genome.fasta import read_records
 from reformer_seq.genome.tokenizers import ByteTokenizer, NucleotideTokenizer
 
-from conftest import DATA, ECOLI, SHARED
+from helpers import DATA, ECOLI, SHARED
 
 NUC = NucleotideTokenizer()
 SHIPPED = sorted(p.name for p in DATA.iterdir() if p.is_file() and p.name != "README.md")  # genomes only

@@ -8,14 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from pipelines.cli import cli
+from helpers import TINY, invoke
 from reformer_seq.errors import InputError
 from reformer_seq.genome.inputs import expand_sequence_inputs
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "configs" / "tiny.yaml"
 
 
 def write_genomes(folder: Path, n: int, length: int = 300, seed: int = 0) -> list[Path]:
@@ -65,9 +61,8 @@ def test_pretrain_reads_thousands_of_files_from_a_directory_and_a_list(tmp_path,
     tiny.write_text(yaml.safe_dump(cfg))
     lst.write_text("\n".join(str(p) for p in extra) + "\n")
     run = tmp_path / "run"
-    res = CliRunner().invoke(cli, ["pretrain", str(tmp_path / "bins"), "--fasta-list", str(lst), "--config", str(tiny),
-                                   "--seq-len", "128", "--max-steps", "2", "--out", str(run), "--quiet"],
-                             catch_exceptions=False)
+    res = invoke("pretrain", str(tmp_path / "bins"), "--fasta-list", str(lst), "--config", str(tiny),
+                 "--seq-len", "128", "--max-steps", "2", "--out", str(run), "--quiet")
     assert res.exit_code == 0, res.output
     assert "read 2,000 files: 2,000 records, 600,000 bases" in res.output
     assert [Path(p).name for p in json.loads((run / "run.json").read_text())["fasta"]] == \
@@ -78,17 +73,14 @@ def test_embed_evaluate_and_score_take_directories_and_lists(tmp_path, tiny_run)
     files = write_genomes(tmp_path / "bins", 3, length=500)
     lst = tmp_path / "list.txt"
     lst.write_text("\n".join(str(p) for p in files[1:]) + "\n")
-    run = CliRunner().invoke
-    res = run(cli, ["embed", str(tmp_path / "bins"), "--checkpoint", str(tiny_run), "--out",
-                    str(tmp_path / "e.npz"), "--quiet"], catch_exceptions=False)
+    res = invoke("embed", tmp_path / "bins", "--checkpoint", tiny_run, "--out", tmp_path / "e.npz", "--quiet")
     assert res.exit_code == 0, res.output
     assert list(np.load(tmp_path / "e.npz")["ids"]) == ["g0", "g1", "g2"]
-    res = run(cli, ["score", f"@{lst}", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "t.npz"),
-                    "--quiet"], catch_exceptions=False)
+    res = invoke("score", f"@{lst}", "--checkpoint", tiny_run, "--out", tmp_path / "t.npz", "--quiet")
     assert res.exit_code == 0, res.output
     assert sorted(np.load(tmp_path / "t.npz").files) == ["g1", "g2"]
-    res = run(cli, ["evaluate", str(files[0]), f"@{lst}", "--checkpoint", str(tiny_run), "--no-gene-hmm",
-                    "--out", str(tmp_path / "rep"), "--quiet"], catch_exceptions=False)
+    res = invoke("evaluate", files[0], f"@{lst}", "--checkpoint", tiny_run, "--no-gene-hmm",
+                 "--out", tmp_path / "rep", "--quiet")
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["n_bases"] == 3 * 500 - 3
 
@@ -96,6 +88,6 @@ def test_embed_evaluate_and_score_take_directories_and_lists(tmp_path, tiny_run)
 def test_repeated_record_ids_across_files_are_an_error(tmp_path, tiny_run):
     a = write_genomes(tmp_path / "a", 1)
     b = write_genomes(tmp_path / "b", 1)  # the same id, g0, in another file
-    res = CliRunner().invoke(cli, ["embed", str(a[0]), str(b[0]), "--checkpoint", str(tiny_run), "--out",
-                                   str(tmp_path / "e.npz")])
+    res = invoke("embed", str(a[0]), str(b[0]), "--checkpoint", str(tiny_run), "--out",
+                 str(tmp_path / "e.npz"))
     assert res.exit_code == 2 and "also in" in res.output and not (tmp_path / "e.npz").exists()

@@ -13,7 +13,7 @@ from reformer_seq.genome.fasta import read_records
 from reformer_seq.genome.tokenizers import (ByteTokenizer, InvalidCharacterError, NucleotideTokenizer, make_tokenizer,
                                      tokenizer_from_spec)
 
-from conftest import DATA
+from helpers import DATA
 
 NUC = NucleotideTokenizer()
 BYTE = ByteTokenizer()

@@ -11,7 +11,7 @@ from reformer_seq.genome.tokenizers import ByteTokenizer, NucleotideTokenizer
 from reformer_seq.genome.windows import (IGNORE_INDEX, GenomeWindowDataset, ambiguous_runs, count_in_runs, datasets_from_config, genome_windows, split_bounds, window_starts)
 from reformer_seq.genome.batches import (CausalCollator, MaskedCollator, ShardedSampler, choose_mask_positions, make_dataloader, set_epoch)
 
-from conftest import DATA, ECOLI
+from helpers import DATA, ECOLI
 
 NUC = NucleotideTokenizer()
 N = NUC.n_id

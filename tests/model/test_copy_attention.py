@@ -1,4 +1,5 @@
-"""Copy attention (content codes, shifted values, no self fallback) and planted repeats.
+"""Copy attention (content codes, shifted values, no self fallback); planted repeats are in
+tests/genome/test_planted_repeats.py.
 
 Oracle tests: with values wired to the one-hot of the base, a planted direct copy is read back
 base by base, and a reverse-complement copy gives the complement; equivalence tests: the
@@ -7,19 +8,17 @@ empty rows, and the whole model stays strictly causal with the shifted values.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import CONFIGS
 from reformer_seq.model.attention import kernel as kernels
 from reformer_seq.model.attention.chunked import chunked_attention_forward
 from reformer_seq.config import ReformerConfig
 from reformer_seq.model.attention.copy_attention import CopyAttention, alone_mask, base_vectors, kmer_codes
 from reformer_seq.model.lm import ReformerLM
-from reformer_seq.genome.planted_repeats import RepeatPlanting, plant_repeats
 from reformer_seq.tasks.recall import reverse_complement
 
 
@@ -161,7 +160,7 @@ def test_every_parameter_of_the_default_config_gets_a_gradient():
     parameter (the removed copy placements' values never did, under the mixture)."""
     from reformer_seq.config import load_run_config
 
-    cfg = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml").model
+    cfg = load_run_config(CONFIGS / "default.yaml").model
     cfg.max_seq_len, cfg.copy_learn_temperature = 1024, True
     torch.manual_seed(0)
     model = ReformerLM(cfg).train()
@@ -195,38 +194,6 @@ def test_checkpoints_of_the_removed_placements():
     for where in ("top", "bottom"):
         with pytest.raises(ConfigError, match="was removed.*retrain"):
             RC.from_dict({**cfg, "copy_position": where})
-
-
-def test_plant_repeats_copies_and_reverse_complements():
-    ids = random_ids(4096, 8)
-    plan = RepeatPlanting(rate=1.0, copies=6, min_len=32, max_len=512, rc_fraction=0.5, max_mutation=0.0)
-    seen_rc = set()
-    for seed in range(6):
-        out, done = plant_repeats(ids, np.random.default_rng(seed), plan, reverse_complement)
-        assert len(done) == 6
-        for src, dst, n, is_rc in done[-1:]:  # the last copy is intact (later copies may overwrite earlier)
-            assert src + n <= dst  # the source lies wholly before the copy
-            seg = out[src:src + n]
-            want = reverse_complement(seg) if is_rc else seg
-            assert np.array_equal(out[dst:dst + n], want)
-            seen_rc.add(is_rc)
-        assert 32 <= min(d[2] for d in done) and max(d[2] for d in done) <= 512
-    assert seen_rc == {True, False}
-    out, done = plant_repeats(ids, np.random.default_rng(0), RepeatPlanting(rate=0.0), reverse_complement)
-    assert done == [] and np.array_equal(out, ids)
-
-
-def test_dataset_plants_training_windows_only(ecoli_records):
-    from reformer_seq.config import DataConfig
-    from reformer_seq.genome.windows import build_datasets
-
-    cfg = DataConfig(seq_len=2048, plant_repeats=1.0, rc_augment=False)
-    train, val = build_datasets(ecoli_records, cfg)
-    plain_train, plain_val = build_datasets(ecoli_records, DataConfig(seq_len=2048, rc_augment=False))
-    changed = [not torch.equal(train[i]["input_ids"], plain_train[i]["input_ids"]) for i in range(5)]
-    assert all(changed)
-    assert all(torch.equal(val[i]["input_ids"], plain_val[i]["input_ids"]) for i in range(5))
-    assert torch.equal(train[3]["input_ids"], train[3]["input_ids"])  # deterministic
 
 
 def test_more_hash_rounds_in_evaluation():

@@ -10,28 +10,15 @@ rounding) fails here. When a change is intended, regenerate the fixture delibera
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from helpers import FIXTURES, GOLDEN_TOLERANCE as TOLERANCE, golden_maker
 from reformer_seq import ReformerLM
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-TOLERANCE = 1e-5  # nats per base; float32 rounding differences between compilers/threads stay far below
-
-
-def _maker():
-    spec = importlib.util.spec_from_file_location("make_golden", FIXTURES / "make_golden.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def golden():
-    maker = _maker()
+    maker = golden_maker()
     return maker, maker.golden_tokens(), np.load(FIXTURES / "golden" / "logprobs.npy")
 
 

@@ -1,22 +1,25 @@
 """ReformerLM: reversible vs autograd, strict causality, padding invariance, determinism,
 chunked feed-forward, axial positions and bf16 autocast against fp32. (The golden value is
-tests/test_golden.py: a committed checkpoint and its per-base log-probabilities.)"""
+test_golden.py: a committed checkpoint and its per-base log-probabilities; encode(layer=) on the
+tiny run.)"""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from helpers import model_config
 from reformer_seq.runtime.policy import use_policy
 from reformer_seq import ConfigError, ReformerConfig, ReformerLM
 from reformer_seq.model.positions import AxialPositionalEncoding
 from reformer_seq.model.feedforward import FeedForward
+from reformer_seq.errors import SeqformerError
+from reformer_seq.tasks.pretrained import load_pretrained
 
 
 def small_config(**kw) -> ReformerConfig:
-    base = dict(vocab_size=12, dim=32, depth=2, heads=2, bucket_size=8, n_hashes=2, causal=True,
-                max_seq_len=1024, reversible=True, attention="lsh", dropout=0.0, ff_chunk_size=64)
-    base.update(kw)
-    return ReformerConfig(**base)
+    """helpers.model_config with 12 tokens, width 32, 1,024 positions and feed-forward chunks of 64."""
+    return model_config(**{**dict(vocab_size=12, dim=32, causal=True, max_seq_len=1024, reversible=True,
+                                  attention="lsh", dropout=0.0, ff_chunk_size=64), **kw})
 
 
 def tokens(B, L, vocab=12, seed=0):
@@ -283,3 +286,18 @@ def test_full_attention_refuses_lengths_past_the_dense_limit():
         with pytest.raises(ConfigError, match=r"dense \(B, L, L\) bias"):  # padding: one bias per sequence
             model(tokens(2, 128), mask=torch.ones(2, 128, dtype=torch.bool).index_fill_(1, torch.tensor([127]), False))
     model(tokens(1, 136))  # the policy is restored on leaving the block
+
+
+def test_encode_layers(tiny_run):
+    model, tok, _ = load_pretrained(tiny_run)
+    model.eval()
+    x = torch.from_numpy(tok.encode("ACGTTGCA" * 8)).long()[None]
+    with torch.no_grad():
+        final = model.encode(x)
+        assert torch.equal(model.encode(x, layer=2), final) and torch.equal(model.encode(x, layer=-1), final)
+        h0 = model.encode(x, layer=0)
+        emb = model.token_emb(x) + model.pos_emb(x.shape[1])
+        assert torch.allclose(h0, model.norm(model.conv(emb)), atol=1e-6)
+        assert not torch.allclose(model.encode(x, layer=1), final)
+    with pytest.raises(SeqformerError, match="layers 0"):
+        model.encode(x, layer=3)

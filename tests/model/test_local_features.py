@@ -8,6 +8,7 @@ import itertools
 import pytest
 import torch
 
+from helpers import model_config
 from reformer_seq import ReformerConfig, ReformerLM
 from reformer_seq.model.local_features import CausalConv, kmer_index, rotary, rotary_frequencies
 
@@ -56,11 +57,11 @@ def test_dilated_conv_reads_every_third_base_only():
 
 
 def frame_config(**kw) -> ReformerConfig:
-    base = dict(vocab_size=9, dim=32, depth=2, heads=2, bucket_size=8, n_hashes=2, causal=True, max_seq_len=1024,
-                attn_layers=["local", "lsh"], local_window=16, conv_kernel=5, frame_conv=4, kmer_embedding=3,
-                local_rope=True, dropout=0.0, ff_chunk_size=64)
-    base.update(kw)
-    return ReformerConfig(**base)
+    """helpers.model_config, width 32, with every frame feature on (convolution, codon convolution,
+    3-mer embedding, rotary positions in the local layer)."""
+    return model_config(**{**dict(dim=32, causal=True, max_seq_len=1024, attn_layers=["local", "lsh"], local_window=16,
+                                  conv_kernel=5, frame_conv=4, kmer_embedding=3, local_rope=True, dropout=0.0,
+                                  ff_chunk_size=64), **kw})
 
 
 def dna(B, L, seed):

@@ -9,12 +9,10 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from helpers import REPO
 PRELUDE = """
 import os, sys, torch
 from reformer_seq.runtime.tuning import block_cache as bc
@@ -25,7 +23,7 @@ if bc._library() is None:
 
 def run_py(code: str, **env) -> str:
     full_env = {**os.environ, **env}
-    res = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(code)], cwd=ROOT, env=full_env,
+    res = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(code)], cwd=REPO, env=full_env,
                          capture_output=True, text=True, timeout=300)
     if "NO-LIBRARY" in res.stdout:
         reason = res.stdout.split("NO-LIBRARY:", 1)[1].strip().splitlines()[0]

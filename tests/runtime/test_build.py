@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO
 from reformer_seq.model.attention import kernel as kernels
 from reformer_seq.runtime import build
-
-ROOT = Path(__file__).resolve().parents[1]
 
 GCC_X86 = """Using built-in specs.
 COLLECT_GCC=gcc
@@ -90,7 +89,7 @@ def test_failed_build_is_remembered_and_warns_what_to_install(fake_cc: Path, tmp
            "SEQFORMER_KERNEL": "auto"}
     outs = []
     for _ in range(2):
-        res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+        res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
         outs.append(res.stdout + res.stderr)
@@ -103,7 +102,7 @@ def test_failed_build_is_remembered_and_warns_what_to_install(fake_cc: Path, tmp
     markers = list((tmp_path / "cache" / "kernels").glob("*.failed"))
     assert len(markers) == 1 and "delete " + str(markers[0]) in outs[1]
     # SEQFORMER_KERNEL=c turns the remembered failure into an error
-    res = subprocess.run([sys.executable, "-c", "from reformer_seq.model.attention import kernel as kernels; kernels.library()"], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-c", "from reformer_seq.model.attention import kernel as kernels; kernels.library()"], cwd=REPO,
                          env={**env, "SEQFORMER_KERNEL": "c"}, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "involves truncation" in res.stderr
 

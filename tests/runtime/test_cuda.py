@@ -8,14 +8,13 @@
 * Reversible backward equals plain autograd on CUDA, with dropout and random rotations.
 
 Needs a CUDA GPU; on machines without one these tests are skipped (CPU memory is covered by
-benchmarks/, CPU equivalences by test_model.py and test_attention.py)."""
+benchmarks/, CPU equivalences by tests/model/test_lm.py and test_attention.py)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import ECOLI, REPO, TINY, model_config, train_ranks
 from reformer_seq import ReformerConfig, ReformerLM
 from reformer_seq.genome.encoded import load_genome
 from reformer_seq.genome.tokenizers import NucleotideTokenizer
@@ -25,7 +24,6 @@ from reformer_seq.genome.windows import GenomeWindowDataset
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 GIB = 1 << 30
 CUDA = torch.device("cuda")
-ECOLI = Path(__file__).resolve().parent.parent / "data" / "Ecoli_K12_MG1655.fasta.gz"
 
 
 def test_64k_tokens_train_within_4_gib_on_gpu(tmp_path):
@@ -48,11 +46,10 @@ def test_64k_tokens_train_within_4_gib_on_gpu(tmp_path):
 
 
 def _small(**kw) -> ReformerConfig:
-    base = dict(vocab_size=9, dim=32, depth=3, heads=2, bucket_size=8, n_hashes=3, causal=True,
-                max_seq_len=1024, reversible=True, attn_layers=["local", "lsh", "full"], dropout=0.0,
-                ff_chunk_size=64, conv_kernel=3)
-    base.update(kw)
-    return ReformerConfig(**base)
+    """helpers.model_config, width 32, 3 layers (local, LSH, full), 3 hash rounds, a convolution."""
+    return model_config(**{**dict(dim=32, depth=3, n_hashes=3, causal=True, max_seq_len=1024, reversible=True,
+                                  attn_layers=["local", "lsh", "full"], dropout=0.0, ff_chunk_size=64,
+                                  conv_kernel=3), **kw})
 
 
 def _logits_and_grads(model: ReformerLM, x: torch.Tensor, seed: int):
@@ -171,9 +168,8 @@ def test_collectives_work_with_nccl():
 
     if not torch.distributed.is_nccl_available():
         pytest.skip("this torch has no NCCL")
-    root = Path(__file__).resolve().parent.parent
-    res = subprocess.run([sys.executable, "-c", NCCL_SCRIPT], cwd=root, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "TINY": str(root / "configs" / "tiny.yaml")})
+    res = subprocess.run([sys.executable, "-c", NCCL_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TINY": str(TINY)})
     assert res.returncode == 0 and "NCCL-OK" in res.stdout, res.stdout + res.stderr
 
 
@@ -181,6 +177,4 @@ def test_two_gpus_train_one_model(tmp_path):
     """Where two GPUs exist: two NCCL ranks (one per GPU) train one model through torchrun."""
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA GPUs (NCCL runs one rank per GPU)")
-    from test_training import train_ranks
-
     train_ranks(tmp_path, 2, "cuda")

@@ -4,27 +4,23 @@ every piece tiny (many attention blocks, one head per group, short hash row bloc
 segments, small feed-forward chunks, the long-input path from the first element)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from helpers import FIXTURES, GOLDEN_TOLERANCE, golden_maker
 from reformer_seq import ConfigError, ExecutionPolicy, ReformerLM, current_policy, set_policy, use_policy
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = dict(attention_block_elems=64, attention_cache_elems=1, head_group_elems=1, hash_row_block=48,
             kernel_segment_rows=96, ff_chunk_short=40, ff_chunk_long=24, long_input_elems=1)
 
 
 def test_tiny_pieces_give_the_golden_logprobs():
-    from test_golden import TOLERANCE, _maker
-
-    maker = _maker()
+    maker = golden_maker()
     tokens, expected = maker.golden_tokens(), np.load(FIXTURES / "golden" / "logprobs.npy")
     model = ReformerLM.from_pretrained(FIXTURES / "golden" / "checkpoint")
     with use_policy(**TINY):
         got = maker.per_base_logprobs(model, tokens)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=GOLDEN_TOLERANCE)
 
 
 def test_use_policy_restores_and_rejects_unknown_or_bad_values():

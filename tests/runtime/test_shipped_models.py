@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO, invoke
 from reformer_seq.errors import CheckpointError
 from reformer_seq.runtime.checkpoint import SHIPPED_MODELS, resolve_checkpoint, shipped_model
 
-REPO = Path(__file__).resolve().parents[1]
 PRESENT = [n for n in SHIPPED_MODELS if (REPO / "models" / n / "recorded.json").is_file()]
 
 
@@ -47,23 +47,19 @@ def test_readme_quick_start_needs_no_training(tmp_path):
     """The README's first commands: score the example VCF and embed a FASTA with --checkpoint ecoli."""
     import csv
 
-    from click.testing import CliRunner
-
-    from pipelines.cli import cli
-
     data = REPO / "data"
     out = tmp_path / "ecoli_example.tsv"
-    res = CliRunner().invoke(cli, ["score-variants", str(data / "variants" / "ecoli_example.vcf"), "--reference",
-                                   str(data / "Ecoli_K12_MG1655.fasta.gz"), "--checkpoint", "ecoli", "--baseline",
-                                   "markov", "--out", str(out), "--quiet"], catch_exceptions=False)
+    res = invoke("score-variants", str(data / "variants" / "ecoli_example.vcf"), "--reference",
+                 str(data / "Ecoli_K12_MG1655.fasta.gz"), "--checkpoint", "ecoli", "--baseline",
+                 "markov", "--out", str(out), "--quiet")
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(out.open(), delimiter="\t"))
     scored = [r for r in rows if r["llr"] != "NA"]
     assert len(rows) == 32 and len(scored) == 31  # one symbolic <DEL> is not scored
     assert all(r["alt"] == "<DEL>" for r in rows if r["llr"] == "NA")
     emb = tmp_path / "phix.npz"
-    res = CliRunner().invoke(cli, ["embed", str(data / "phiX174_NC_001422.1.fa"), "--checkpoint", "ecoli", "--out",
-                                   str(emb), "--quiet"], catch_exceptions=False)
+    res = invoke("embed", str(data / "phiX174_NC_001422.1.fa"), "--checkpoint", "ecoli", "--out",
+                 str(emb), "--quiet")
     assert res.exit_code == 0, res.output
     import numpy as np
 

@@ -3,16 +3,16 @@ mutate the genome string, re-extract the CDS with Bio's ``location.extract``, tr
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from Bio import SeqIO
 from Bio.Seq import Seq
 
+from helpers import DATA
 from reformer_seq.genome.annotation import read_cds
 from reformer_seq.tasks.scoring.coding_snvs import coding_snvs, genetic_code
 
-SLICE = Path(__file__).resolve().parents[1] / "data" / "Ecoli_K12_MG1655_NC_000913.2_1-20kb.gbk"
+SLICE = DATA / "Ecoli_K12_MG1655_NC_000913.2_1-20kb.gbk"
 
 
 @pytest.fixture(scope="module")

@@ -10,24 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from reformer_seq import ReformerConfig, ReformerLM
+import helpers
+from helpers import error_line, invoke
+from reformer_seq import ReformerLM
 from reformer_seq.tasks.embedding import (Window, check_window, embed_fasta, embed_sequences, load_embeddings,
                                     output_format, plan_windows)
 from reformer_seq.errors import CheckpointError, InputError, SeqformerError
 from reformer_seq.genome.fasta import read_records
 from reformer_seq.genome.tokenizers import NucleotideTokenizer
+from reformer_seq.tasks.pretrained import load_pretrained
 
 TOK = NucleotideTokenizer()
 
 
 def tiny_model(seed: int = 0, zero_positions: bool = False, **kw) -> ReformerLM:
-    cfg = dict(vocab_size=9, dim=16, depth=2, heads=2, bucket_size=8, n_hashes=2, max_seq_len=2048,
-               attn_layers=["local", "lsh"], local_window=16)
-    cfg.update(kw)
-    torch.manual_seed(seed)
-    model = ReformerLM(ReformerConfig(**cfg)).eval()
+    """helpers.tiny_model with local + LSH layers and 2,048 positions, in eval mode."""
+    model = helpers.tiny_model(seed, **{**dict(max_seq_len=2048, attn_layers=["local", "lsh"], local_window=16),
+                                        **kw}).eval()
     if zero_positions:  # translation-invariant: the same base context gives the same vector anywhere
         with torch.no_grad():
             model.pos_emb.row.zero_()
@@ -269,18 +269,12 @@ def test_atomic_write_leaves_no_file_on_failure(tmp_path, fasta, checkpoint, mon
 
 
 # ---------------------------------------------------------------------- CLI
-def run_cli(args: list[str]):
-    from pipelines.cli import cli
-
-    return CliRunner().invoke(cli, args, catch_exceptions=False)
-
-
 def test_cli_embed_success(tmp_path, fasta, checkpoint):
     path, recs = fasta
     out = tmp_path / "sub" / "emb.h5"
-    r = run_cli(["embed", str(path), "--checkpoint", str(checkpoint), "--out", str(out), "--pool", "none",
-                 "--rc-average", "--window", "200", "--overlap", "50", "--batch-size", "2", "--device", "cpu",
-                 "--quiet"])
+    r = invoke("embed", str(path), "--checkpoint", str(checkpoint), "--out", str(out), "--pool", "none",
+               "--rc-average", "--window", "200", "--overlap", "50", "--batch-size", "2", "--device", "cpu",
+               "--quiet")
     assert r.exit_code == 0, r.output
     assert "embedded 5 record(s)" in r.output and str(out) in r.output and len(r.output.strip().splitlines()) == 1
     d = load_embeddings(out)
@@ -289,53 +283,24 @@ def test_cli_embed_success(tmp_path, fasta, checkpoint):
 
 
 def test_cli_help_teaches():
-    r = run_cli(["embed", "--help"])
+    r = invoke("embed", "--help")
     assert r.exit_code == 0
     for text in ("Examples:", "--pool", "--rc-average", "--window", "--overlap", "--format", "seqformer embed"):
         assert text in r.output
 
 
-def _error_line(result) -> str:
-    lines = [ln for ln in result.output.strip().splitlines() if ln]
-    assert result.exit_code == 2 and len(lines) == 1, result.output
-    assert lines[0].startswith("seqformer: error: ")
-    return lines[0]
-
-
-def test_cli_checkpoint_missing_files(tmp_path, fasta, checkpoint):
-    path, _ = fasta
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text((checkpoint / "config.json").read_text())  # no model.safetensors
-    line = _error_line(run_cli(["embed", str(path), "--checkpoint", str(broken), "--out", str(tmp_path / "e.npz")]))
-    assert "model.safetensors" in line and str(broken) in line
-    empty = tmp_path / "empty_run"
-    empty.mkdir()
-    assert "holds no checkpoint" in _error_line(run_cli(["embed", str(path), "--checkpoint", str(empty),
-                                                         "--out", str(tmp_path / "e.npz")]))
-    old = tmp_path / "old_version"
-    old.mkdir()
-    (old / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes())
-    cfg = json.loads((checkpoint / "config.json").read_text())
-    cfg["format_version"] = 99
-    (old / "config.json").write_text(json.dumps(cfg))
-    assert "format 99" in _error_line(run_cli(["embed", str(path), "--checkpoint", str(old),
-                                               "--out", str(tmp_path / "e.npz")]))
-    assert not (tmp_path / "e.npz").exists()
-
-
 def test_cli_bad_fasta(tmp_path, checkpoint):
     bad = tmp_path / "reads.fa"
     bad.write_text("@read1\nACGT\n+\nIIII\n")
-    line = _error_line(run_cli(["embed", str(bad), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "e.npz")]))
+    line = error_line(invoke("embed", str(bad), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "e.npz")))
     assert "FASTQ" in line and str(bad) in line
     missing = tmp_path / "nope.fa"
-    assert "file not found" in _error_line(run_cli(["embed", str(missing), "--checkpoint", str(checkpoint),
-                                                    "--out", str(tmp_path / "e.npz")]))
+    assert "file not found" in error_line(invoke("embed", str(missing), "--checkpoint", str(checkpoint),
+                                                 "--out", str(tmp_path / "e.npz")))
     good = tmp_path / "ok.fa"
     good.write_text(">x\nACGT\n")
-    assert "--window" in _error_line(run_cli(["embed", str(good), "--checkpoint", str(checkpoint), "--window", "999",
-                                              "--out", str(tmp_path / "e.npz")]))
+    assert "--window" in error_line(invoke("embed", str(good), "--checkpoint", str(checkpoint), "--window", "999",
+                                           "--out", str(tmp_path / "e.npz")))
     assert not (tmp_path / "e.npz").exists()
 
 
@@ -344,3 +309,47 @@ def test_library_errors_are_seqformer_errors(tmp_path, checkpoint):
         embed_fasta(tmp_path / "x.fa", tmp_path / "no_such_run", tmp_path / "e.npz", progress=False)
     with pytest.raises(InputError):
         embed_sequences(tiny_model(), ["ACGT", ""])
+
+
+# ---------------------------------------------------------------------- layers and max pooling
+@pytest.mark.parametrize("rc_average", [False, True])
+def test_embed_layer_and_max_pool_equal_per_position_output(tiny_run, rc_average):
+    from reformer_seq.tasks.embedding import embed_sequences
+
+    model, tok, _ = load_pretrained(tiny_run)
+    rng = np.random.default_rng(3)
+    seqs = ["".join(rng.choice(list("ACGTN"), n, p=[.24, .24, .24, .24, .04])) for n in (300, 57, 1000)]
+    kw = dict(window=128, overlap=32, device="cpu")
+    rc = [s[::-1].translate(str.maketrans("ACGTN", "TGCAN")) for s in seqs]
+    for layer in (0, 1, 2):
+        per_pos = embed_sequences(model, seqs, tok, pool="none", layer=layer, rc_average=rc_average, **kw)
+        maxed = embed_sequences(model, seqs, tok, pool="max", layer=layer, rc_average=rc_average, **kw)
+        meaned = embed_sequences(model, seqs, tok, pool="mean", layer=layer, rc_average=rc_average, **kw)
+        fwd = embed_sequences(model, seqs, tok, pool="none", layer=layer, **kw)
+        rev = embed_sequences(model, rc, tok, pool="none", layer=layer, **kw)
+        for s, h, mx, mn, f, r in zip(seqs, per_pos, maxed, meaned, fwd, rev):
+            keep = np.array([c != "N" for c in s])
+            # max: over the bases of each strand (both strands with rc_average); mean: of the per-base output
+            want = np.maximum(f[keep].max(0), r[keep[::-1]].max(0)) if rc_average else h[keep].max(0)
+            np.testing.assert_allclose(mx, want, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(mn, h[keep].mean(0), rtol=1e-4, atol=1e-5)
+    # one window: layer 1 is encode(layer=1), which differs from the final layer
+    x = torch.from_numpy(tok.encode(seqs[1])).long()[None]
+    with torch.no_grad():
+        want = model.eval().encode(x, layer=1)[0].numpy()
+    got = embed_sequences(model, [seqs[1]], tok, pool="none", layer=1, device="cpu")[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, embed_sequences(model, [seqs[1]], tok, pool="none", device="cpu")[0], atol=1e-3)
+
+
+def test_cli_embed_layer_max(tmp_path, tiny_run):
+    fa = tmp_path / "a.fa"
+    fa.write_text("".join(f">r{i}\n{random_seq(60, i)}\n" for i in range(4)))
+    res = invoke("embed", fa, "--checkpoint", tiny_run, "--out", tmp_path / "e.npz", "--layer", "1", "--pool", "max",
+                 "--quiet")
+    assert res.exit_code == 0, res.output
+    z = np.load(tmp_path / "e.npz")
+    assert z["embeddings"].shape == (4, 16) and json.loads(str(z["info"]))["layer"] == 1
+    res = invoke("embed", str(fa), "--checkpoint", str(tiny_run), "--out", str(tmp_path / "f.npz"),
+                 "--layer", "7")
+    assert res.exit_code == 2 and "layer 7 does not exist" in res.output

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from reformer_seq.runtime.policy import use_policy
-from reformer_seq import ReformerConfig, ReformerLM
+from reformer_seq import ReformerLM
 from reformer_seq.tasks.evaluation.evaluate import evaluate_records
 from reformer_seq.tasks.evaluation.likelihood import FunctionScorer, ModelScorer, likelihood
 from reformer_seq.tasks.evaluation.markov import MarkovModel, Segment, markov_holdout_table
@@ -22,7 +21,7 @@ from reformer_seq.genome.fasta import read_records
 from reformer_seq.tasks.motifs import load_motifs
 from reformer_seq.genome.tokenizers import MASK_ID, NucleotideTokenizer
 
-from conftest import DATA
+from helpers import DATA, invoke, tiny_model as build_tiny_model
 
 TOK = NucleotideTokenizer()
 CTCF_JASPAR = DATA / "motifs" / "MA0139.2_CTCF.jaspar"
@@ -259,11 +258,7 @@ def test_sign_test_matches_the_binomial_tail():
 
 # ---------------------------------------------------------------------- the ReformerLM adapter
 def tiny_model(causal: bool = True) -> ReformerLM:
-    import torch
-
-    torch.manual_seed(0)
-    return ReformerLM(ReformerConfig(vocab_size=9, dim=16, depth=1, heads=2, bucket_size=8, n_hashes=2,
-                                     max_seq_len=256, attn_layers=["local"], causal=causal))
+    return build_tiny_model(0, depth=1, max_seq_len=256, attn_layers=["local"], causal=causal)
 
 
 def test_model_scorer_is_padding_invariant_and_normalised():
@@ -280,12 +275,6 @@ def test_model_scorer_is_padding_invariant_and_normalised():
 
 
 # ---------------------------------------------------------------------- end to end
-def _cli():
-    from pipelines.cli import cli
-
-    return cli
-
-
 def write_subset(path: Path, src: Path, n: int) -> Path:
     recs = list(read_records(src))[:n]
     path.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in recs))
@@ -310,9 +299,9 @@ REQUIRED = ["id", "name", "n_sites", "site_accuracy", "control_accuracy", "site_
 def test_cli_causal_checkpoint_on_ctcf_peaks(tiny_checkpoints, tmp_path):
     fasta = write_subset(tmp_path / "peaks.fa", PEAKS, 40)
     out = tmp_path / "report"
-    res = CliRunner().invoke(_cli(), ["evaluate", str(fasta), "--checkpoint", str(tiny_checkpoints["causal"]),
-                                      "--motifs", str(CTCF_JASPAR), "--out", str(out), "--batch-size", "32",
-                                      "--quiet"])
+    res = invoke("evaluate", str(fasta), "--checkpoint", str(tiny_checkpoints["causal"]),
+                 "--motifs", str(CTCF_JASPAR), "--out", str(out), "--batch-size", "32",
+                 "--quiet")
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "report.json").read_text())
     assert rep["objective"] == "causal" and rep["window"] == 128 and rep["n_records"] == 40
@@ -336,9 +325,9 @@ def test_cli_causal_checkpoint_on_ctcf_peaks(tiny_checkpoints, tmp_path):
 def test_cli_masked_checkpoint_without_training_data(tiny_checkpoints, tmp_path):
     fasta = write_subset(tmp_path / "peaks.fa", PEAKS, 12)
     out = tmp_path / "report"
-    res = CliRunner().invoke(_cli(), ["evaluate", str(fasta), "--checkpoint", str(tiny_checkpoints["masked"]),
-                                      "--motifs", str(SUBSET), "--motif-ids", "MA0139.2,MA0140.3",
-                                      "--out", str(out), "--quiet", "--batch-size", "32"])
+    res = invoke("evaluate", str(fasta), "--checkpoint", str(tiny_checkpoints["masked"]),
+                 "--motifs", str(SUBSET), "--motif-ids", "MA0139.2,MA0140.3",
+                 "--out", str(out), "--quiet", "--batch-size", "32")
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "report.json").read_text())
     assert rep["objective"] == "masked" and "masked_accuracy" in rep and "masked_bits_per_base" in rep
@@ -365,8 +354,8 @@ def test_python_api_val_split(tiny_checkpoints, tmp_path):
     (["--motif-ids", "MA0139.2"], "without --motifs"),
 ])
 def test_cli_errors_are_one_line_exit_2(tiny_checkpoints, tmp_path, args, message):
-    res = CliRunner().invoke(_cli(), ["evaluate", str(PEAKS), "--checkpoint", str(tiny_checkpoints["causal"]),
-                                      "--out", str(tmp_path / "r"), *args])
+    res = invoke("evaluate", str(PEAKS), "--checkpoint", str(tiny_checkpoints["causal"]),
+                 "--out", str(tmp_path / "r"), *args)
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("seqformer: error:") and message in lines[0], res.output
@@ -374,7 +363,7 @@ def test_cli_errors_are_one_line_exit_2(tiny_checkpoints, tmp_path, args, messag
 
 
 def test_cli_help_teaches_with_examples():
-    res = CliRunner().invoke(_cli(), ["evaluate", "--help"])
+    res = invoke("evaluate", "--help")
     assert res.exit_code == 0 and "Examples:" in res.output and "--motif-ids" in res.output
 
 

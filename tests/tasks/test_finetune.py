@@ -1,5 +1,6 @@
-"""`seqformer finetune` / `predict` and embeddings by layer: a planted motif the head must learn,
-a frozen backbone that stays bit-identical, exact resume, predictions in file order, clear errors."""
+"""`seqformer finetune` / `predict`: a planted motif the head must learn, a frozen backbone that
+stays bit-identical, exact resume, predictions in file order, clear errors. (Embeddings by layer
+are in test_embedding.py, encode(layer=) in tests/model/test_lm.py.)"""
 from __future__ import annotations
 
 import json
@@ -8,31 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from pipelines.cli import cli
+from helpers import REPO as ROOT, invoke
 from reformer_seq.tasks.pretrained import load_pretrained
-from reformer_seq.errors import SeqformerError
 from reformer_seq.tasks.finetune.model import SequenceModel, load_finetuned
 from reformer_seq.tasks.finetune.train import FinetuneOptions, finetune
 from reformer_seq.tasks.finetune.metrics import auroc, bootstrap_se
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "configs" / "tiny.yaml"
-PHIX = ROOT / "data" / "phiX174_NC_001422.1.fa"
 MOTIF = "GATTACAG"
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("tiny") / "run"
-    res = invoke("pretrain", PHIX, "--config", TINY, "--out", run, "--max-steps", "20", "--quiet")
-    assert res.exit_code == 0, res.output
-    return run
+def backbone(tiny_run) -> Path:
+    """The pretrained backbone: conftest's tiny run (20 steps of configs/tiny.yaml on phiX174)."""
+    return tiny_run
 
 
 def planted(n: int, length: int = 60, copies: int = 3, seed: int = 0) -> tuple[list[str], list[int]]:
@@ -203,7 +193,7 @@ def test_clear_errors(tmp_path, backbone, case, expect):
     else:
         tsv = write_tsv(tmp_path / "t.tsv", seqs, labels)
         args += ["--freeze", "top"]
-    res = CliRunner().invoke(cli, ["finetune", str(tsv)] + [str(a) for a in args])
+    res = invoke("finetune", tsv, *args)
     assert res.exit_code == 2, res.output
     assert expect in res.output and "Traceback" not in res.output
     assert res.output.count("\n") == 1
@@ -211,79 +201,5 @@ def test_clear_errors(tmp_path, backbone, case, expect):
 
 def test_predict_rejects_a_pretrained_checkpoint(tmp_path, backbone):
     fa = write_fasta(tmp_path / "a.fa", ["ACGT"])
-    res = CliRunner().invoke(cli, ["predict", str(fa), "--checkpoint", str(backbone), "--out", str(tmp_path / "p.tsv")])
+    res = invoke("predict", str(fa), "--checkpoint", str(backbone), "--out", str(tmp_path / "p.tsv"))
     assert res.exit_code == 2 and "not a fine-tuned one" in res.output
-
-
-def test_encode_layers(backbone):
-    model, tok, _ = load_pretrained(backbone)
-    model.eval()
-    x = torch.from_numpy(tok.encode("ACGTTGCA" * 8)).long()[None]
-    with torch.no_grad():
-        final = model.encode(x)
-        assert torch.equal(model.encode(x, layer=2), final) and torch.equal(model.encode(x, layer=-1), final)
-        h0 = model.encode(x, layer=0)
-        emb = model.token_emb(x) + model.pos_emb(x.shape[1])
-        assert torch.allclose(h0, model.norm(model.conv(emb)), atol=1e-6)
-        assert not torch.allclose(model.encode(x, layer=1), final)
-    with pytest.raises(SeqformerError, match="layers 0"):
-        model.encode(x, layer=3)
-
-
-@pytest.mark.parametrize("rc_average", [False, True])
-def test_embed_layer_and_max_pool_equal_per_position_output(backbone, rc_average):
-    from reformer_seq.tasks.embedding import embed_sequences
-
-    model, tok, _ = load_pretrained(backbone)
-    rng = np.random.default_rng(3)
-    seqs = ["".join(rng.choice(list("ACGTN"), n, p=[.24, .24, .24, .24, .04])) for n in (300, 57, 1000)]
-    kw = dict(window=128, overlap=32, device="cpu")
-    rc = [s[::-1].translate(str.maketrans("ACGTN", "TGCAN")) for s in seqs]
-    for layer in (0, 1, 2):
-        per_pos = embed_sequences(model, seqs, tok, pool="none", layer=layer, rc_average=rc_average, **kw)
-        maxed = embed_sequences(model, seqs, tok, pool="max", layer=layer, rc_average=rc_average, **kw)
-        meaned = embed_sequences(model, seqs, tok, pool="mean", layer=layer, rc_average=rc_average, **kw)
-        fwd = embed_sequences(model, seqs, tok, pool="none", layer=layer, **kw)
-        rev = embed_sequences(model, rc, tok, pool="none", layer=layer, **kw)
-        for s, h, mx, mn, f, r in zip(seqs, per_pos, maxed, meaned, fwd, rev):
-            keep = np.array([c != "N" for c in s])
-            # max: over the bases of each strand (both strands with rc_average); mean: of the per-base output
-            want = np.maximum(f[keep].max(0), r[keep[::-1]].max(0)) if rc_average else h[keep].max(0)
-            np.testing.assert_allclose(mx, want, rtol=1e-6, atol=1e-6)
-            np.testing.assert_allclose(mn, h[keep].mean(0), rtol=1e-4, atol=1e-5)
-    # one window: layer 1 is encode(layer=1), which differs from the final layer
-    x = torch.from_numpy(tok.encode(seqs[1])).long()[None]
-    with torch.no_grad():
-        want = model.eval().encode(x, layer=1)[0].numpy()
-    got = embed_sequences(model, [seqs[1]], tok, pool="none", layer=1, device="cpu")[0]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    assert not np.allclose(got, embed_sequences(model, [seqs[1]], tok, pool="none", device="cpu")[0], atol=1e-3)
-
-
-def test_cli_embed_layer_max(tmp_path, backbone):
-    fa = write_fasta(tmp_path / "a.fa", planted(4)[0])
-    res = invoke("embed", fa, "--checkpoint", backbone, "--out", tmp_path / "e.npz", "--layer", "1", "--pool", "max",
-                 "--quiet")
-    assert res.exit_code == 0, res.output
-    z = np.load(tmp_path / "e.npz")
-    assert z["embeddings"].shape == (4, 16) and json.loads(str(z["info"]))["layer"] == 1
-    res = CliRunner().invoke(cli, ["embed", str(fa), "--checkpoint", str(backbone), "--out", str(tmp_path / "f.npz"),
-                                   "--layer", "7"])
-    assert res.exit_code == 2 and "layer 7 does not exist" in res.output
-
-
-def test_dinucleotide_shuffle_keeps_pairs_and_is_uniform():
-    from collections import Counter
-
-    from reformer_seq.genome.shuffle import dinucleotide_shuffle
-
-    rng = np.random.default_rng(0)
-    seq = "".join(rng.choice(list("ACGT"), 200, p=[.1, .4, .4, .1]))
-    pairs = Counter(zip(seq, seq[1:]))
-    outs = [dinucleotide_shuffle(seq, rng) for _ in range(50)]
-    for s in outs:
-        assert Counter(zip(s, s[1:])) == pairs and s[0] == seq[0] and s[-1] == seq[-1]
-    assert len(set(outs)) == 50 and seq not in outs
-    # uniform over the Eulerian paths: "ACAGA" has exactly two (ACAGA, AGACA), each drawn half the time
-    draws = Counter(dinucleotide_shuffle("ACAGA", rng) for _ in range(2000))
-    assert set(draws) == {"ACAGA", "AGACA"} and abs(draws["ACAGA"] - 1000) < 100

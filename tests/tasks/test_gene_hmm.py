@@ -5,12 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from helpers import DATA, invoke, tiny_model
 from reformer_seq.genome.annotation import CDS
 from reformer_seq.genome.tokenizers import NucleotideTokenizer
 from reformer_seq.runtime.policy import use_policy
@@ -20,7 +19,6 @@ from reformer_seq.tasks.evaluation.gene_hmm_baseline import GeneHMMScorer, gene_
 from reformer_seq.tasks.evaluation.gene_hmm_fit import LabelledSegment, fit_gene_hmm, state_labels
 from reformer_seq.tasks.evaluation.markov import MarkovModel, Segment, split_segments
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 GBK20 = DATA / "Ecoli_K12_MG1655_NC_000913.2_1-20kb.gbk"
 TOK = NucleotideTokenizer()
 BASES = list(TOK.base_ids)
@@ -228,23 +226,10 @@ def test_planted_orfs_frame_is_inferred():
 
 
 # ---------------------------------------------------------------------- the commands
-def _cli():
-    from pipelines.cli import cli
-
-    return cli
-
-
 @pytest.fixture(scope="module")
 def genbank_checkpoint(tmp_path_factory):
     """A tiny causal model whose training data is the 20 kb annotated GenBank stretch of E. coli."""
-    import torch
-
-    from reformer_seq.config import ReformerConfig
-    from reformer_seq.model.lm import ReformerLM
-
-    torch.manual_seed(0)
-    model = ReformerLM(ReformerConfig(vocab_size=9, dim=16, depth=1, heads=2, bucket_size=8, n_hashes=2,
-                                      max_seq_len=256, attn_layers=["local"], causal=True))
+    model = tiny_model(0, depth=1, max_seq_len=256, attn_layers=["local"], causal=True)
     root = tmp_path_factory.mktemp("gene_ck")
     return model.save_pretrained(root / "ck", meta={
         "objective": "causal", "step": 0,
@@ -252,16 +237,16 @@ def genbank_checkpoint(tmp_path_factory):
 
 
 def test_cli_evaluate_reports_the_gene_hmm(genbank_checkpoint, tmp_path):
-    res = CliRunner().invoke(_cli(), ["evaluate", str(GBK20), "--checkpoint", str(genbank_checkpoint), "--split",
-                                      "val", "--out", str(tmp_path / "r"), "--gene-order", "2", "--quiet"])
+    res = invoke("evaluate", str(GBK20), "--checkpoint", str(genbank_checkpoint), "--split",
+                 "val", "--out", str(tmp_path / "r"), "--gene-order", "2", "--quiet")
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     g = rep["baselines"]["gene_hmm"]
     assert g["fitted_on"] == "GenBank CDS" and g["order"] == 2 and g["n_states"] == 19 and g["n_parameters"] > 0
     assert g["n_bases"] == rep["n_bases"] and 1.5 < g["bits_per_base"] < 2.1
     assert "gene HMM order 2" in res.output and "gene HMM" in (tmp_path / "r" / "report.md").read_text()
-    res = CliRunner().invoke(_cli(), ["evaluate", str(GBK20), "--checkpoint", str(genbank_checkpoint), "--split",
-                                      "val", "--out", str(tmp_path / "r2"), "--no-gene-hmm", "--quiet"])
+    res = invoke("evaluate", str(GBK20), "--checkpoint", str(genbank_checkpoint), "--split",
+                 "val", "--out", str(tmp_path / "r2"), "--no-gene-hmm", "--quiet")
     assert res.exit_code == 0 and "gene_hmm" not in json.loads((tmp_path / "r2" / "report.json").read_text())["baselines"]
 
 
@@ -275,14 +260,14 @@ def test_cli_score_variants_adds_llr_gene(genbank_checkpoint, tmp_path):
                    + "".join(f"NC_000913.2\t{p}\t.\t{r}\t{a}\t.\tPASS\t.\n" for p, r, a in rows))
     args = ["score-variants", str(vcf), "--reference", str(GBK20), "--checkpoint", str(genbank_checkpoint),
             "--window", "256", "--baseline", "markov", "--baseline", "gene", "--baseline", "prodigal", "--quiet"]
-    res = CliRunner().invoke(_cli(), [*args, "--out", str(tmp_path / "s.tsv")])
+    res = invoke(*args, "--out", str(tmp_path / "s.tsv"))
     assert res.exit_code == 0, res.output
     lines = [l for l in (tmp_path / "s.tsv").read_text().splitlines() if not l.startswith("#")]
     head, body = lines[0].split("\t"), [dict(zip(lines[0].split("\t"), l.split("\t"))) for l in lines[1:]]
     assert head[-3:] == ["llr_markov", "llr_gene", "llr_prodigal"] and len(body) == 4
     assert all(math.isfinite(float(r["llr_gene"])) and math.isfinite(float(r["llr_prodigal"])) for r in body)
     assert any(float(r["llr_gene"]) != 0 for r in body)
-    res = CliRunner().invoke(_cli(), [*args, "--out", str(tmp_path / "s.vcf")])
+    res = invoke(*args, "--out", str(tmp_path / "s.vcf"))
     assert res.exit_code == 0, res.output
     assert "SEQFORMER_LLR_GENE" in (tmp_path / "s.vcf").read_text()
 

@@ -16,7 +16,7 @@ from reformer_seq.tasks.motifs import (Motif, Threshold, background_from_records
                                  select_motifs, shuffle_records)
 from reformer_seq.genome.tokenizers import NucleotideTokenizer
 
-from conftest import DATA
+from helpers import DATA
 
 MOTIFS = DATA / "motifs"
 CTCF_JASPAR = MOTIFS / "MA0139.2_CTCF.jaspar"

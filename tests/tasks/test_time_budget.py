@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import PHIX, TINY
 from reformer_seq.config import load_run_config
 from reformer_seq.runtime.checkpoint import resolve_checkpoint
 from reformer_seq.tasks.training import pretrain
 from reformer_seq.tasks.training.optim import lr_at, time_progress
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "configs" / "tiny.yaml"
-PHIX = ROOT / "data" / "phiX174_NC_001422.1.fa"
 
 
 def test_time_progress_and_lr():

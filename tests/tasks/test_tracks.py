@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from helpers import PHIX, invoke, sharp_model
 from reformer_seq.errors import InputError
 from reformer_seq.tasks.evaluation.evaluate import evaluate_checkpoint
 from reformer_seq.tasks.evaluation.likelihood import ModelScorer, likelihood
@@ -16,10 +15,6 @@ from reformer_seq.genome.fasta import read_records
 from reformer_seq.tasks.scoring.tracks import parse_region, read_bed, read_bedgraph, resolve_regions, runs, score_tracks
 from reformer_seq.genome.tokenizers import NucleotideTokenizer
 
-from test_variants import sharp_model
-
-DATA = Path(__file__).resolve().parents[1] / "data"
-PHIX = DATA / "phiX174_NC_001422.1.fa"
 TOK = NucleotideTokenizer()
 
 
@@ -40,16 +35,10 @@ def ck(tmp_path_factory, seq):
     return {"fa": fa, "ck": ck, "root": root}
 
 
-def _cli():
-    from pipelines.cli import cli
-
-    return cli
-
-
 def test_track_mean_equals_evaluate_bits_per_base(ck, tmp_path, seq):
     out = tmp_path / "t.npz"
-    res = CliRunner().invoke(_cli(), ["score", str(ck["fa"]), "--checkpoint", str(ck["ck"]), "--out", str(out),
-                                      "--region", "g:101-1000", "--quiet"])
+    res = invoke("score", str(ck["fa"]), "--checkpoint", str(ck["ck"]), "--out", str(out),
+                 "--region", "g:101-1000", "--quiet")
     assert res.exit_code == 0, res.output
     tr = np.load(out)
     assert set(tr.files) == {"g"} and tr["g"].dtype == np.float32 and len(tr["g"]) == len(seq)
@@ -91,7 +80,7 @@ def test_rc_average_is_strand_symmetric(ck, seq):
 def test_bedgraph_round_trips_to_the_npz(ck, tmp_path, suffix):
     args = ["score", str(ck["fa"]), "--checkpoint", str(ck["ck"]), "--rc-average", "--quiet", "--digits", "2"]
     for out in (tmp_path / "t.npz", tmp_path / f"t{suffix}"):
-        res = CliRunner().invoke(_cli(), args + ["--out", str(out)])
+        res = invoke(*args, "--out", out)
         assert res.exit_code == 0, res.output
     tr = np.load(tmp_path / "t.npz")
     raw = (gzip.open if suffix.endswith(".gz") else open)(tmp_path / f"t{suffix}", "rt").read()
@@ -128,15 +117,15 @@ def test_regions_parse_merge_and_fail_clearly(tmp_path):
 
 
 def test_cli_errors_are_one_line(ck, tmp_path):
-    res = CliRunner().invoke(_cli(), ["score", str(ck["fa"]), "--checkpoint", str(ck["ck"]), "--out",
-                                      str(tmp_path / "t.wig")])
+    res = invoke("score", str(ck["fa"]), "--checkpoint", str(ck["ck"]), "--out",
+                 str(tmp_path / "t.wig"))
     assert res.exit_code == 2 and ".bedgraph" in res.output
-    res = CliRunner().invoke(_cli(), ["score", str(ck["fa"]), "--checkpoint", str(ck["ck"]), "--out",
-                                      str(tmp_path / "t.npz"), "--overlap", "500", "--window", "200", "--quiet"])
+    res = invoke("score", str(ck["fa"]), "--checkpoint", str(ck["ck"]), "--out",
+                 str(tmp_path / "t.npz"), "--overlap", "500", "--window", "200", "--quiet")
     assert res.exit_code == 2 and "overlap" in res.output
     try:
         import pyBigWig  # noqa: F401
     except ImportError:  # the optional extra is missing: one clear line
-        res = CliRunner().invoke(_cli(), ["score", str(ck["fa"]), "--checkpoint", str(ck["ck"]), "--out",
-                                          str(tmp_path / "t.bw"), "--quiet"])
+        res = invoke("score", str(ck["fa"]), "--checkpoint", str(ck["ck"]), "--out",
+                     str(tmp_path / "t.bw"), "--quiet")
         assert res.exit_code == 2 and "pyBigWig" in res.output

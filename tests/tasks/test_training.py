@@ -1,5 +1,6 @@
 """`seqformer pretrain`: a tiny run through the CLI, exact resume, a killed run, signals,
-two processes, and config errors."""
+two processes, input errors. (Unknown config keys: tests/test_config.py; the process-wide
+tuning switch: tests/runtime/test_tuning.py; --version: tests/cli/test_cli.py.)"""
 from __future__ import annotations
 
 import copy
@@ -8,45 +9,20 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from click.testing import CliRunner
 
-from pipelines.cli import cli
+from helpers import PHIX, TINY, invoke, metrics, spawn, tiny_config, train_ranks
 from reformer_seq.tasks.pretrained import load_pretrained
 from reformer_seq.runtime.checkpoint import resolve_checkpoint
 from reformer_seq.config import load_run_config
-from reformer_seq.errors import ConfigError
 from reformer_seq.tasks.training import pretrain
 from reformer_seq.tasks.training.distributed import Dist
 from reformer_seq.tasks.training.optim import fit_horizon, lr_at
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "configs" / "tiny.yaml"
-PHIX = ROOT / "data" / "phiX174_NC_001422.1.fa"
-
-
-def tiny_config(tmp_path: Path, **train) -> Path:
-    cfg = yaml.safe_load(TINY.read_text())
-    cfg["train"].update(train)
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def metrics(run: Path, kind: str = "train") -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["bits_per_base"] for r in rows if r["kind"] == kind}
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def test_tiny_pretrain_through_cli(tmp_path):
@@ -95,12 +71,6 @@ def test_resume_continues_exactly(tmp_path, with_copy):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=n)
 
 
-def _spawn(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> int:
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -117,7 +87,7 @@ def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float 
 def test_killed_run_resumes_from_last_good_checkpoint(tmp_path):
     cfg = tiny_config(tmp_path, save_every=1, eval_every=1000, max_steps=100000)
     run = tmp_path / "run"
-    proc = _spawn([ "pretrain", str(PHIX), "--config", str(cfg), "--out", str(run), "--quiet"], ROOT)
+    proc = spawn("pretrain", PHIX, "--config", cfg, "--out", run, "--quiet")
     try:
         _wait_for_step(run, 3, proc)
         time.sleep(0.3)  # kill at an arbitrary point, possibly mid-write
@@ -138,7 +108,7 @@ def test_killed_run_resumes_from_last_good_checkpoint(tmp_path):
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     cfg = tiny_config(tmp_path, save_every=1000, eval_every=1000, max_steps=100000, log_every=1)
     run = tmp_path / "run"
-    proc = _spawn(["pretrain", str(PHIX), "--config", str(cfg), "--out", str(run), "--quiet"], ROOT)
+    proc = spawn("pretrain", PHIX, "--config", cfg, "--out", run, "--quiet")
     t0 = time.time()
     while not (run / "metrics.jsonl").is_file() and time.time() - t0 < 120:
         time.sleep(0.05)
@@ -149,28 +119,6 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     info = json.loads((run / "latest.json").read_text())
     assert info["step"] >= 1
     load_pretrained(run)
-
-
-def train_ranks(tmp_path: Path, n: int, device: str) -> Path:
-    """A ``torchrun --nproc_per_node n`` run of 10 steps under --max-time (so the ranks agree on
-    the step horizon and on stopping), with checkpoints (every rank's RNG state is gathered)
-    and validation; checks what every multi-process run must give and returns the run folder."""
-    cfg = tiny_config(tmp_path, max_steps=10, save_every=5, eval_every=5)  # the horizon is fitted at step 10
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-           "-m", "pipelines.cli", "pretrain", str(PHIX), "--config", str(cfg), "--out", str(run), "--quiet",
-           "--device", device, "--max-time", "600"]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert json.loads((run / "run.json").read_text())["world_size"] == n
-    assert res.stdout.count("10 steps in") == 1  # only rank 0 reports and writes
-    model, _, info = load_pretrained(run)
-    assert info["step"] == 10
-    state = torch.load(resolve_checkpoint(run) / "training_state.pt", weights_only=False)
-    assert len(state["rng"]["torch"]) == n  # every rank's RNG state, gathered through the device
-    assert len(metrics(run)) >= 1 and len(metrics(run, "val")) >= 2
-    return run
 
 
 def test_two_processes_train_one_model(tmp_path):
@@ -216,26 +164,15 @@ def test_collectives_run_on_the_training_device(monkeypatch):
     assert len(seen) == len(calls) and all(devices == {"meta"} for _, devices in seen), seen
 
 
-def test_unknown_config_key_is_a_clear_error(tmp_path):
-    cfg = yaml.safe_load(TINY.read_text())
-    cfg["model"]["dimm"] = 64
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    res = CliRunner().invoke(cli, ["pretrain", str(PHIX), "--config", str(path), "--out", str(tmp_path / "r")])
-    assert res.exit_code == 2
-    assert "unknown key 'dimm' in model; did you mean 'dim'?" in res.output
-    assert "Traceback" not in res.output
-
-
 def test_config_and_input_errors(tmp_path):
-    res = CliRunner().invoke(cli, ["pretrain", str(tmp_path / "missing.fa"), "--config", str(TINY),
-                                   "--out", str(tmp_path / "r")])
+    res = invoke("pretrain", str(tmp_path / "missing.fa"), "--config", str(TINY),
+                 "--out", str(tmp_path / "r"))
     assert res.exit_code == 2 and "missing.fa" in res.output
-    res = CliRunner().invoke(cli, ["pretrain", str(PHIX), "--config", str(TINY), "--seq-len", "5000",
-                                   "--out", str(tmp_path / "r2")])
+    res = invoke("pretrain", str(PHIX), "--config", str(TINY), "--seq-len", "5000",
+                 "--out", str(tmp_path / "r2"))
     assert res.exit_code == 2 and "exceeds model.max_seq_len 1,024" in res.output
-    res = CliRunner().invoke(cli, ["pretrain", str(PHIX), "--config", str(TINY), "--out", str(tmp_path / "r3"),
-                                   "--resume"])
+    res = invoke("pretrain", str(PHIX), "--config", str(TINY), "--out", str(tmp_path / "r3"),
+                 "--resume")
     assert res.exit_code == 2 and "nothing to resume" in res.output
 
 
@@ -294,46 +231,6 @@ def test_learning_rate_schedule():
     assert lr_at(9, 1.0, 10, 100, 0.1) == pytest.approx(1.0)
     assert lr_at(100, 1.0, 10, 100, 0.1) == pytest.approx(0.1)
     assert lr_at(55, 1.0, 10, 100, 0.1) == pytest.approx(0.55)  # halfway down the cosine
-
-
-def test_version_and_help():
-    res = CliRunner().invoke(cli, ["--version"])
-    assert res.exit_code == 0 and "seqformer, version" in res.output
-    res = CliRunner().invoke(cli, ["pretrain", "--help"])
-    assert res.exit_code == 0 and "Examples" in res.output and "--resume" in res.output
-
-
-def test_process_wide_tuning_is_off_for_library_users_and_on_in_the_cli(tmp_path, monkeypatch):
-    """pretrain() called from Python leaves the garbage collector alone (gc.freeze is part of the
-    process-wide tuning, off by default); inside runtime_tuning() it freezes for the run and
-    unfreezes after. Every seqformer command runs inside the switch and restores it on exit."""
-    import gc
-
-    from reformer_seq import process_tuning, runtime_tuning
-
-    cfg = load_run_config(TINY, {"train": {"max_steps": 2, "eval_every": 100, "device": "cpu"}})
-    seen = []
-    record = lambda step, bpb: seen.append((process_tuning(), gc.get_freeze_count()))  # noqa: E731
-    assert not process_tuning()
-    pretrain([PHIX], copy.deepcopy(cfg), tmp_path / "a", progress=False, echo=lambda s: None, on_step=record)
-    assert seen and all(s == (False, 0) for s in seen), seen
-    seen.clear()
-    with runtime_tuning():
-        pretrain([PHIX], copy.deepcopy(cfg), tmp_path / "b", progress=False, echo=lambda s: None, on_step=record)
-    assert seen and all(on and frozen > 0 for on, frozen in seen), seen
-    assert gc.get_freeze_count() == 0 and not process_tuning()
-
-    import reformer_seq.tasks.training as T
-
-    def fake_pretrain(*args, **kw):
-        seen.append(("cli", process_tuning()))
-        raise ConfigError("stop here")
-
-    seen.clear()
-    monkeypatch.setattr(T, "pretrain", fake_pretrain)
-    res = CliRunner().invoke(cli, ["pretrain", str(PHIX), "--config", str(TINY), "--out", str(tmp_path / "c")])
-    assert res.exit_code == 2 and "stop here" in res.output
-    assert seen == [("cli", True)] and not process_tuning()  # on inside the command, restored after
 
 
 def test_max_time_zero_drops_the_configs_time_budget(tmp_path):

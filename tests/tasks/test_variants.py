@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from helpers import DATA, PHIX, invoke, sharp_model
 from reformer_seq.tasks.evaluation.likelihood import LN2, ModelScorer
 from reformer_seq.tasks.evaluation.markov import MarkovModel, Segment
 from reformer_seq.genome.encoded import EncodedRecord
@@ -16,33 +16,13 @@ from reformer_seq.genome.tokenizers import NucleotideTokenizer
 from reformer_seq.tasks.scoring.variant_effects import variant_window
 from reformer_seq.tasks.scoring.variants import Allele, score_alleles
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-
 TOK = NucleotideTokenizer()
 W = 256
-PHIX = DATA / "phiX174_NC_001422.1.fa"
 COMP = str.maketrans("ACGT", "TGCA")
 
 
 def rc(s: str) -> str:
     return s.translate(COMP)[::-1]
-
-
-def sharp_model(causal: bool = True, seed: int = 0):
-    """The tiny config (local + LSH layers) with large random weights: confident, context-dependent predictions."""
-    import torch
-
-    from reformer_seq.config import load_run_config
-    from reformer_seq.model.lm import ReformerLM
-
-    cfg = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").model
-    cfg.causal = causal
-    torch.manual_seed(seed)
-    model = ReformerLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -169,12 +149,6 @@ def files(tmp_path_factory, genome):
     return {"ref": ref, "ck": ck, "vcf": vcf, "root": root}
 
 
-def _cli():
-    from pipelines.cli import cli
-
-    return cli
-
-
 def read_tsv(path: Path) -> list[dict[str, str]]:
     lines = [l for l in path.read_text().splitlines() if not l.startswith("#")]
     head = lines[0].split("\t")
@@ -186,7 +160,7 @@ def test_cli_tsv_and_vcf_agree_and_flag_what_is_not_scored(files, tmp_path):
 
     args = [str(files["vcf"]), "--reference", str(files["ref"]), "--checkpoint", str(files["ck"]), "--window",
             str(W), "--baseline", "markov", "--quiet"]
-    res = CliRunner().invoke(_cli(), ["score-variants", *args, "--out", str(tmp_path / "s.tsv")])
+    res = invoke("score-variants", *args, "--out", str(tmp_path / "s.tsv"))
     assert res.exit_code == 0, res.output
     text = (tmp_path / "s.tsv.json").read_text()  # the meaning is in the sidecar; the TSV starts with its header
     assert "negative = the ALT allele is less likely" in text
@@ -203,7 +177,7 @@ def test_cli_tsv_and_vcf_agree_and_flag_what_is_not_scored(files, tmp_path):
         if r["llr"] != "NA":
             assert float(r["llr"]) == pytest.approx((float(r["llr_forward"]) + float(r["llr_reverse"])) / 2, abs=2e-4)
             assert r["llr_markov"] != "NA"
-    res = CliRunner().invoke(_cli(), ["score-variants", *args, "--out", str(tmp_path / "s.vcf.gz")])
+    res = invoke("score-variants", *args, "--out", str(tmp_path / "s.vcf.gz"))
     assert res.exit_code == 0, res.output
     with pysam.VariantFile(str(tmp_path / "s.vcf.gz")) as vf:
         assert "SEQFORMER_LLR" in vf.header.info and vf.header.info["SEQFORMER_LLR"].number == "A"
@@ -217,8 +191,8 @@ def test_unknown_contigs_are_one_error_with_near_misses(files, tmp_path):
     vcf = tmp_path / "chr.vcf"
     vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
                    "chr1\t5\t.\tA\tG\t.\t.\t.\nchr2\t5\t.\tA\tG\t.\t.\t.\n")
-    res = CliRunner().invoke(_cli(), ["score-variants", str(vcf), "--reference", str(files["ref"]), "--checkpoint",
-                                      str(files["ck"]), "--out", str(tmp_path / "x.tsv"), "--quiet"])
+    res = invoke("score-variants", str(vcf), "--reference", str(files["ref"]), "--checkpoint",
+                 str(files["ck"]), "--out", str(tmp_path / "x.tsv"), "--quiet")
     assert res.exit_code == 2
     assert "chr1 (reference has 1)" in res.output and "chr2 (reference has 2)" in res.output
     assert res.output.count("\n") == 1 and not (tmp_path / "x.tsv").exists()
@@ -229,8 +203,8 @@ def test_bad_vcf_is_a_clear_error(files, tmp_path, content, message):
     vcf = tmp_path / "bad.vcf"
     if content is not None:
         vcf.write_text(content)
-    res = CliRunner().invoke(_cli(), ["score-variants", str(vcf), "--reference", str(files["ref"]), "--checkpoint",
-                                      str(files["ck"]), "--out", str(tmp_path / "x.tsv"), "--quiet"])
+    res = invoke("score-variants", str(vcf), "--reference", str(files["ref"]), "--checkpoint",
+                 str(files["ck"]), "--out", str(tmp_path / "x.tsv"), "--quiet")
     assert res.exit_code == 2 and message in res.output
 
 
@@ -250,9 +224,9 @@ def test_bgzipped_vcf_and_bcf_give_the_same_scores(files, tmp_path):
     bodies = []
     for vcf in [src] + [p for p, _ in copies.values()]:
         out = tmp_path / f"{vcf.name}.tsv"
-        res = CliRunner().invoke(_cli(), ["score-variants", str(vcf), "--reference", str(files["ref"]), "--checkpoint",
-                                          str(files["ck"]), "--window", str(W), "--strand", "forward", "--quiet",
-                                          "--out", str(out)])
+        res = invoke("score-variants", str(vcf), "--reference", str(files["ref"]), "--checkpoint",
+                     str(files["ck"]), "--window", str(W), "--strand", "forward", "--quiet",
+                     "--out", str(out))
         assert res.exit_code == 0, res.output
         bodies.append([l for l in out.read_text().splitlines() if not l.startswith("#")])
     assert bodies[0] == bodies[1] == bodies[2] and len(bodies[0]) == 8
@@ -260,9 +234,9 @@ def test_bgzipped_vcf_and_bcf_give_the_same_scores(files, tmp_path):
 
 
 def test_the_shipped_example_vcf_scores(files, tmp_path):
-    res = CliRunner().invoke(_cli(), ["score-variants", str(DATA / "variants" / "ecoli_example.vcf"), "--reference",
-                                      str(DATA / "Ecoli_K12_MG1655.fasta.gz"), "--checkpoint", str(files["ck"]),
-                                      "--window", str(W), "--quiet", "--out", str(tmp_path / "ex.tsv")])
+    res = invoke("score-variants", str(DATA / "variants" / "ecoli_example.vcf"), "--reference",
+                 str(DATA / "Ecoli_K12_MG1655.fasta.gz"), "--checkpoint", str(files["ck"]),
+                 "--window", str(W), "--quiet", "--out", str(tmp_path / "ex.tsv"))
     assert res.exit_code == 0, res.output
     rows = read_tsv(tmp_path / "ex.tsv")
     assert len(rows) == 32 and sum(r["llr"] == "NA" for r in rows) == 1  # only the symbolic <DEL>
@@ -282,7 +256,7 @@ def test_alt_equal_to_ref_is_flagged_not_scored(files, tmp_path, genome):
                    f"1\t701\treal\t{g[700]}\t{'T' if g[700] != 'T' else 'G'}\t.\tPASS\t.\n")
     args = ["score-variants", str(vcf), "--reference", str(files["ref"]), "--checkpoint", str(files["ck"]),
             "--window", str(W), "--baseline", "markov", "--quiet"]
-    res = CliRunner().invoke(_cli(), [*args, "--out", str(tmp_path / "n.tsv")])
+    res = invoke(*args, "--out", str(tmp_path / "n.tsv"))
     assert res.exit_code == 0, res.output
     assert "1 of 3 alleles scored" in res.output and "alt_equals_ref 2" in res.output
     rows = {r["id"]: r for r in read_tsv(tmp_path / "n.tsv")}
@@ -290,7 +264,7 @@ def test_alt_equal_to_ref_is_flagged_not_scored(files, tmp_path, genome):
         assert [rows[key][c] for c in ("llr", "llr_forward", "llr_reverse", "llr_markov")] == ["NA"] * 4
         assert "ALT equals REF" in rows[key]["note"]
     assert rows["real"]["llr"] != "NA" and rows["real"]["note"] == "."
-    res = CliRunner().invoke(_cli(), [*args, "--out", str(tmp_path / "n.vcf")])
+    res = invoke(*args, "--out", str(tmp_path / "n.vcf"))
     assert res.exit_code == 0, res.output
     with pysam.VariantFile(str(tmp_path / "n.vcf")) as vf:
         got = {rec.id: (rec.info["SEQFORMER_LLR"][0], rec.info["SEQFORMER_NOTE"][0]) for rec in vf}
