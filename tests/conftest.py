@@ -44,8 +44,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> P
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` (a wheel install, a build per installed compiler) run with
-    ``pytest -m slow`` or ``SEQFORMER_SLOW_TESTS=1``; CI (.ci/run) runs them."""
+    """Tests marked ``slow`` (over about 3 s: subprocesses, torchrun, kernel builds, a wheel
+    install, real training runs) run with ``pytest -m slow`` or ``SEQFORMER_SLOW_TESTS=1``; CI
+    (.ci/run) runs ``pytest -q`` and then ``pytest -q -m slow``."""
     if "slow" in (config.getoption("-m") or "") or os.environ.get("SEQFORMER_SLOW_TESTS") == "1":
         return
     skip = pytest.mark.skip(reason="slow test: run with pytest -m slow or SEQFORMER_SLOW_TESTS=1")

@@ -43,6 +43,7 @@ def test_reader_matches_seqio_on_shipped_genomes(name: str) -> None:
 SHARED_FILES = ["Ecoli_K12_MG1655_NC_000913.2.gbk.gz", "Scerevisiae_chrI.fa", "Athaliana_chloroplast_NC_000932.1.fa"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHARED_FILES)
 def test_reader_matches_seqio_on_shared_genomes(name: str) -> None:
     if not (SHARED / name).exists():

@@ -52,6 +52,7 @@ def files(draw) -> tuple[str, bytes]:
     return name, data
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(files(), st.booleans())
 def test_any_file_gives_records_or_an_input_error(file: tuple[str, bytes], strict: bool) -> None:

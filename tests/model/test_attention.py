@@ -453,6 +453,7 @@ def kernel_builds(session_cache) -> dict:
         return dict(zip(names, pool.map(build, names)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", list(BUILDS))
 def test_kernel_builds_for_each_instruction_set_match_the_reference(build, kernel_builds, monkeypatch):
     """The kernel built with the baseline instruction set, with AVX2 only, for this CPU, and with

@@ -13,6 +13,8 @@ import textwrap
 import pytest
 
 from helpers import REPO
+
+pytestmark = pytest.mark.slow  # every test runs a fresh interpreter (8-22 s each on a loaded machine)
 PRELUDE = """
 import os, sys, torch
 from reformer_seq.runtime.tuning import block_cache as bc

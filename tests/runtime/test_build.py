@@ -77,6 +77,7 @@ def fake_cc(tmp_path: Path) -> Path:
     return cc
 
 
+@pytest.mark.slow
 def test_failed_build_is_remembered_and_warns_what_to_install(fake_cc: Path, tmp_path: Path):
     """In two fresh processes with CC set to a compiler that fails: the first compiles once and
     warns with the compiler's error and what to install; the second does not compile again and

@@ -42,6 +42,7 @@ def test_a_folder_of_that_name_wins(tmp_path, monkeypatch):
     assert resolve_checkpoint("ecoli") == Path("ecoli")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif("ecoli" not in PRESENT, reason="no shipped E. coli model in models/")
 def test_readme_quick_start_needs_no_training(tmp_path):
     """The README's first commands: score the example VCF and embed a FASTA with --checkpoint ecoli."""

@@ -50,6 +50,7 @@ def test_ref_is_the_genome_base_and_alt_differs(record, snvs):
     assert {s.strand for s in snvs} == {1, -1}
 
 
+@pytest.mark.slow
 def test_effects_match_bio_translation_on_both_strands(record, snvs):
     loc = bio_locations(record)
     checked = Counter()

@@ -243,6 +243,7 @@ def test_markov_counts_stay_inside_segments_and_dense_equals_sparse():
     np.testing.assert_allclose(dense.score(ids, pos)[0], sparse.score(ids, pos)[0])
 
 
+@pytest.mark.slow
 def test_markov_order6_on_ecoli_gives_the_reference_1_934(ecoli_records):
     table = markov_holdout_table(ecoli_records, orders=[0, 6])
     assert round(table[6], 3) == 1.934
@@ -296,6 +297,7 @@ REQUIRED = ["id", "name", "n_sites", "site_accuracy", "control_accuracy", "site_
             "control_bits_per_base", "true_vs_shuffled_win_rate", "p_value"]
 
 
+@pytest.mark.slow
 def test_cli_causal_checkpoint_on_ctcf_peaks(tiny_checkpoints, tmp_path):
     fasta = write_subset(tmp_path / "peaks.fa", PEAKS, 40)
     out = tmp_path / "report"

@@ -64,6 +64,7 @@ def test_metrics_auroc_oracle():
     assert 0.01 < bootstrap_se(y, s) < 0.05
 
 
+@pytest.mark.slow
 def test_planted_motif_is_learned_and_predicted_in_file_order(tmp_path, backbone):
     seqs, labels = planted(1000)
     tsv = write_tsv(tmp_path / "train.tsv", seqs, labels)
@@ -93,6 +94,7 @@ def test_planted_motif_is_learned_and_predicted_in_file_order(tmp_path, backbone
     assert single[0, 1] == pytest.approx(p1[7], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_frozen_backbone_stays_bit_identical(tmp_path, backbone):
     seqs, labels = planted(200)
     tsv = write_tsv(tmp_path / "t.tsv", seqs, labels)
@@ -120,6 +122,7 @@ def test_frozen_backbone_stays_bit_identical(tmp_path, backbone):
     assert not all(torch.equal(a, b) for a, b in zip(top.layers[1].parameters(), before.layers[1].parameters()))
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path, backbone):
     seqs, labels = planted(160)
     tsv = write_tsv(tmp_path / "t.tsv", seqs, labels)

@@ -173,6 +173,7 @@ def test_gene_hmm_beats_the_markov_chain_on_a_held_out_genbank_stretch(gbk20):
     assert gene_hmm_bits(hmm, val) < markov.bits_per_base(val) - 0.02
 
 
+@pytest.mark.slow
 def test_gene_hmm_beats_markov_on_ecoli_with_prodigal_calls(ecoli_records):
     """The oracle of issue 27: fitted on the first 90% (Prodigal's calls there), scored on the last 10%."""
     from reformer_seq.tasks.evaluation.gene_hmm_baseline import fit_gene_baseline

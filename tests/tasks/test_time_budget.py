@@ -32,6 +32,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.mark.slow
 def test_a_run_that_slows_down_still_anneals_and_stops_on_time(tmp_path, one_thread):
     max_time = 5.0
     cfg = load_run_config(TINY, {"train": {"max_time": max_time, "max_steps": 100_000, "eval_every": 1000,
@@ -55,6 +56,7 @@ def test_a_run_that_slows_down_still_anneals_and_stops_on_time(tmp_path, one_thr
     assert all(b <= a + 1e-12 for a, b in zip(lr[2:], lr[3:]))  # and only decayed after warmup
 
 
+@pytest.mark.slow
 def test_end_of_run_validation_scales_to_a_50mb_record(tmp_path, one_thread):
     """A 50 Mb record holds out 5 Mb; the end-of-run validation scores the fixed seeded sample of
     ``val_bases`` bases (with a standard error) in seconds, not the whole split."""

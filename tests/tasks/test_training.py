@@ -41,6 +41,7 @@ def test_tiny_pretrain_through_cli(tmp_path):
     assert len(list((run / "checkpoints").glob("step-*"))) <= 3  # keep_last 2 + best
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_copy", [False, True])
 def test_resume_continues_exactly(tmp_path, with_copy):
     """Interrupted (SIGINT) and resumed, a run's losses and weights equal an uninterrupted run's,
@@ -84,6 +85,7 @@ def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float 
     raise AssertionError("no checkpoint in time")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_last_good_checkpoint(tmp_path):
     cfg = tiny_config(tmp_path, save_every=1, eval_every=1000, max_steps=100000)
     run = tmp_path / "run"
@@ -105,6 +107,7 @@ def test_killed_run_resumes_from_last_good_checkpoint(tmp_path):
     assert not list((run / "checkpoints").glob(".step-*"))  # leftovers of a killed write are cleaned
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     cfg = tiny_config(tmp_path, save_every=1000, eval_every=1000, max_steps=100000, log_every=1)
     run = tmp_path / "run"
@@ -121,6 +124,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     load_pretrained(run)
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_model(tmp_path):
     """Two gloo ranks on the CPU: one model (the end-of-run check compares every parameter with
     rank 0's), gradients averaged, one report."""
@@ -207,6 +211,7 @@ def masked_bits(model, tok, seq: str, windows: int = 4, length: int = 256, seed:
     return total / count / math.log(2)
 
 
+@pytest.mark.slow
 def test_masked_objective_trains_a_bidirectional_model(tmp_path):
     """``--objective masked`` makes the model bidirectional and it learns the masked bases: on
     planted complementary pairs, both the run's validation and an independent scoring of masked
