@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO as ROOT, invoke
+from helpers import invoke
 from reformer_seq.tasks.pretrained import load_pretrained
 from reformer_seq.tasks.finetune.model import SequenceModel, load_finetuned
 from reformer_seq.tasks.finetune.train import FinetuneOptions, finetune
