@@ -1,6 +1,6 @@
 """Building the compiled pieces: the cache key holds what -march=native means to the compiler (on
 any architecture), a failed build is remembered per source and compiler and its warning says what
-failed and what to install. (The builds' results against the reference: test_attention.py.)"""
+failed and what to install. (The builds' results against the reference: tests/model/test_attention.py.)"""
 from __future__ import annotations
 
 import os
