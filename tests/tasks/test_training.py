@@ -1,6 +1,6 @@
 """`seqformer pretrain`: a tiny run through the CLI, exact resume, a killed run, signals,
-two processes, input errors. (Unknown config keys: tests/test_config.py; the process-wide
-tuning switch: tests/runtime/test_tuning.py; --version: tests/cli/test_cli.py.)"""
+two processes, input errors. (A config error on the command line and --version:
+tests/cli/test_cli.py; the process-wide tuning switch: tests/runtime/test_tuning.py.)"""
 from __future__ import annotations
 
 import copy
