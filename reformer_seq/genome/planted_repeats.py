@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-BASE_IDS = (4, 5, 6, 7)  # A, C, G, T (tokenizers.py)
+from .tokenizers import BASE_IDS
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional
 
-PathLike = Union[str, Path]
+from ..types import PathLike
 
 
 def _umask() -> int:

@@ -43,11 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...genome.tokenizers import A_ID as FIRST_BASE_ID, N_BASES
 from .chunked import Layout, chunked_attention
-from .lsh import bucket_bits, layer_rotations, lsh_layout, n_hash_factors
+from .lsh import bits_bound, bucket_bits, layer_rotations, lsh_layout, n_hash_factors
 
-FIRST_BASE_ID = 4  # token ids of A, C, G, T are 4..7 (tokenizers.py); complement of i is 3 - i
-N_BASES = 4
 # Buckets per round: 2**EXTRA_BITS times the LSH layer's (real_length / bucket_size). Exact
 # k-mer matches share a bucket whatever the bucket count, but angular LSH fills buckets unevenly
 # (a position's bucket holds ~3x the mean), and a causal query sees only the ``bucket_size``
@@ -62,7 +61,8 @@ def base_vectors(tokens: Tensor) -> Tensor:
     k-mers with ``m`` of ``k`` bases equal have cosine ``(4m - k) / 3k``."""
     idx = tokens.long() - FIRST_BASE_ID
     is_base = (idx >= 0) & (idx < N_BASES)
-    onehot = F.one_hot(idx.clamp(0, N_BASES - 1), N_BASES).to(torch.float32)  # (B, L, 4)
+    # a comparison, not F.one_hot (which reads its input's range back to the host)
+    onehot = (idx.unsqueeze(-1) == torch.arange(N_BASES, device=idx.device)).to(torch.float32)  # (B, L, 4)
     return (onehot - 1.0 / N_BASES) * is_base.unsqueeze(-1)
 
 
@@ -86,6 +86,7 @@ def alone_mask(lay: Layout, L: int) -> Tensor:
     """(G, L) bool: queries that see no key in any round (first of their bucket in every
     round's sorted order). Causal LSH windows always include the nearest earlier same-bucket
     position, so "no earlier same-bucket neighbour" is exactly "sees nothing"."""
+    assert lay.perm is not None  # an LSH layout is always permuted
     b = lay.buckets  # (R, G, L) sorted bucket ids
     first = torch.ones_like(b, dtype=torch.bool)
     first[..., 1:] = b[..., 1:] != b[..., :-1]  # (R, G, L) in sorted order
@@ -126,7 +127,7 @@ class CopyAttention(nn.Module):
         B, Lp, D = fwd.shape
         sym = (fwd + rc).unsqueeze(1).expand(B, self.heads, Lp, D)  # (B, H, Lp, D)
         bits = bucket_bits(real_len, self.bucket_size, None) + EXTRA_BITS
-        rot = self._rotations(n_hash_factors(bits), fwd.device)
+        rot = self._rotations(n_hash_factors(bits, bits_bound(Lp, self.bucket_size, None) + EXTRA_BITS), fwd.device)
         return lsh_layout(sym, real, bits, rot, self.n_hashes, self.bucket_size, causal=True)
 
     def attend(self, values: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
@@ -156,9 +157,10 @@ class CopyAttention(nn.Module):
         return out[:, :L] * seen.unsqueeze(-1).to(out.dtype), seen  # no self fallback: alone -> 0
 
     def next_base(self, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """Each head's distribution over the next base (B, L, H, 4), from fixed one-hot values: the direct head reads the base after its earlier copy, the
-        reverse-complement head the complement of the base before it. Mass that lands on N is
-        spread evenly; a query that sees nothing gets the uniform distribution. Also ``seen``."""
+        """Each head's distribution over the next base (B, L, H, 4), from fixed one-hot values: the
+        direct head reads the base after its earlier copy, the reverse-complement head the complement
+        of the base before it. Mass that lands on N is spread evenly; a query that sees nothing gets
+        the uniform distribution. Also ``seen``."""
         B, L = tokens.shape
         vec = base_vectors(tokens)  # centred one-hot; zero rows for N
         onehot = vec + (vec.abs().sum(-1, keepdim=True) > 0) / N_BASES  # (B, L, 4)
@@ -207,10 +209,11 @@ class CopyMixture(nn.Module):
         self.heads = heads
         self.norm = nn.LayerNorm(dim)
         n_in = dim + heads * (N_BASES + 2 + len(HIT_WINDOWS))
-        self.gate = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, heads + 1))
-        nn.init.zeros_(self.gate[2].weight)
+        last = nn.Linear(hidden, heads + 1)
+        self.gate = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), last)
+        nn.init.zeros_(last.weight)
         with torch.no_grad():  # start trusting the network: copy weights e^-3 each
-            self.gate[2].bias.copy_(torch.tensor([3.0] + [0.0] * heads))
+            last.bias.copy_(torch.tensor([3.0] + [0.0] * heads))
 
     def features(self, h: Tensor, p_copy: Tensor, seen: Tensor, tokens: Tensor) -> Tensor:
         peak = p_copy.max(-1).values  # (B, L, H)

@@ -2,13 +2,10 @@
 model's length; each base's vector comes from the window whose centre is nearest to it."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Union
 
 from ...errors import SeqformerError
 
-PathLike = Union[str, os.PathLike]
 DEFAULT_LAYER = -1  # the final output; chosen by benchmarks/downstream.py's layer sweep (README)
 POOL_MODES = ("mean", "max", "none")
 PRECISIONS = ("fp32", "bf16")

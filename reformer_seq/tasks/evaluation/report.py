@@ -8,17 +8,15 @@ its information content.
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from ...errors import InputError
 from ...runtime.files import atomic_write, atomic_write_json, atomic_write_text
-
-PathLike = Union[str, os.PathLike]
+from ...types import PathLike
 
 
 def _safe_name(text: str) -> str:
@@ -84,7 +82,8 @@ def report_markdown(report: dict[str, Any]) -> str:
              f"- bases skipped as N (assembly gaps, ambiguity codes): {report.get('n_skipped_n', 0):,}", ""]
     lines += ["## Likelihood", "", "| model | bases | bits/base | top-1 accuracy |", "|---|---:|---:|---:|"]
     if report["objective"] == "causal":
-        lines.append(f"| this model | {report['n_bases']:,} | {_fmt(report['bits_per_base'])} | {_fmt(report['accuracy'])} |")
+        lines.append(f"| this model | {report['n_bases']:,} | {_fmt(report['bits_per_base'])} | "
+                     f"{_fmt(report['accuracy'])} |")
     else:
         lines.append(f"| this model (masked {report['mask_prob']:g}) | {report['n_bases']:,} | "
                      f"{_fmt(report['masked_bits_per_base'])} | {_fmt(report['masked_accuracy'])} |")
@@ -129,7 +128,8 @@ def report_markdown(report: dict[str, Any]) -> str:
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for m in motifs:
             prof = f"[png]({m['profile_png']})" if m.get("profile_png") else "–"
-            lines.append(f"| {m['id']} | {m['name']} | {m['n_sites']} | {m['n_evaluated']} | {_fmt(m['site_accuracy'])} | "
+            lines.append(f"| {m['id']} | {m['name']} | {m['n_sites']} | {m['n_evaluated']} | "
+                         f"{_fmt(m['site_accuracy'])} | "
                          f"{_fmt(m['control_accuracy'])} | {_fmt(m['site_bits_per_base'])} | "
                          f"{_fmt(m['control_bits_per_base'])} | {_fmt(m['true_vs_shuffled_win_rate'])} | "
                          f"{_fmt(m['p_value'])} | {prof} |")

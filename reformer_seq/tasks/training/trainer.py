@@ -264,7 +264,7 @@ class Trainer:
         for _ in range(tcfg.grad_accum):
             loss, n, mask = batch_loss(self.model, next(data), self.device, tcfg.precision)
             self.scaler.scale(loss / max(n, 1) / tcfg.grad_accum).backward()
-            loss_sum += float(loss.detach())
+            loss_sum = loss_sum + loss.detach().double()  # float64, as the Python sum it replaces
             n_sum += n
             st.tokens_seen += int(mask.sum()) * dist.world
             st.window_tokens += int(mask.sum()) * dist.world
@@ -274,8 +274,8 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         st.step += 1
-        # one all-reduce for the loss and the clock (every rank must take the same learning rate)
-        stats = dist.all_reduce_(dist.tensor([loss_sum, float(n_sum), self._time_fraction()]), average=False).tolist()
+        # one all-reduce (the step's one host sync) for the loss and the clock (every rank must take the same lr)
+        stats = dist.all_reduce_(torch.cat([loss_sum.view(1), dist.tensor([n_sum, self._time_fraction()])]), False).tolist()
         st.time_fraction = stats[2] / dist.world
         self.sched.step()
         return float(stats[0] / max(float(stats[1]), 1.0)) / LN2
