@@ -1,6 +1,6 @@
 """Plain helpers shared by the test files: the repository's paths, one way to run the CLI (in
-process and as a subprocess), one builder of small models, the tiny run config. The fixtures
-built from them (tiny_run, ...) are in conftest.py.
+process and as a subprocess), one builder of small models, the tiny run config, the dense
+attention oracle. The fixtures built from them (tiny_run, ...) are in conftest.py.
 
 Every test folder imports this as ``helpers``: ``[tool.pytest.ini_options] pythonpath`` in
 pyproject.toml puts tests/ on sys.path. Test files import nothing from each other."""
@@ -145,3 +145,62 @@ def train_ranks(tmp_path: Path, n: int, device: str) -> Path:
     assert len(state["rng"]["torch"]) == n  # every rank's RNG state, gathered through the device
     assert len(metrics(run)) >= 1 and len(metrics(run, "val")) >= 2
     return run
+
+
+# ---------------------------------------------------------------------- the attention oracle
+def reference_attention(q, k, v, visible, self_only_if_alone=True):
+    """Dense attention. q, k, v: (G, L, D) float64; visible: (G, L, L) bool (diagonal ignored
+    when ``self_only_if_alone``: self is visible exactly when nothing else is)."""
+    import math
+
+    import torch
+
+    G, L, D = q.shape
+    eye = torch.eye(L, dtype=torch.bool)
+    if self_only_if_alone:
+        others = visible & ~eye
+        alone = ~others.any(-1, keepdim=True)  # (G, L, 1)
+        visible = others | (alone & eye)
+    logits = torch.einsum("gid,gjd->gij", q, k) / math.sqrt(D)
+    logits = logits.masked_fill(~visible, float("-inf"))
+    return torch.einsum("gij,gjd->gid", torch.softmax(logits, -1), v)
+
+
+def rand_qkv(G, L, D, seed=0, clustered=False):
+    """Random shared query/keys (raw and unit-normalised) and values, each (G, L, D); clustered:
+    around 4 directions, so hash buckets hold several positions and rounds collide."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    qk = torch.randn(G, L, D, generator=g)
+    if clustered:
+        centers = torch.randn(G, 4, D, generator=g)
+        qk = centers[:, torch.randint(0, 4, (L,), generator=g)] * 3 + qk * 0.3
+    v = torch.randn(G, L, D, generator=g)
+    return qk, F.normalize(qk, dim=-1), v
+
+
+def oracle_visibility(buckets, causal, C):
+    """From buckets (R, G, L) and the definitions alone: who sees whom in the union of LSH rounds
+    (sorted by (bucket, position), chunks of C), as a (G, L, L) bool tensor."""
+    import numpy as np
+    import torch
+
+    R, G, L = buckets.shape
+    vis = np.zeros((G, L, L), dtype=bool)
+    for r in range(R):
+        for g in range(G):
+            b = buckets[r, g]
+            order = sorted(range(L), key=lambda p: (b[p], p))  # sort by (bucket, position)
+            s = {p: i for i, p in enumerate(order)}
+            for i in range(L):
+                for j in range(L):
+                    if b[i] != b[j]:
+                        continue
+                    if causal:  # j among the C nearest earlier same-bucket positions of i
+                        if j <= i and s[i] - s[j] <= C:
+                            vis[g, i, j] = True
+                    elif s[i] // C - s[j] // C in (0, 1):  # own chunk or the previous one
+                        vis[g, i, j] = True
+    return torch.from_numpy(vis)

@@ -1,20 +1,20 @@
 """Attention kernels against exact references (equivalence and oracle tests).
 
-The reference here is written independently of the library: a dense softmax over an explicit
-visibility matrix built from the definitions (buckets, positions, sorted order), with the
-shared-QK rule "a query sees itself only when it sees nothing else".
+The reference (tests/helpers.py: reference_attention, oracle_visibility) is written
+independently of the library: a dense softmax over an explicit visibility matrix built from the
+definitions (buckets, positions, sorted order), with the shared-QK rule "a query sees itself only
+when it sees nothing else".
 """
 from __future__ import annotations
 
-import math
 import os
 import platform
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import oracle_visibility, rand_qkv, reference_attention
 from reformer_seq.runtime.policy import current_policy, use_policy
 from reformer_seq.model.attention.chunked import chunked_attention as _chunked_attention
 from reformer_seq.model.attention.exact import full_attention
@@ -23,33 +23,9 @@ from reformer_seq.model.attention.lsh import (FACTOR, bucket_bits, hash_codes, h
                                         n_hash_factors)
 
 
-def reference_attention(q, k, v, visible, self_only_if_alone=True):
-    """Dense attention. q, k, v: (G, L, D) float64; visible: (G, L, L) bool (diagonal ignored
-    when ``self_only_if_alone``: self is visible exactly when nothing else is)."""
-    G, L, D = q.shape
-    eye = torch.eye(L, dtype=torch.bool)
-    if self_only_if_alone:
-        others = visible & ~eye
-        alone = ~others.any(-1, keepdim=True)  # (G, L, 1)
-        visible = others | (alone & eye)
-    logits = torch.einsum("gid,gjd->gij", q, k) / math.sqrt(D)
-    logits = logits.masked_fill(~visible, float("-inf"))
-    return torch.einsum("gij,gjd->gid", torch.softmax(logits, -1), v)
-
-
 def chunked_attention(q, k, v, lay, **kw):
     """The library's (B, L, H, D) entry point on (G, L, D) tensors (as B = G, H = 1)."""
     return _chunked_attention(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), lay, **kw).squeeze(2)
-
-
-def rand_qkv(G, L, D, seed=0, clustered=False):
-    g = torch.Generator().manual_seed(seed)
-    qk = torch.randn(G, L, D, generator=g)
-    if clustered:  # few directions, so hash buckets hold several positions and rounds collide
-        centers = torch.randn(G, 4, D, generator=g)
-        qk = centers[:, torch.randint(0, 4, (L,), generator=g)] * 3 + qk * 0.3
-    v = torch.randn(G, L, D, generator=g)
-    return qk, F.normalize(qk, dim=-1), v
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -105,27 +81,6 @@ def test_lsh_single_bucket_equals_exact_shared_qk(causal, R):
     torch.testing.assert_close(full.view(G, L, D).double(), ref, rtol=1e-5, atol=1e-5)
 
 
-def _oracle_visibility(buckets, causal, C):
-    """From buckets (R, G, L) and the definitions alone: who sees whom in the union of rounds."""
-    R, G, L = buckets.shape
-    vis = np.zeros((G, L, L), dtype=bool)
-    for r in range(R):
-        for g in range(G):
-            b = buckets[r, g]
-            order = sorted(range(L), key=lambda p: (b[p], p))  # sort by (bucket, position)
-            s = {p: i for i, p in enumerate(order)}
-            for i in range(L):
-                for j in range(L):
-                    if b[i] != b[j]:
-                        continue
-                    if causal:  # j among the C nearest earlier same-bucket positions of i
-                        if j <= i and s[i] - s[j] <= C:
-                            vis[g, i, j] = True
-                    elif s[i] // C - s[j] // C in (0, 1):  # own chunk or the previous one
-                        vis[g, i, j] = True
-    return torch.from_numpy(vis)
-
-
 @pytest.mark.parametrize("causal", [True, False])
 def test_multi_round_lsh_equals_exact_attention_over_union(causal):
     """With the log N_ij correction, combining rounds gives exact softmax over the union of the
@@ -137,7 +92,7 @@ def test_multi_round_lsh_equals_exact_attention_over_union(causal):
     rot = hash_rotations(H, D, R, 1, device=torch.device("cpu"), generator=torch.Generator().manual_seed(5))
     lay = lsh_layout(qk.view(B, H, L, D), real, bits, rot, R, C, causal)
     buckets = (hash_codes(qk.view(B, H, L, D), rot, R) >> 0).view(R, B * H, L).numpy()
-    vis = _oracle_visibility(buckets, causal, C)
+    vis = oracle_visibility(buckets, causal, C)
     assert 0 < vis.float().mean() < 0.5  # a real test: neither empty nor dense
     multi = 0
     for r in range(R):  # pairs meeting in several rounds exist, so the correction matters
@@ -155,7 +110,7 @@ def test_kernel_gradients_match_autograd_reference(causal):
     rot = hash_rotations(H, D, R, 1, device=torch.device("cpu"), generator=torch.Generator().manual_seed(2))
     lay = lsh_layout(qk.view(B, H, L, D), torch.ones(B, L, dtype=torch.bool), torch.full((B,), 3), rot, R, C, causal)
     buckets = hash_codes(qk.view(B, H, L, D), rot, R).view(R, B * H, L).numpy()
-    vis = _oracle_visibility(buckets, causal, C)
+    vis = oracle_visibility(buckets, causal, C)
     w = torch.randn(B * H, L, D, dtype=torch.float64)
 
     q1, v1 = qk.clone().requires_grad_(), v.clone().requires_grad_()

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import oracle_visibility, rand_qkv, reference_attention
 from reformer_seq.model.attention import flex
 from reformer_seq.model.attention.chunked import chunked_attention
 from reformer_seq.model.attention.local import local_layout
@@ -102,9 +103,7 @@ def test_alone_rows_take_their_own_value(monkeypatch):
 
 
 def test_flex_equals_the_independent_oracle(monkeypatch):
-    """The union-of-rounds oracle of tests/test_attention.py (visibility from the definitions alone)."""
-    from test_attention import _oracle_visibility, rand_qkv, reference_attention
-
+    """The union-of-rounds oracle of tests/helpers.py (visibility from the definitions alone)."""
     monkeypatch.setenv("SEQFORMER_KERNEL", "gpu")
     for causal in (True, False):
         B, H, L, D, R, C = 1, 2, 64, 8, 3, 4
@@ -112,7 +111,7 @@ def test_flex_equals_the_independent_oracle(monkeypatch):
         real = torch.ones(B, L, dtype=torch.bool)
         rot = hash_rotations(H, D, R, 1, device=torch.device("cpu"), generator=torch.Generator().manual_seed(5))
         lay = lsh_layout(qk.view(B, H, L, D), real, torch.full((B,), 3), rot, R, C, causal)
-        vis = _oracle_visibility(hash_codes(qk.view(B, H, L, D), rot, R).view(R, B * H, L).numpy(), causal, C)
+        vis = oracle_visibility(hash_codes(qk.view(B, H, L, D), rot, R).view(R, B * H, L).numpy(), causal, C)
         out = chunked_attention(qk.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), lay).squeeze(2)
         ref = reference_attention(qk.double(), k.double(), v.double(), vis)
         torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)

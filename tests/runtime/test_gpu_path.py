@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import PHIX, REPO, TINY, invoke
 from reformer_seq import ExecutionPolicy, ReformerLM, current_policy, use_policy
 from reformer_seq.model.attention import flex, kernel
 from reformer_seq.runtime.policy import GPU_DEFAULTS, gpu_path
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _op_count():
@@ -115,16 +113,10 @@ def test_token_range_is_checked_without_a_host_sync(monkeypatch):
 def test_pretrain_on_the_gpu_path_in_bf16(tmp_path, monkeypatch, session_cache):
     """``seqformer pretrain`` end to end on the code path ``--device cuda`` takes (eager on this
     CPU), in bf16: it trains, finite, and reports the whole run's tokens per second."""
-    from click.testing import CliRunner
-
-    from pipelines.cli import cli
-
     monkeypatch.setenv("SEQFORMER_CACHE_DIR", str(session_cache))
     monkeypatch.setenv("SEQFORMER_KERNEL", "gpu")
     run = tmp_path / "run"
-    res = CliRunner().invoke(cli, ["pretrain", str(REPO / "data" / "phiX174_NC_001422.1.fa"), "--config",
-                                   str(REPO / "configs" / "tiny.yaml"), "--max-steps", "3", "--precision", "bf16",
-                                   "--out", str(run), "--quiet"], catch_exceptions=False)
+    res = invoke("pretrain", PHIX, "--config", TINY, "--max-steps", 3, "--precision", "bf16", "--out", run, "--quiet")
     assert res.exit_code == 0, res.output
     assert "tokens/s" in res.output
     import json
