@@ -85,6 +85,7 @@ def test_local_equals_reference_float64(monkeypatch, causal, blk):
         _compare(monkeypatch, q, k, v, lay)
 
 
+@pytest.mark.slow
 def test_alone_rows_take_their_own_value(monkeypatch):
     """Many buckets and short chunks: queries with no same-bucket key anywhere get v exactly,
     with the reference's gradient (dv = dout there)."""
@@ -117,6 +118,7 @@ def test_flex_equals_the_independent_oracle(monkeypatch):
         torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_copy_attention_equals_reference(monkeypatch):
     """Copy attention (own keys, scale 1, D = 48, no self fallback in effect): outputs, the
     values' gradient and ``seen``, with a planted repeat and padding."""
@@ -182,6 +184,7 @@ def test_banded_block_mask_matches_create_block_mask(blk, shape):
     assert torch.equal(_dense_blocks(got.q_num_blocks, got.q_indices, nb), want.t())
 
 
+@pytest.mark.slow
 def test_compiled_cpu_flex_honours_the_block_mask():
     """Compiled CPU FlexAttention (inference, full-width lists) with the hand-built mask equals the
     eager result, and a diagonal-only mask (negative control) does not."""

@@ -45,6 +45,7 @@ def _step(model, tokens):
     return loss.detach(), grads
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not flex.available(), reason="this torch has no FlexAttention with AuxRequest")
 @pytest.mark.parametrize("config", ["default", "benchmark"])
 def test_reversible_training_step_equals_the_reference(monkeypatch, config):
@@ -109,6 +110,7 @@ def test_token_range_is_checked_without_a_host_sync(monkeypatch):
     assert c.syncs == 0, c.sync_ops
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not flex.available(), reason="this torch has no FlexAttention with AuxRequest")
 def test_pretrain_on_the_gpu_path_in_bf16(tmp_path, monkeypatch, session_cache):
     """``seqformer pretrain`` end to end on the code path ``--device cuda`` takes (eager on this

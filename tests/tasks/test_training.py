@@ -25,6 +25,7 @@ from reformer_seq.tasks.training.distributed import Dist
 from reformer_seq.tasks.training.optim import fit_horizon, lr_at
 
 
+@pytest.mark.slow
 def test_tiny_pretrain_through_cli(tmp_path):
     run = tmp_path / "run"
     res = invoke("pretrain", str(PHIX), "--config", str(TINY), "--out", str(run), "--max-steps", "30", "--quiet")
