@@ -29,7 +29,8 @@ NO_KERNEL = frozenset({"view", "_unsafe_view", "reshape", "expand", "permute", "
                        "squeeze", "select", "slice", "alias", "as_strided", "detach", "split", "unbind",
                        "narrow", "_reshape_alias", "empty", "empty_strided", "empty_like", "unfold", "diagonal",
                        "lift_fresh", "split_with_sizes", "chunk", "flatten", "view_as", "expand_as", "sym_size",
-                       "sym_stride", "sym_numel", "sym_storage_offset", "is_same_size", "_has_compatible_shallow_copy_type"})
+                       "sym_stride", "sym_numel", "sym_storage_offset", "is_same_size",
+                       "_has_compatible_shallow_copy_type"})
 
 
 def _base(name: str) -> str:

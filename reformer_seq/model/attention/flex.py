@@ -55,7 +55,7 @@ try:  # torch >= 2.7 with the AuxRequest API; older versions keep the reference 
     from torch.nn.attention import flex_attention as _flex_module
     from torch.nn.attention.flex_attention import AuxRequest, BlockMask, flex_attention as _flex_eager
 except ImportError:  # pragma: no cover - depends on the installed torch
-    _flex_module = None
+    _flex_module = None  # type: ignore[assignment]
 
 
 def available() -> bool:
@@ -63,7 +63,7 @@ def available() -> bool:
     return _flex_module is not None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled() -> Callable:
     """``torch.compile(flex_attention)``, once per process (CUDA only)."""
     import torch._dynamo
@@ -114,17 +114,22 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, score_mod, block_mask, scale: float, 
     if q.device.type == "cuda":
         out, aux = _compiled()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
                                kernel_options=_kernel_options(blk), return_aux=AuxRequest(lse=True))
-        return out, aux.lse
+        return out, _lse(aux)
     with warnings.catch_warnings():  # eager on a CPU: the "called without torch.compile" warning
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         out, aux = _flex_eager(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
                                return_aux=AuxRequest(lse=True))
-    return out, aux.lse
+    return out, _lse(aux)
+
+
+def _lse(aux) -> Tensor:
+    assert aux.lse is not None, "flex_attention returned no log-sum-exp although AuxRequest(lse=True) asked for it"
+    return aux.lse
 
 
 # ----------------------------------------------------------------------------- the block mask
 def banded_block_mask(L: int, chunk: int, back: int, fwd: int, blk: int, device: torch.device,
-                      mask_mod=None, full_width: bool = False) -> "BlockMask":
+                      mask_mod=None, full_width: bool = False) -> BlockMask:
     """The BlockMask of chunked attention in sorted coordinates, built directly (no mask evaluated).
 
     Query block ``i`` (positions ``[i blk, (i+1) blk)``) needs the kv blocks holding sorted
@@ -192,12 +197,14 @@ def _score_mod(us: Tensor, lo: int, hi: int):
     r2's window key of the position at sorted index s of this call's round b."""
     R = us.shape[1]
 
+    def hit(r2, b, h, q_idx, kv_idx, dtype):
+        diff = us[b, r2, h, q_idx] - us[b, r2, h, kv_idx]
+        return ((diff >= lo) & (diff <= hi)).to(dtype)
+
     def score_mod(score, b, h, q_idx, kv_idx):
-        n = None
-        for r2 in range(R):
-            diff = us[b, r2, h, q_idx] - us[b, r2, h, kv_idx]
-            hit = ((diff >= lo) & (diff <= hi)).to(score.dtype)
-            n = hit if n is None else n + hit
+        n = hit(0, b, h, q_idx, kv_idx, score.dtype)
+        for r2 in range(1, R):
+            n = n + hit(r2, b, h, q_idx, kv_idx, score.dtype)
         return score - torch.log(n.clamp(min=1.0))
     return score_mod
 
@@ -296,13 +303,10 @@ def forward(q: Tensor, k: Optional[Tensor], v: Tensor, lay, scale: float) -> tup
     q, v = q.detach(), v.detach()  # called without autograd (the Function's forward, or no_grad)
     kk = F.normalize(q, dim=-1) if k is None else k.detach()
     groups = _round_groups(lay, B * H, L, D)
-    out = lse = None
-    for r0, r1 in groups:
-        o, s = _reduce(*_rounds(q, kk, v, lay, scale, r0, r1, keep=len(groups) == 1), B, H)
-        if out is None:
-            out, lse = o, s
-        else:  # merge with the earlier groups
-            out, lse = _reduce(torch.stack([out, o]), torch.stack([lse, s]), B, H)
+    out, lse = _reduce(*_rounds(q, kk, v, lay, scale, *groups[0], keep=len(groups) == 1), B, H)
+    for r0, r1 in groups[1:]:  # merge each later group of rounds with the earlier ones
+        o, s = _reduce(*_rounds(q, kk, v, lay, scale, r0, r1, keep=False), B, H)
+        out, lse = _reduce(torch.stack([out, o]), torch.stack([lse, s]), B, H)
     if lay.self_fallback:  # nothing visible in any round: the query takes its own value
         out = torch.where(_alone(lse, B, H), v, out)
     return out, lse
@@ -328,7 +332,7 @@ def backward(q: Tensor, k: Optional[Tensor], v: Tensor, out: Tensor, lse: Tensor
             d_lse = (w * (out_r.detach() - out) * dout).sum(-1)  # (Rg, B, L, H)
             torch.autograd.backward([out_r, lse_r], [d_out, d_lse.permute(0, 1, 3, 2).reshape(lse_r.shape)])
             del out_r, lse_r
-    dv = vg.grad
+    dv = vg.grad if vg.grad is not None else torch.zeros_like(vg)
     if lay.self_fallback:  # alone rows took their own value
         dv = dv + dout * _alone(lse, B, H).to(dout.dtype)
     dq = qg.grad if qg.grad is not None else torch.zeros_like(qg)

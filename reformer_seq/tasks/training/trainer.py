@@ -260,7 +260,7 @@ class Trainer:
         returns the step's training bits per target base (all ranks)."""
         tcfg, st, dist = self.tcfg, self.state, self.dist
         self.opt.zero_grad(set_to_none=True)
-        loss_sum, n_sum = 0.0, 0
+        loss_sum, n_sum = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for _ in range(tcfg.grad_accum):
             loss, n, mask = batch_loss(self.model, next(data), self.device, tcfg.precision)
             self.scaler.scale(loss / max(n, 1) / tcfg.grad_accum).backward()
@@ -275,7 +275,8 @@ class Trainer:
         self.scaler.update()
         st.step += 1
         # one all-reduce (the step's one host sync) for the loss and the clock (every rank must take the same lr)
-        stats = dist.all_reduce_(torch.cat([loss_sum.view(1), dist.tensor([n_sum, self._time_fraction()])]), False).tolist()
+        packed = torch.cat([loss_sum.view(1), dist.tensor([n_sum, self._time_fraction()])])
+        stats = dist.all_reduce_(packed, False).tolist()
         st.time_fraction = stats[2] / dist.world
         self.sched.step()
         return float(stats[0] / max(float(stats[1]), 1.0)) / LN2
