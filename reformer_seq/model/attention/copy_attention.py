@@ -187,14 +187,20 @@ def recent_hits(p_copy: Tensor, tokens: Tensor, windows: tuple[int, ...] = HIT_W
     is_base = ((idx >= 0) & (idx < N_BASES)).unsqueeze(-1)  # (B, L, 1)
     prev = F.pad(p_copy[:, :-1], (0, 0, 0, 0, 1, 0), value=1.0 / N_BASES)  # (B, L, H, 4): p at t - 1
     got = prev.gather(-1, idx.clamp(0, N_BASES - 1).view(B, L, 1, 1).expand(B, L, H, 1)).squeeze(-1)
-    hit = torch.where(is_base, got, torch.full_like(got, 1.0 / N_BASES))  # (B, L, H)
+    hit = got.masked_fill(~is_base, 1.0 / N_BASES)  # (B, L, H)
     cs = F.pad(hit.cumsum(1), (0, 0, 1, 0))  # (B, L + 1, H)
-    feats = []
-    for w in windows:
-        lo = (torch.arange(L, device=hit.device) + 1 - w).clamp(min=0)  # (L,)
-        n = (torch.arange(L, device=hit.device) + 1 - lo).to(hit.dtype).view(1, L, 1)
-        feats.append((cs[:, 1:] - cs[:, lo]) / n)  # (B, L, H) mean over the last w positions
-    return torch.cat(feats, dim=-1)
+    lo, n = _window_starts(L, windows, hit.device)  # (W, L) each
+    means = (cs[:, 1:].unsqueeze(1) - cs[:, lo]) / n.to(hit.dtype).view(1, len(windows), L, 1)  # (B, W, L, H)
+    return means.permute(0, 2, 1, 3).reshape(B, L, len(windows) * H)  # window-major, as concatenated
+
+
+def _window_starts(L: int, windows: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """For each window w and position t: the first position ``max(0, t - w + 1)`` of the span
+    ending at t, and the span's length, (W, L) long each (computed together: a few ops, not a few per window)."""
+    end = torch.arange(1, L + 1, device=device)  # (L,): t + 1
+    w = torch.tensor(windows, device=device).view(-1, 1)  # (W, 1)
+    lo = (end - w).clamp(min=0)  # (W, L)
+    return lo, end - lo
 
 
 class CopyMixture(nn.Module):

@@ -123,15 +123,13 @@ def prune_checkpoints(run: Path, keep_last: int) -> None:
 
 def plot_loss_curve(metrics_path: Path, png_path: Path) -> None:
     """Train (smoothed) and validation bits per base against step, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot, no process-wide backend switch
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     train = [(r["step"], r["bits_per_base"]) for r in rows if r.get("kind") == "train"]
     val = [(r["step"], r["bits_per_base"]) for r in rows if r.get("kind") == "val"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     if train:
         s, b = zip(*train)
         ax.plot(s, b, lw=0.8, alpha=0.5, label="train")
@@ -148,4 +146,3 @@ def plot_loss_curve(metrics_path: Path, png_path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), suffix=".png")
-    plt.close(fig)

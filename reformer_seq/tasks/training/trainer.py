@@ -264,10 +264,8 @@ class Trainer:
         for _ in range(tcfg.grad_accum):
             loss, n, mask = batch_loss(self.model, next(data), self.device, tcfg.precision)
             self.scaler.scale(loss / max(n, 1) / tcfg.grad_accum).backward()
-            loss_sum = loss_sum + loss.detach().double()  # float64, as the Python sum it replaces
-            n_sum += n
-            st.tokens_seen += int(mask.sum()) * dist.world
-            st.window_tokens += int(mask.sum()) * dist.world
+            loss_sum, n_sum, seen = loss_sum + loss.detach().double(), n_sum + n, int(mask.sum()) * dist.world
+            st.tokens_seen, st.window_tokens = st.tokens_seen + seen, st.window_tokens + seen
         dist.average_gradients(self.model)
         self.scaler.unscale_(self.opt)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.grad_clip)
