@@ -8,11 +8,11 @@ import os
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO, invoke
+
 COMMANDS = ["pretrain", "embed", "evaluate", "score", "score-variants", "finetune", "predict"]
 # runs the CLI in a fresh interpreter and reports which heavy modules it imported
 _PROBE = """
@@ -31,8 +31,8 @@ print(json.dumps({"code": code, "loaded": sorted(m for m in ("torch", "numpy", "
 
 
 def _start(*args: str) -> tuple[str, dict]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    res = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(list(args))], cwd=ROOT, env=env,
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(list(args))], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     return res.stdout, json.loads(res.stderr.strip().splitlines()[-1])
 
@@ -48,23 +48,21 @@ def test_help_and_version_do_not_import_torch(args):
 
 def test_the_probe_sees_torch_when_a_command_runs():
     """The probe can fail: a command body imports the library (and torch) before it reads its input."""
-    out, probe = _start("score-variants", str(ROOT / "no-such.vcf"), "--reference", str(ROOT / "no-such.fa"),
-                        "--checkpoint", "ecoli", "--out", str(ROOT / "never-written.tsv"))
+    out, probe = _start("score-variants", str(REPO / "no-such.vcf"), "--reference", str(REPO / "no-such.fa"),
+                        "--checkpoint", "ecoli", "--out", str(REPO / "never-written.tsv"))
     assert probe["code"] == 2 and "torch" in probe["loaded"], probe
 
 
 def test_one_version_source():
-    from pipelines.cli import cli
     from reformer_seq import __version__
     from reformer_seq.version import __version__ as written
-    from click.testing import CliRunner
 
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert "version" not in project and "version" in project["dynamic"]
-    attr = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    attr = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["dynamic"]["version"]["attr"]
     assert attr == "reformer_seq.version.__version__"
     assert __version__ == written
-    assert CliRunner().invoke(cli, ["--version"]).output.strip() == f"seqformer, version {written}"
-    hits = [p.relative_to(ROOT).as_posix() for p in (ROOT / "reformer_seq").rglob("*.py")
+    assert invoke("--version").output.strip() == f"seqformer, version {written}"
+    hits = [p.relative_to(REPO).as_posix() for p in (REPO / "reformer_seq").rglob("*.py")
             if "__version__ =" in p.read_text() and p.name != "version.py"]
     assert not hits, f"a second version assignment: {hits}"
