@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 # the fine-tuning loop's own plot goes when it moves onto the pretraining Trainer (issue 25)
 NOT_YET = {"tasks/finetune/train.py"}
@@ -32,6 +34,7 @@ print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 """
 
 
+@pytest.mark.slow
 def test_plots_leave_the_backend_alone(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-c", _DRAW, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
