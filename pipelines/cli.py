@@ -3,7 +3,7 @@ calls one library function and prints; errors a user can fix print one line and 
 
 Nothing here imports torch: the command modules import the library inside their bodies, so
 ``seqformer --help``, ``seqformer COMMAND --help`` and ``--version`` start without it
-(tests/test_cli_startup.py checks it)."""
+(tests/cli/test_cli_startup.py checks it)."""
 from __future__ import annotations
 
 import functools

@@ -10,11 +10,9 @@ BlockMask (eager FlexAttention evaluates masks densely and ignores it) is checke
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from helpers import oracle_visibility, rand_qkv, reference_attention
 from reformer_seq.model.attention import flex
