@@ -81,7 +81,7 @@ def test_planted_motif_is_learned_and_predicted_in_file_order(tmp_path, backbone
     res = invoke("finetune", tsv, "--checkpoint", backbone, "--out", out, "--lr", "0.01", "--backbone-lr-scale", "1",
                  "--max-steps", "600", "--eval-every", "100", "--quiet")
     assert res.exit_code == 0, res.output
-    for name in ("metrics.jsonl", "curve.png", "best.json", "finetune.json", "result.json"):
+    for name in ("metrics.jsonl", "loss_curve.png", "best.json", "finetune.json", "result.json"):
         assert (out / name).is_file(), name
     # fresh held-out sequences, scored through `predict`
     test_seqs, test_labels = planted(200, seed=1)
