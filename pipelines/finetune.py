@@ -47,8 +47,8 @@ import click
               help="Characters outside IUPAC are an error naming the record and position (default: read as N).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def finetune(tsv, checkpoint, out, fasta, classes, val, val_fraction, task, pool, hidden, layer, freeze, lr,
-             backbone_lr_scale, head_steps, batch_size, max_steps, max_time, eval_every, patience, metric, seed, device, precision, resume,
-             strict, quiet):
+             backbone_lr_scale, head_steps, batch_size, max_steps, max_time, eval_every, patience, metric, seed, device,
+             precision, resume, strict, quiet):
     """Fine-tune a pretrained model to classify sequences or predict a number for each.
 
     Labelled input: a TSV with a header and columns `sequence` (bases) and `label`, or `id` (a

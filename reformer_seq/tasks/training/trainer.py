@@ -95,13 +95,20 @@ class Task(Protocol):
     per-step training figure (the history's key, ``on_step``'s value); ``name`` labels the bar;
     ``plot_keys`` are the train and val rows' figures the loss curve shows."""
 
-    name: str
-    model: torch.nn.Module
-    tcfg: TrainConfig
-    patience: Optional[int]
-    final_pass: bool
-    value_key: str
-    plot_keys: tuple[str, str]  # the metrics rows' keys plotted: (train row, val row)
+    @property
+    def name(self) -> str: ...
+    @property
+    def model(self) -> torch.nn.Module: ...
+    @property
+    def tcfg(self) -> TrainConfig: ...
+    @property
+    def patience(self) -> Optional[int]: ...
+    @property
+    def final_pass(self) -> bool: ...
+    @property
+    def value_key(self) -> str: ...
+    @property
+    def plot_keys(self) -> tuple[str, str]: ...  # the metrics rows' keys plotted: (train row, val row)
 
     def optimizer(self) -> torch.optim.Optimizer:
         """The optimizer (its param groups' ``lr`` are the base rates, scaled by ``lr_factor``)."""
@@ -185,7 +192,8 @@ class Trainer:
         horizon = {**st.horizon, **saved.get("horizon", {})}
         st.horizon_steps, st.horizon_fixed, st.warm_end = horizon["steps"], horizon["fixed"], horizon.get("warm_end")
         st.trained_before, st.tokens_seen = saved["train_time"], saved["tokens_seen"]
-        st.best_val, st.best_step, st.bad_evals = saved.get("best_val"), saved.get("best_step"), saved.get("bad_evals", 0)
+        st.best_val, st.best_step = saved.get("best_val"), saved.get("best_step")
+        st.bad_evals = saved.get("bad_evals", 0)
         st.val_seconds = saved.get("val_time", 0.0)
         rng = saved["rng"]
         torch.set_rng_state(rng["torch"][dist.rank] if dist.rank < len(rng["torch"]) else rng["torch"][0])
