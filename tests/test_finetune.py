@@ -223,6 +223,31 @@ def test_sigterm_exits_128_plus_signal_and_resumes(tmp_path, backbone):
     assert json.loads((run / "latest.json").read_text())["step"] == step + 2
 
 
+def test_early_stop_follows_the_validation_record(tmp_path, backbone):
+    """--patience: the run stops at the first validation that is the patience-th in a row not to
+    beat the best (AUROC: higher is better), and best.json names the best one; recomputed here
+    from the validation rows of metrics.jsonl."""
+    seqs, labels = planted(120)
+    tsv = write_tsv(tmp_path / "t.tsv", seqs, labels)
+    res = finetune({"tsv": str(tsv)}, backbone, tmp_path / "ft", FinetuneOptions(lr=1e-4, max_steps=200,
+                                                                                  eval_every=5, patience=2),
+                   progress=False)
+    vals = [(r["step"], r["auroc"]) for r in map(json.loads, (tmp_path / "ft" / "metrics.jsonl").read_text()
+                                                 .splitlines()) if r["kind"] == "val"]
+    best, best_step, bad, stop = None, None, 0, None
+    for step, v in vals:
+        if best is None or v > best:
+            best, best_step, bad = v, step, 0
+        else:
+            bad += 1
+        if bad >= 2:
+            stop = step
+            break
+    assert stop is not None and stop < 200 and stop == vals[-1][0]  # it did stop early, at its last validation
+    assert (res.stopped_by, res.step, res.best_step, res.best_value) == ("early_stop", stop, best_step, best)
+    assert json.loads((tmp_path / "ft" / "best.json").read_text())["step"] == best_step
+
+
 def test_frozen_backbone_stays_in_eval_mode_after_validations(tmp_path, backbone, monkeypatch):
     """--freeze all: the backbone runs in eval mode at every step, also after a validation (whose
     predict pass puts the model back in training mode); the head trains in training mode."""
