@@ -2,7 +2,7 @@
 from .config import DataConfig, ReformerConfig, RunConfig, TrainConfig, load_run_config
 from .errors import CheckpointError, ConfigError, InputError, SeqformerError
 
-__version__ = "0.1.0"
+from .version import __version__
 from .model.lm import ReformerLM
 from .runtime.tuning import process_tuning, runtime_tuning, set_process_tuning
 from .runtime.policy import ExecutionPolicy, current_policy, set_policy, use_policy

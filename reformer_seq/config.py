@@ -99,11 +99,6 @@ class ReformerConfig:
     # Reformer paper, section 5: a model trained with few hashes evaluates better with more):
     # each round is another chance that the earlier copy is among a query's look-back keys.
     copy_eval_hashes: Optional[int] = None
-    # Where the copy signal joins: "mix" (the copy heads' next-base distributions, from fixed
-    # one-hot values, are mixed with the network's by a learned gate: a pointer-generator),
-    # "top" (learned values added to the stack's output before the head) or "bottom" (added to
-    # the embeddings; the stack's layers read it).
-    copy_position: str = "mix"
     hash_seed: int = 0  # seed of the hash rotations in eval mode (deterministic inference)
 
     def __post_init__(self) -> None:
@@ -130,8 +125,6 @@ class ReformerConfig:
             raise ConfigError(f"model.n_buckets must be a power of two or null (auto), got {self.n_buckets}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if self.copy_position not in ("mix", "top", "bottom"):
-            raise ConfigError(f"model.copy_position must be mix, top or bottom, got {self.copy_position!r}")
         if self.positions not in ("axial", "none"):
             raise ConfigError(f"model.positions must be 'axial' or 'none', got {self.positions!r}")
         if not isinstance(self.copy_k, int) or self.copy_k < 0:
@@ -195,7 +188,24 @@ class ReformerConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "model") -> "ReformerConfig":
-        return from_dict(cls, d, where)
+        return from_dict(cls, upgrade_model_keys(d, where), where)
+
+
+def upgrade_model_keys(d: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """Model configs written by older versions, mapped to today's fields.
+
+    ``copy_position`` (mix | top | bottom) is gone: the copy layer always joins as the mixture of
+    next-base distributions (the former ``mix``, kept in every later config). ``mix`` is dropped
+    silently; ``top`` and ``bottom`` models had learned copy values that no longer exist, so they
+    are refused with one line that says so.
+    """
+    if not isinstance(d, Mapping) or "copy_position" not in d:
+        return d
+    old = d["copy_position"]
+    if old != "mix":
+        raise ConfigError(f"{where}: copy_position {old!r} was removed (the copy layer now always joins as "
+                          f"the mixture, the former 'mix'); this model cannot be loaded: retrain it")
+    return {k: v for k, v in d.items() if k != "copy_position"}
 
 
 @dataclass
@@ -296,6 +306,7 @@ class RunConfig:
     def from_dict(cls, d: Mapping[str, Any], where: str = "") -> "RunConfig":
         sections = {"model": ReformerConfig, "data": DataConfig, "train": TrainConfig}
         _reject_unknown(d, sections, where or "config")
+        d = {**d, "model": upgrade_model_keys(d.get("model") or {}, "model")}
         return cls(**{k: from_dict(c, d.get(k) or {}, k) for k, c in sections.items()})
 
 

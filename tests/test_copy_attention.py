@@ -7,6 +7,8 @@ empty rows, and the whole model stays strictly causal with the shifted values.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -34,21 +36,6 @@ def copy_sequence(reverse: bool, seed: int = 0):
     return torch.from_numpy(seq)[None], 4300
 
 
-def wired_layer(dim: int = 8, k: int = 10) -> CopyAttention:
-    """Values = one-hot of the base at the value position; output channel 4h + b = head h's base b."""
-    m = CopyAttention(dim=dim, k=k, temperature=30.0).eval()
-    m.norm = torch.nn.Identity()
-    D = m.dim_head
-    with torch.no_grad():
-        m.to_v.weight.zero_()
-        m.to_out.weight.zero_()
-        for h in range(2):
-            for b in range(4):
-                m.to_v.weight[h * D + b, b] = 1.0
-                m.to_out.weight[4 * h + b, h * D + b] = 1.0
-    return m
-
-
 def test_kmer_codes_of_a_reverse_complement_pair():
     ids = torch.from_numpy(random_ids(200, 1))
     k, p = 8, 50
@@ -63,49 +50,31 @@ def test_kmer_codes_of_a_reverse_complement_pair():
     assert abs(F.cosine_similarity(fwd[0, 10], fwd[0, 90], dim=0)) < 0.5  # unrelated k-mers
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-def test_planted_copy_is_read_back(reverse):
-    ids, start = copy_sequence(reverse)
-    m = wired_layer()
-    x = F.one_hot(ids - 4, 8).float()
-    with torch.no_grad():
-        y = m(x, ids)[0]  # (L, 8)
-    t = torch.arange(start + 12, ids.shape[1] - 1)  # inside S', past its first k bases
-    head = 1 if reverse else 0
-    pred = y[t, 4 * head:4 * head + 4].argmax(-1) + 4
-    nxt = ids[0, t + 1]
-    # the reverse-complement head reads the base before the earlier k-mer: the complement of the next base
-    want = nxt if not reverse else torch.from_numpy(reverse_complement(nxt.numpy()[::-1].copy()))
-    assert (pred == want).float().mean() > 0.97
-    filler = y[1400:4200, 4 * head:4 * head + 4]
-    assert filler.max(-1).values.mean() < 0.9 * y[t, 4 * head:4 * head + 4].max(-1).values.mean()
-
-
 def test_kernel_and_reference_agree_with_gradients():
     if kernels.library() is None:
         pytest.skip("compiled kernel unavailable")
     ids, _ = copy_sequence(False, seed=3)
     ids = ids[:, :2000]
     torch.manual_seed(0)
-    m32 = CopyAttention(dim=16, k=8).eval()
-    torch.nn.init.normal_(m32.to_out.weight, std=0.1)
-    m64 = CopyAttention(dim=16, k=8).eval()
+    m32 = CopyAttention(k=8, learn_temperature=True).eval()
+    m64 = CopyAttention(k=8, learn_temperature=True).eval()
     m64.load_state_dict(m32.state_dict())
     m64.double()
-    x = torch.randn(1, ids.shape[1], 16)
+    values = torch.randn(1, ids.shape[1], m32.heads, m32.dim_head)  # (B, L, H, D)
     outs = []
-    for m, xx in ((m32, x), (m64, x.double())):
+    for m, v in ((m32, values), (m64, values.double())):
         m.zero_grad()
-        y = m(xx, ids)
+        v = v.clone().requires_grad_(True)
+        y, _ = m.attend(v, ids)
         (y * torch.linspace(-1, 1, y.numel()).view_as(y).to(y.dtype)).sum().backward()
-        outs.append((y.detach().double(), m.to_v.weight.grad.double(), m.log_temperature.grad.double()))
+        outs.append((y.detach().double(), v.grad.double(), m.log_temperature.grad.double()))
     for a, b in zip(*outs):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
 def test_alone_mask_equals_empty_rows_of_the_reference():
     ids = torch.from_numpy(random_ids(800, 5))[None]
-    m = CopyAttention(dim=8, k=6, n_hashes=2).eval()
+    m = CopyAttention(k=6, n_hashes=2).eval()
     vec = base_vectors(ids)
     fwd, rc = (F.normalize(c, dim=-1).double() for c in kmer_codes(vec, 6))
     real = torch.ones(1, 800, dtype=torch.bool)
@@ -120,17 +89,13 @@ def test_alone_mask_equals_empty_rows_of_the_reference():
     assert 0 < int(alone.sum()) < 800
 
 
-@pytest.mark.parametrize("where", ["mix", "top", "bottom"])
-def test_model_with_copy_layer_is_strictly_causal(where):
+def test_model_with_copy_layer_is_strictly_causal():
     cfg = ReformerConfig(vocab_size=9, dim=16, depth=2, heads=2, bucket_size=8, n_hashes=2, max_seq_len=1024,
-                         attn_layers=["local", "lsh"], local_window=16, conv_kernel=4, copy_k=6,
-                         copy_position=where)
+                         attn_layers=["local", "lsh"], local_window=16, conv_kernel=4, copy_k=6)
     torch.manual_seed(0)
     model = ReformerLM(cfg).eval()
-    torch.nn.init.normal_(model.copy.to_out.weight, std=0.5)  # make the copy path matter
-    if model.copy_mix is not None:
-        torch.nn.init.normal_(model.copy_mix.gate[2].weight, std=0.5)
-        torch.nn.init.zeros_(model.copy_mix.gate[2].bias)
+    torch.nn.init.normal_(model.copy_mix.gate[2].weight, std=0.5)  # make the copy path matter
+    torch.nn.init.zeros_(model.copy_mix.gate[2].bias)
     ids = torch.from_numpy(random_ids(512, 2))[None]
     ids[0, 300:400] = ids[0, 50:150]
     with torch.no_grad():
@@ -146,7 +111,7 @@ def test_model_with_copy_layer_is_strictly_causal(where):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_next_base_distributions_read_the_copy(reverse):
     ids, start = copy_sequence(reverse, seed=4)
-    m = CopyAttention(dim=8, k=10, temperature=30.0).eval()
+    m = CopyAttention(k=10, temperature=30.0).eval()
     with torch.no_grad():
         p, seen = m.next_base(ids)
     assert torch.allclose(p.sum(-1), torch.ones(p.shape[:-1]))
@@ -165,17 +130,17 @@ def test_copy_mixture_is_the_weighted_sum():
     torch.manual_seed(0)
     mix = CopyMixture(dim=8, heads=2)
     torch.nn.init.normal_(mix.gate[2].weight)
-    logits, h = torch.randn(1, 5, 9), torch.randn(1, 5, 8)
+    logp_net, h = torch.log_softmax(torch.randn(1, 5, 9), -1), torch.randn(1, 5, 8)
     p_copy = torch.softmax(torch.randn(1, 5, 2, 4), -1)
     seen = torch.tensor([[[True, False]] * 5])
     tokens = torch.tensor([[4, 5, 8, 7, 6]])
-    logp = mix(logits, h, p_copy, seen, tokens)
+    logp = mix(logp_net, h, p_copy, seen, tokens)
     w = torch.softmax(mix.gate(mix.features(h, p_copy, seen, tokens)), -1)
-    want = torch.softmax(logits, -1) * w[..., :1]
+    want = logp_net.exp() * w[..., :1]
     want[..., 4:8] += (p_copy * w[..., 1:, None]).sum(2)
     assert torch.allclose(logp.exp(), want, atol=1e-6)
     assert torch.allclose(logp.exp().sum(-1), torch.ones(1, 5))
-    assert torch.allclose(torch.log_softmax(logp, -1), logp, atol=1e-6)  # stands in for logits
+    assert torch.allclose(torch.log_softmax(logp, -1), logp, atol=1e-6)  # normalised
 
 
 def test_recent_hits_by_hand():
@@ -191,17 +156,45 @@ def test_recent_hits_by_hand():
     assert torch.allclose(hits[0, :, 1], torch.tensor([0.25, (0.25 + 0.7) / 2, (0.7 + 0.1) / 2, (0.1 + 0.25) / 2]))
 
 
-def test_copy_layer_starts_silent_and_learns():
-    """top/bottom: to_out starts at zero (the model starts as without the layer), and its gradient is not zero."""
-    cfg = ReformerConfig(vocab_size=9, dim=16, depth=1, heads=2, bucket_size=8, n_hashes=2, max_seq_len=1024,
-                         copy_k=6, copy_position="top")
+def test_every_parameter_of_the_default_config_gets_a_gradient():
+    """No dead weights: one training step of configs/default.yaml's model (shortened) moves every
+    parameter (the removed copy placements' values never did, under the mixture)."""
+    from reformer_seq.config import load_run_config
+
+    cfg = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml").model
+    cfg.max_seq_len, cfg.copy_learn_temperature = 1024, True
+    torch.manual_seed(0)
     model = ReformerLM(cfg).train()
-    ids = torch.from_numpy(random_ids(256, 4))[None]
-    ids[0, 150:250] = ids[0, 20:120]
-    logits = model(ids)
-    F.cross_entropy(logits[0, :-1], ids[0, 1:]).backward()
-    assert float(model.copy.to_out.weight.detach().abs().sum()) == 0.0
-    assert float(model.copy.to_out.weight.grad.abs().sum()) > 0.0
+    for p in model.parameters():  # zero-initialised output layers would hide the gradient of what feeds them
+        torch.nn.init.normal_(p, std=0.1)
+    ids = torch.from_numpy(random_ids(512, 4))[None]
+    ids[0, 300:450] = ids[0, 20:170]
+    logp = model(ids)
+    F.nll_loss(logp[0, :-1], ids[0, 1:]).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or float(p.grad.abs().sum()) == 0.0]
+    assert not dead, dead
+
+
+def test_checkpoints_of_the_removed_placements():
+    """An old "mix" checkpoint (with the unused copy values) loads and computes the same; "top" and
+    "bottom" are refused in one line that says why."""
+    from reformer_seq.config import ReformerConfig as RC
+    from reformer_seq.errors import ConfigError
+
+    cfg = dict(vocab_size=9, dim=16, depth=1, heads=2, bucket_size=8, n_hashes=2, max_seq_len=512, copy_k=6)
+    model = ReformerLM(ReformerConfig(**cfg)).eval()
+    old = dict(model.state_dict())
+    old.update({"copy.norm.weight": torch.ones(16), "copy.norm.bias": torch.zeros(16),
+                "copy.to_v.weight": torch.zeros(48, 16), "copy.to_out.weight": torch.zeros(16, 48),
+                "copy.to_out.bias": torch.zeros(16)})
+    again = ReformerLM(RC.from_dict({**cfg, "copy_position": "mix"})).eval()
+    assert again.load_state_dict(old, strict=True)  # the legacy keys are dropped, nothing else is missing
+    ids = torch.from_numpy(random_ids(256, 9))[None]
+    with torch.no_grad():
+        assert torch.equal(model(ids), again(ids))
+    for where in ("top", "bottom"):
+        with pytest.raises(ConfigError, match="was removed.*retrain"):
+            RC.from_dict({**cfg, "copy_position": where})
 
 
 def test_plant_repeats_copies_and_reverse_complements():
@@ -237,7 +230,7 @@ def test_dataset_plants_training_windows_only(ecoli_records):
 
 
 def test_more_hash_rounds_in_evaluation():
-    m = CopyAttention(dim=8, k=6, n_hashes=2, eval_hashes=4)
+    m = CopyAttention(k=6, n_hashes=2, eval_hashes=4)
     ids = torch.from_numpy(random_ids(256, 6))[None]
     vec = base_vectors(ids)
     fwd, rc = (F.normalize(c, dim=-1) for c in kmer_codes(vec, 6))

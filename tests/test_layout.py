@@ -1,8 +1,11 @@
 """The shape of the code, checked so it stays that way (issue 17, ../shared/LAYOUT.md).
 
-* Layers: ``runtime`` < ``genome`` < ``model`` < ``tasks``; a module imports (at module level)
-  only from its own layer or the ones below it, plus ``config`` and ``errors``. Imports inside a
-  function may reach up only where listed in ``UPWARD_CALLS`` (each one a convenience entry point).
+* Layers: ``runtime`` < ``genome`` < ``model`` < ``tasks``; a module imports only from its own
+  layer or the ones below it, plus ``config`` and ``errors``, at module level and inside functions
+  alike. The package itself (``from .. import x``, ``import reformer_seq``) is the top: its
+  ``__init__`` imports every layer, so no module inside a layer may import it.
+* No import circles, inside a layer too: the graph of imports between modules (lazy imports
+  inside functions included) has no cycle.
 * Sizes: no module of ``reformer_seq`` or ``pipelines`` over ``MAX_MODULE_LINES`` lines, no function
   over ``MAX_FUNCTION_LINES`` (the C kernel is exempt: it is not Python).
 * One helper per job: the device resolver, the autocast helper, the atomic writers and the
@@ -23,8 +26,6 @@ PKG = ROOT / "reformer_seq"
 LAYERS = {"runtime": 0, "genome": 1, "model": 2, "tasks": 3}
 MAX_MODULE_LINES = 420
 MAX_FUNCTION_LINES = 80
-# (module, imported module): function-level imports that go up a layer on purpose
-UPWARD_CALLS = {("model/lm.py", "tasks.pretrained")}  # ReformerLM.from_pretrained, a convenience
 ONE_DEFINITION = ["resolve_device", "autocast", "atomic_path", "atomic_write", "atomic_write_text",
                   "atomic_write_json", "atomic_folder", "compile_library", "find_compiler", "current_policy"]
 
@@ -36,27 +37,115 @@ def _modules(*folders: Path):
 
 
 def _imports(path: Path, tree: ast.AST):
-    """(line, absolute dotted target under reformer_seq, inside a function) of relative imports."""
+    """(line, absolute dotted target under reformer_seq, imported names) of every import of the
+    package, relative or absolute, at module level or inside a function. The package root is ''."""
     pkg = list(path.relative_to(PKG).parts[:-1])
+    if path.name == "__init__.py":
+        pkg = pkg  # a package's own __init__: `.` is the package itself
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:
             base = pkg[:len(pkg) - (node.level - 1)]
-            yield node.lineno, ".".join(base + ([node.module] if node.module else [])), node.col_offset > 0
+            yield node.lineno, ".".join(base + ([node.module] if node.module else [])), [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "reformer_seq":
+            yield node.lineno, node.module.partition(".")[2], [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "reformer_seq":
+                    yield node.lineno, alias.name.partition(".")[2], []
+
+
+def _module_of(dotted: str) -> str | None:
+    """The module file (relative posix path) that a dotted name under reformer_seq refers to."""
+    base = PKG.joinpath(*dotted.split(".")) if dotted else PKG
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py").relative_to(PKG).as_posix()
+    if (base / "__init__.py").is_file():
+        return (base / "__init__.py").relative_to(PKG).as_posix()
+    return None
+
+
+def _graph() -> dict[str, set[str]]:
+    """module -> the modules it imports (a ``from pkg import name`` of a submodule is an edge to it)."""
+    edges: dict[str, set[str]] = {}
+    for path, tree in _modules(PKG):
+        rel = path.relative_to(PKG).as_posix()
+        out = edges.setdefault(rel, set())
+        for _, target, names in _imports(path, tree):
+            subs = [m for m in (_module_of(f"{target}.{n}" if target else n) for n in names) if m]
+            out.update(subs or [m for m in (_module_of(target),) if m])
+            if len(subs) < len(names) and _module_of(target):
+                out.add(_module_of(target))
+        out.discard(rel)
+    return edges
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def _layer(rel: str) -> int | None:
+    parts = rel.split("/")
+    return LAYERS.get(parts[0]) if len(parts) > 1 else None
 
 
 def test_layers_import_downwards_only():
     wrong = []
     for path, tree in _modules(PKG):
         rel = path.relative_to(PKG).as_posix()
-        layer = LAYERS.get(path.relative_to(PKG).parts[0]) if len(path.relative_to(PKG).parts) > 1 else None
-        for line, target, lazy in _imports(path, tree):
+        layer = _layer(rel)
+        if layer is None:
+            continue
+        for line, target, _ in _imports(path, tree):
             top = target.split(".")[0]
-            if layer is None or top not in LAYERS or LAYERS[top] <= layer:
-                continue
-            if lazy and (rel, target) in UPWARD_CALLS:
-                continue
-            wrong.append(f"{rel}:{line} imports {target}")
+            if target == "":
+                wrong.append(f"{rel}:{line} imports the package root (reformer_seq/__init__.py imports every layer)")
+            elif top in LAYERS and LAYERS[top] > layer:
+                wrong.append(f"{rel}:{line} imports {target}")
     assert not wrong, "imports from a higher layer:\n" + "\n".join(wrong)
+
+
+def test_no_import_circles():
+    cycles = _cycles(_graph())
+    assert not cycles, "import circles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_circle_finder_finds_circles():
+    """The checker itself: a planted two-module circle and a three-module one are found, a chain is not."""
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+    assert _cycles({"x": {"y"}, "y": {"z"}, "z": {"x"}}) == [["x", "y", "z"]]
+    assert _cycles({"x": {"y"}, "y": {"z"}, "z": set()}) == []
+    assert "model/lm.py" in _graph()["tasks/pretrained.py"]  # the graph sees real imports
 
 
 def test_modules_and_functions_fit_on_a_screen():

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -18,7 +17,7 @@ from .attention.layer import SelfAttention
 from .positions import AxialPositionalEncoding
 from ..config import ReformerConfig
 from .attention.copy_attention import CopyAttention, CopyMixture
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from .feedforward import FeedForward
 from .local_features import CausalConv, KmerEmbedding
 from ..runtime.policy import current_policy
@@ -28,7 +27,7 @@ from ..runtime import tuning as runtime
 
 
 class ReformerLM(nn.Module):
-    """Reformer language model: tokens (B, L) -> logits (B, L, vocab_size)."""
+    """Reformer language model: tokens (B, L) -> log-probabilities of the next token (B, L, vocab_size)."""
 
     def __init__(self, config: ReformerConfig):
         super().__init__()
@@ -42,10 +41,10 @@ class ReformerLM(nn.Module):
         self.kmer_emb = KmerEmbedding(c.dim, c.kmer_embedding) if c.kmer_embedding else None
         self.copy = None
         if c.copy_k:
-            self.copy = CopyAttention(c.dim, c.copy_k, c.copy_rc, c.bucket_size, c.copy_hashes or c.n_hashes,
+            self.copy = CopyAttention(c.copy_k, c.copy_rc, c.bucket_size, c.copy_hashes or c.n_hashes,
                                       c.copy_temperature, hash_seed=c.hash_seed * 1000 + 999,
                                       learn_temperature=c.copy_learn_temperature, eval_hashes=c.copy_eval_hashes)
-        self.copy_mix = CopyMixture(c.dim, self.copy.heads) if c.copy_k and c.copy_position == "mix" else None
+        self.copy_mix = CopyMixture(c.dim, self.copy.heads) if self.copy is not None else None
         self.layers = nn.ModuleList()
         for i, kind in enumerate(c.layer_kinds()):
             attn = SelfAttention(c.dim, c.heads, c.head_dim, kind=kind, causal=c.causal, bucket_size=c.bucket_size,
@@ -56,6 +55,7 @@ class ReformerLM(nn.Module):
             self.layers.append(ReversibleBlock(attn, ff))
         self.norm = nn.LayerNorm(c.dim)
         self.to_logits = nn.Linear(c.dim, c.vocab_size)
+        self._register_load_state_dict_pre_hook(_drop_legacy_keys)  # checkpoints of older versions
 
     def _check(self, tokens: Tensor, mask: Optional[Tensor]) -> None:
         c = self.config
@@ -80,7 +80,7 @@ class ReformerLM(nn.Module):
         self._check(tokens, mask)
         B, L = tokens.shape
         runtime.tune_for_input(B * L * self.config.dim, tokens.device.type)  # process-wide; only if allowed
-        x = tok = self.token_emb(tokens.long())  # (B, L, dim)
+        x = self.token_emb(tokens.long())  # (B, L, dim)
         if self.kmer_emb is not None:
             x = x + self.kmer_emb(tokens)
         if self.pos_emb is not None:
@@ -95,13 +95,7 @@ class ReformerLM(nn.Module):
         if self.frame_conv is not None:
             x = self.frame_conv(x)
         blocks = self.layers if n_blocks is None else self.layers[:n_blocks]
-        top = self.config.copy_position == "top"
-        if self.copy is not None and self.config.copy_position == "bottom":  # what followed earlier copies of the last k bases
-            x = x + self.copy(x, tokens, mask)
-        h = run_blocks(blocks, x, mask, real_len, self.config.reversible)
-        if self.copy is not None and top and len(blocks) == len(self.layers):  # beside the stack, straight to the head
-            h = h + self.copy(tok, tokens, mask)  # values from the bases alone
-        return h
+        return run_blocks(blocks, x, mask, real_len, self.config.reversible)
 
     def resolve_layer(self, layer: Optional[int]) -> int:
         """``layer`` as a block count in [0, depth]: None = the last, negative counts from the end."""
@@ -123,21 +117,24 @@ class ReformerLM(nn.Module):
         return self.norm(self._stack(tokens, mask, self.resolve_layer(layer)))
 
     def _head(self, h: Tensor) -> Tensor:
-        return self.to_logits(self.norm(h))
+        """The network's own log-probabilities (B, L, V) from the stack's output h (B, L, dim)."""
+        return torch.log_softmax(self.to_logits(self.norm(h)), dim=-1)
 
     def forward(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """Logits (B, L, vocab_size); in a causal model position t predicts token t + 1. With the
-        copy mixture (``copy_position: mix``) these are log-probabilities (see CopyMixture)."""
+        """Log-probabilities (B, L, vocab_size), normalised over the vocabulary; in a causal model
+        position t predicts token t + 1. With copy attention they are the copy mixture's
+        (:class:`CopyMixture`); without it, the head's ``log_softmax``. Losses and scores take them
+        as they are (``cross_entropy`` and ``log_softmax`` leave log-probabilities unchanged)."""
         h = self._stack(tokens, mask)
         if torch.is_grad_enabled() and h.requires_grad and h.numel() >= current_policy().long_input_elems:
             # long inputs: keep only h for the backward, recompute the norm (saves a (B, L, dim) buffer)
-            logits = checkpoint(self._head, h, use_reentrant=False)
+            logp = checkpoint(self._head, h, use_reentrant=False)
         else:
-            logits = self._head(h)
-        if self.copy_mix is not None:
-            p_copy, seen = self.copy.next_base(tokens, mask)
-            logits = self.copy_mix(logits, h, p_copy, seen, tokens)
-        return logits
+            logp = self._head(h)
+        if self.copy_mix is None:
+            return logp
+        p_copy, seen = self.copy.next_base(tokens, mask)
+        return self.copy_mix(logp, h, p_copy, seen, tokens)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -156,8 +153,28 @@ class ReformerLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder, map_location: str = "cpu", **overrides) -> "ReformerLM":
-        """A model from a checkpoint folder or a run folder (its best checkpoint)."""
-        from ..tasks.pretrained import load_pretrained
+        """A model from a checkpoint folder, a run folder (its best checkpoint) or a shipped model's
+        name (``ecoli``, ``human``); of a fine-tuned checkpoint, its backbone. ``overrides`` change
+        config fields that do not affect parameters. With its tokenizer:
+        :func:`reformer_seq.tasks.pretrained.load_pretrained`."""
+        from ..runtime.checkpoint import CONFIG_FILE, load_model_weights, read_checkpoint_config, resolve_checkpoint
 
-        model, _, _ = load_pretrained(folder, map_location, **overrides)
+        folder = resolve_checkpoint(folder)
+        info = read_checkpoint_config(folder)
+        try:
+            cfg = ReformerConfig.from_dict({**info["model"], **overrides}, where=f"{folder / CONFIG_FILE} model")
+        except ConfigError as e:
+            raise CheckpointError(f"{folder}: {e}") from None
+        model = cls(cfg)
+        load_model_weights(model, folder, map_location, prefix="backbone." if "finetune" in info else "")
         return model
+
+
+# Parameters of the removed copy placements (top / bottom: learned copy values), which the mixture
+# never used and older checkpoints still hold: dropped when such a checkpoint loads.
+LEGACY_KEYS = ("copy.norm.", "copy.to_v.", "copy.to_out.")
+
+
+def _drop_legacy_keys(state_dict: dict, prefix: str, *_args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].startswith(LEGACY_KEYS)]:
+        del state_dict[key]

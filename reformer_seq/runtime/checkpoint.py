@@ -44,7 +44,7 @@ def save_checkpoint(model: torch.nn.Module, config: ReformerConfig, tokenizer_sp
     """Write a checkpoint folder atomically (replacing an existing one). Returns its path."""
     from safetensors.torch import save_file
 
-    from .. import __version__
+    from ..version import __version__
 
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
@@ -139,8 +139,9 @@ def read_checkpoint_config(folder: PathLike) -> dict:
     return info
 
 
-def load_model_weights(model: torch.nn.Module, folder: PathLike, map_location: str = "cpu") -> None:
-    """Load ``model.safetensors`` into ``model``, with a clear error on any mismatch."""
+def load_model_weights(model: torch.nn.Module, folder: PathLike, map_location: str = "cpu", prefix: str = "") -> None:
+    """Load ``model.safetensors`` into ``model``, with a clear error on any mismatch. With ``prefix``,
+    only the weights under it, the prefix removed (a fine-tuned model's ``backbone.``)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -149,6 +150,8 @@ def load_model_weights(model: torch.nn.Module, folder: PathLike, map_location: s
         state = load_file(str(path), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot read weights ({e}); the file is corrupt or truncated") from None
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the model in {CONFIG_FILE} "

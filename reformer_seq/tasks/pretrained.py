@@ -6,11 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import ReformerConfig
-from ..errors import CheckpointError, ConfigError
 from ..genome.tokenizers import tokenizer_from_spec
 from ..model.lm import ReformerLM
-from ..runtime.checkpoint import CONFIG_FILE, PathLike, load_model_weights, read_checkpoint_config, resolve_checkpoint
+from ..runtime.checkpoint import PathLike, read_checkpoint_config, resolve_checkpoint
 from .finetune.model import load_finetuned
 
 
@@ -22,11 +20,6 @@ def load_pretrained(path: PathLike, map_location: str = "cpu", **overrides: Any)
     if "finetune" in info:  # a fine-tuned model: its backbone is the language model
         model, tokenizer, info = load_finetuned(folder, map_location)
         return model.backbone, tokenizer, info
-    try:
-        cfg = ReformerConfig.from_dict({**info["model"], **overrides}, where=f"{folder / CONFIG_FILE} model")
-    except ConfigError as e:
-        raise CheckpointError(f"{folder}: {e}") from None
-    model = ReformerLM(cfg)
-    load_model_weights(model, folder, map_location)
+    model = ReformerLM.from_pretrained(folder, map_location, **overrides)
     tokenizer = tokenizer_from_spec(info["tokenizer"])
     return model, tokenizer, {**info, "path": str(folder)}

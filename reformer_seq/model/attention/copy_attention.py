@@ -26,8 +26,10 @@ of the reverse complement of ``x[j-k+1..j]``, and its value is the projection of
 hash the strand-symmetric code ``code(kmer) + code(revcomp(kmer))``, which a k-mer, its direct
 copy and its reverse-complement copy share, so one sorted layout serves both.
 
-The layer reads token ids (it needs the bases, not hidden states), so it sits below the
-reversible stack: ``x = x + copy(x, tokens)``, and the stack's layers learn when to trust it.
+The layer reads token ids (it needs the bases, not hidden states) and has fixed one-hot values:
+each head's output is a distribution over the next base (:meth:`CopyAttention.next_base`), which
+:class:`CopyMixture` mixes with the network's own by a learned gate. Its only parameters are
+the heads' temperatures (learned or fixed); the gate belongs to the mixture.
 
 Letters: B batch, L length, Lp padded length, H heads (1 direct + 1 reverse-complement),
 k k-mer length, D = 4k code width, R hash rounds, C bucket size (look-back), G = B * H.
@@ -93,9 +95,9 @@ def alone_mask(lay: Layout, L: int) -> Tensor:
 
 
 class CopyAttention(nn.Module):
-    """(B, L, dim) hidden states + (B, L) tokens -> (B, L, dim) copy signal (causal only)."""
+    """(B, L) tokens -> each copy head's next-base distribution (B, L, H, 4) (causal only)."""
 
-    def __init__(self, dim: int, k: int = 12, reverse_complement: bool = True, bucket_size: int = 16,
+    def __init__(self, k: int = 12, reverse_complement: bool = True, bucket_size: int = 16,
                  n_hashes: int = 4, temperature: float = 16.0, hash_seed: int = 0, learn_temperature: bool = True,
                  eval_hashes: Optional[int] = None):
         super().__init__()
@@ -104,11 +106,6 @@ class CopyAttention(nn.Module):
         self.heads = 2 if reverse_complement else 1
         self.dim_head = N_BASES * k
         self.hash_seed = hash_seed
-        self.norm = nn.LayerNorm(dim)
-        self.to_v = nn.Linear(dim, self.heads * self.dim_head, bias=False)
-        self.to_out = nn.Linear(self.heads * self.dim_head, dim)
-        nn.init.zeros_(self.to_out.weight)  # the layer starts silent (x + 0); training turns it on
-        nn.init.zeros_(self.to_out.bias)
         log_t = torch.full((self.heads,), math.log(temperature))
         if learn_temperature:
             self.log_temperature = nn.Parameter(log_t)
@@ -158,16 +155,8 @@ class CopyAttention(nn.Module):
         seen = ~alone_mask(lay, L).view(B, self.heads, L).transpose(1, 2)  # (B, L, H)
         return out[:, :L] * seen.unsqueeze(-1).to(out.dtype), seen  # no self fallback: alone -> 0
 
-    def forward(self, x: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> Tensor:
-        """Learned values: x (B, L, dim) -> copy signal (B, L, dim) (``copy_position`` top/bottom)."""
-        B, L, _ = x.shape
-        v = self.to_v(self.norm(x)).view(B, L, self.heads, self.dim_head)  # (B, L, H, D)
-        out, _ = self.attend(v, tokens, real)
-        return self.to_out(out.reshape(B, L, self.heads * self.dim_head))
-
     def next_base(self, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """Each head's distribution over the next base (B, L, H, 4) with fixed one-hot values
-        (``copy_position: mix``): the direct head reads the base after its earlier copy, the
+        """Each head's distribution over the next base (B, L, H, 4), from fixed one-hot values: the direct head reads the base after its earlier copy, the
         reverse-complement head the complement of the base before it. Mass that lands on N is
         spread evenly; a query that sees nothing gets the uniform distribution. Also ``seen``."""
         B, L = tokens.shape
@@ -211,8 +200,7 @@ class CopyMixture(nn.Module):
     distribution with the copy heads': ``p = w_0 p_model + w_1 p_direct + w_2 p_revcomp``, the
     weights a softmax of a small gate network on the hidden state, on each copy distribution and
     how peaked it is, and on how well each head predicted the last 4, 16 and 64 bases
-    (:func:`recent_hits`). Returns log-probabilities, which stand in for logits everywhere
-    (``log_softmax`` leaves them unchanged)."""
+    (:func:`recent_hits`). Takes the network's log-probabilities and returns the mixture's."""
 
     def __init__(self, dim: int, heads: int, hidden: int = 32):
         super().__init__()
@@ -229,12 +217,12 @@ class CopyMixture(nn.Module):
         return torch.cat([self.norm(h), p_copy.flatten(2), peak, seen.to(h.dtype),
                           recent_hits(p_copy, tokens).to(h.dtype)], dim=-1)
 
-    def forward(self, logits: Tensor, h: Tensor, p_copy: Tensor, seen: Tensor, tokens: Tensor) -> Tensor:
-        """logits (B, L, V), h (B, L, dim), p_copy (B, L, H, 4), seen (B, L, H), tokens (B, L)
-        -> log p (B, L, V)."""
+    def forward(self, logp: Tensor, h: Tensor, p_copy: Tensor, seen: Tensor, tokens: Tensor) -> Tensor:
+        """logp (B, L, V) the network's log-probabilities, h (B, L, dim), p_copy (B, L, H, 4),
+        seen (B, L, H), tokens (B, L) -> the mixture's log-probabilities (B, L, V)."""
         w = torch.softmax(self.gate(self.features(h, p_copy, seen, tokens)), dim=-1)  # (B, L, 1 + H)
-        p = torch.softmax(logits.float(), dim=-1) * w[..., :1]  # (B, L, V)
+        p = torch.softmax(logp.float(), dim=-1) * w[..., :1]  # (B, L, V); softmax(log p) = p
         copy_p = (p_copy * w[..., 1:].unsqueeze(-1)).sum(2)  # (B, L, 4)
         p = torch.cat([p[..., :FIRST_BASE_ID], p[..., FIRST_BASE_ID:FIRST_BASE_ID + N_BASES] + copy_p,
                        p[..., FIRST_BASE_ID + N_BASES:]], dim=-1)
-        return torch.log(p.clamp(min=1e-30)).to(logits.dtype)
+        return torch.log(p.clamp(min=1e-30)).to(logp.dtype)

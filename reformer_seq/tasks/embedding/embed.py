@@ -186,7 +186,7 @@ def embed_fasta(fasta: PathLike, checkpoint: PathLike, out: PathLike, *, pool: s
 
 
 def _version() -> str:
-    from ... import __version__
+    from ...version import __version__
 
     return __version__
 

@@ -162,7 +162,7 @@ def _load_scorer(checkpoint: PathLike, device: str) -> tuple[ModelScorer, Any, d
 def _report_header(fasta: PathLike, checkpoint: PathLike, info: dict, scorer: ModelScorer, split: str,
                    val_fraction: float) -> dict[str, Any]:
     """The report's provenance: version, time, inputs, split and device."""
-    from ... import __version__
+    from ...version import __version__
 
     return {"seqformer_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

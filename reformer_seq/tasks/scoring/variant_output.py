@@ -7,10 +7,24 @@ from typing import Any, Sequence, Union
 
 from ...errors import SeqformerError
 from ...runtime.files import atomic_write, atomic_write_json
-from .variants import NOTES, SIGN_NOTE, open_vcf, quiet_htslib
+from .vcf_input import open_vcf, quiet_htslib
 
 PathLike = Union[str, Path]
 COLUMNS = ["chrom", "pos", "id", "ref", "alt", "llr", "llr_forward", "llr_reverse", "note"]
+SIGN_NOTE = ("llr = log2 P(sequence with ALT) - log2 P(sequence with REF), in bits; "
+             "negative = the ALT allele is less likely than the reference")
+NOTES = {  # code (VCF INFO/SEQFORMER_NOTE) -> meaning
+    "symbolic": "symbolic or structural allele, not scored",
+    "non_acgt": "allele with letters other than A/C/G/T, not scored",
+    "ref_mismatch": "REF disagrees with the reference, not scored",
+    "alt_equals_ref": "ALT equals REF (no change), not scored",
+    "past_end": "REF lies outside the contig, not scored",
+    "too_long": "allele longer than a quarter of the window, not scored (raise --window)",
+    "masked_snv_only": "a masked model scores SNVs only, not scored",
+    "near_end": "near a contig end: scored with the context there is",
+}
+
+
 FORMATS = {".tsv": "tsv", ".vcf": "vcf", ".vcf.gz": "vcf.gz"}
 
 
