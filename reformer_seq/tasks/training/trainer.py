@@ -9,12 +9,12 @@ sequence-level head, AUROC/accuracy/Pearson r/MSE). The :class:`Trainer` owns ev
 - one optimizer step per iteration over ``grad_accum`` micro-batches (the task's summed loss
   over its targets), gradient clipping, optional fp16 gradient scaling, the learning rate
   ``lr * task.lr_factor(step, state)`` (:mod:`.optim`);
-- every ``eval_every`` steps a validation (``task.validate``) and the loss curve
-  (:func:`.run_folder.plot_loss_curve`); every ``save_every`` steps a checkpoint (the task
-  writes the weights; the trainer adds the optimizer, scheduler, step, data position and RNG
-  states: :class:`TrainState`), ``latest.json``/``best.json`` and the pruning of old ones;
-  with ``task.patience`` the run stops after that many checkpoints whose validation did not
-  improve;
+- every ``eval_every`` steps a validation (``task.validate``) and, at most once a minute and at
+  the end, the loss curve (:func:`.run_folder.plot_loss_curve`); every ``save_every`` steps a
+  checkpoint (the task writes the weights; the trainer adds the optimizer, scheduler, step,
+  data position and RNG states: :class:`TrainState`), ``latest.json``/``best.json`` and the
+  pruning of old ones; with ``task.patience`` the run stops after that many checkpoints whose
+  validation did not improve;
 - ``max_steps``, ``max_time`` (seconds of training, resumed runs included) and SIGINT/SIGTERM
   (finish the step, validate, checkpoint, stop: :mod:`.stop`) end a run; the end of a run
   validates and checkpoints once more (``task.final_pass``: also right after a checkpoint);
@@ -46,6 +46,9 @@ from .optim import fit_horizon, time_progress
 from .run_folder import RunFiles, append_metrics, plot_loss_curve, point_to_checkpoint, prune_checkpoints, \
     truncate_metrics
 from .stop import StopFlag
+
+
+PLOT_INTERVAL = 60.0  # seconds: the loss curve is redrawn at a validation at most this often (and at the end)
 
 
 @dataclass
@@ -351,9 +354,16 @@ class Trainer:
         if st.step % self.tcfg.save_every == 0:
             st.last_checkpoint = self.save(st.last_val if st.val_step == st.step else None)
 
-    def plot(self) -> None:
-        if self.dist.main and self.files.metrics.is_file():
+    def plot(self, final: bool = False) -> None:
+        """Redraw the loss curve (rank 0): at the end, and at a validation when the last drawing is
+        ``PLOT_INTERVAL`` seconds old (a drawing costs ~0.2-0.6 s: at every validation of a short
+        fine-tune it would eat a tenth of a time budget)."""
+        now = time.perf_counter()
+        if not (final or now - self.last_plot >= PLOT_INTERVAL) or not self.dist.main:
+            return
+        if self.files.metrics.is_file():
             plot_loss_curve(self.files.metrics, self.files.plot, *self.task.plot_keys)
+        self.last_plot = now
 
     def patience_used_up(self) -> bool:
         """Early stopping: ``patience`` checkpoints in a row, the last at this step, without a better validation."""
@@ -366,7 +376,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         st, tcfg, dist = self.state, self.tcfg, self.dist
-        self.t_loop = time.perf_counter()
+        self.t_loop = self.last_plot = time.perf_counter()
         self.task.train_mode()
         data = self.batches()
         st.probe = (st.step, self.train_time())
@@ -394,7 +404,7 @@ class Trainer:
             if self.task.final_pass or st.saved_step != st.step:
                 st.last_val, st.val_step = self.validate(final=True), st.step
                 st.last_checkpoint = self.save(st.last_val)
-            self.plot()
+            self.plot(final=True)
             signum = stop.signum
         kernels.release_buffers()  # the attention kernel's kept work buffers
         dist.check_same_parameters(self.model)  # ranks must hold one model
