@@ -1,4 +1,5 @@
-"""``seqformer evaluate``: parse options, call :func:`reformer_seq.tasks.evaluation.evaluate.evaluate_checkpoint`, print a summary."""
+"""``seqformer evaluate``: parse options, call
+:func:`reformer_seq.tasks.evaluation.evaluate.evaluate_checkpoint`, print a summary."""
 from __future__ import annotations
 
 import click
@@ -33,8 +34,8 @@ def _split_ids(ctx: click.Context, param: click.Parameter, value: tuple[str, ...
 @click.option("--max-sites", type=int, default=1000, show_default=True,
               help="Most sites evaluated per motif (a seeded random subset beyond; 0 = all).")
 @click.option("--train-fasta", type=click.Path(dir_okay=False), default=None,
-              help="Fit the Markov and gene HMM baselines on this FASTA or GenBank file (train region = all but its last 10%%) instead of the "
-                   "training data named in the checkpoint.")
+              help="Fit the Markov and gene HMM baselines on this FASTA or GenBank file (train region = all but "
+                   "its last 10%%) instead of the training data named in the checkpoint.")
 @click.option("--split", type=click.Choice(["all", "val", "train"]), default="all", show_default=True,
               help="val: only the last part of each record that training held out (the checkpoint's val_fraction); "
                    "train: the rest; all: every base.")
@@ -105,7 +106,8 @@ def summary_lines(report: dict) -> str:
     else:
         head = (f"{report['n_bases']:,} masked bases: {report['masked_bits_per_base']:.4f} bits/base, "
                 f"top-1 {report['masked_accuracy']:.3f}")
-    parts = [f"order 0 {b['order0']['bits_per_base']:.4f}"] if b.get("order0", {}).get("bits_per_base") is not None else []
+    order0 = b.get("order0", {}).get("bits_per_base")
+    parts = [f"order 0 {order0:.4f}"] if order0 is not None else []
     if b.get("markov", {}).get("bits_per_base") is not None:
         parts.append(f"Markov order {b['markov']['order']} {b['markov']['bits_per_base']:.4f}")
     if b.get("gene_hmm", {}).get("bits_per_base") is not None:
@@ -115,7 +117,8 @@ def summary_lines(report: dict) -> str:
         lines.append(f"{report['n_skipped_n']:,} bases skipped as N (gaps and ambiguity codes)")
     for m in report.get("motifs", []):
         if not m["n_evaluated"]:
-            lines.append(f"  {m['id']} {m['name']}: {m['n_sites']} sites" + (f" ({m['note']})" if m.get("note") else ""))
+            note = f" ({m['note']})" if m.get("note") else ""
+            lines.append(f"  {m['id']} {m['name']}: {m['n_sites']} sites{note}")
             continue
         ctrl = f"{m['control_accuracy']:.3f}" if m["control_accuracy"] is not None else "n/a"
         lines.append(f"  {m['id']} {m['name']}: {m['n_sites']} sites, accuracy {m['site_accuracy']:.3f} "

@@ -1,4 +1,5 @@
-"""``seqformer predict``: parse options, call :func:`reformer_seq.tasks.finetune.model.predict_fasta`, report one line."""
+"""``seqformer predict``: parse options, call :func:`reformer_seq.tasks.finetune.model.predict_fasta`,
+report one line."""
 from __future__ import annotations
 
 import click

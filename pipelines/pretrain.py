@@ -15,7 +15,8 @@ from reformer_seq.runtime.resources import resource
 @click.option("--fasta-list", type=click.Path(dir_okay=False), multiple=True,
               help="A file of FASTA/GenBank paths, one per line (# comments; relative to the list's folder); "
                    "the same as @FILE. Directories given as FASTA take every sequence file below them.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=lambda: str(resource("configs", "default.yaml")),
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              default=lambda: str(resource("configs", "default.yaml")),
               show_default="configs/default.yaml", help="YAML run config (sections model:, data:, train:).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder for checkpoints, metrics and plots [default: runs/pretrain-DATE-TIME].")
@@ -37,8 +38,8 @@ from reformer_seq.runtime.resources import resource
               help="Characters outside IUPAC are an error naming the record and position (default: read as N, "
                    "with one warning per file giving their count per record).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def pretrain(fasta, fasta_list, config_path, out, max_steps, max_time, batch_size, grad_accum, seq_len, lr, objective, device,
-             precision, seed, resume, strict, quiet):
+def pretrain(fasta, fasta_list, config_path, out, max_steps, max_time, batch_size, grad_accum, seq_len, lr, objective,
+             device, precision, seed, resume, strict, quiet):
     """Train a Reformer language model on genomes in FASTA/GenBank files.
 
     With no FASTA it trains on the E. coli K-12 MG1655 genome bundled in data/ with the default
@@ -65,7 +66,8 @@ def pretrain(fasta, fasta_list, config_path, out, max_steps, max_time, batch_siz
     if max_time == 0:
         config.train.max_time = None
     out = out or f"runs/pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = run_pretrain(list(fasta) + [f"@{f}" for f in fasta_list], config, out, resume=resume, progress=not quiet, echo=click.echo)
+    result = run_pretrain(list(fasta) + [f"@{f}" for f in fasta_list], config, out, resume=resume, progress=not quiet,
+                          echo=click.echo)
     if not result.is_main:  # other ranks of a torchrun job stay silent
         return
     val = "n/a" if result.val_bits_per_base is None else f"{result.val_bits_per_base:.4f}"

@@ -28,7 +28,8 @@ import click
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--strict", is_flag=True,
-              help="Characters outside IUPAC are an error naming the record and position (default: read as N, with one warning per file giving their count per record).")
+              help="Characters outside IUPAC are an error naming the record and position (default: read as N, "
+                   "with one warning per file giving their count per record).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def score(fasta, checkpoint, out, window, overlap, rc_average, region, regions_bed, digits, batch_size, device, strict,
           quiet):

@@ -1,4 +1,5 @@
-"""``seqformer score-variants``: parse options, call :func:`reformer_seq.tasks.scoring.variants.score_vcf`, print a summary."""
+"""``seqformer score-variants``: parse options, call :func:`reformer_seq.tasks.scoring.variants.score_vcf`,
+print a summary."""
 from __future__ import annotations
 
 import click
@@ -30,7 +31,8 @@ import click
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--strict", is_flag=True,
-              help="Characters outside IUPAC are an error naming the record and position (default: read as N, with one warning per file giving their count per record).")
+              help="Characters outside IUPAC are an error naming the record and position (default: read as N, "
+                   "with one warning per file giving their count per record).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def score_variants(vcf, reference, checkpoint, out, window, strand, baseline, train_fasta, batch_size, device,
                    strict, quiet):

@@ -34,6 +34,18 @@ def factor_axial(max_seq_len: int) -> tuple[int, int]:
     return a, max_seq_len // a
 
 
+N = TypeVar("N", int, float)
+
+
+def _pair(values: Any, key: str, kind: type[N]) -> tuple[N, N]:
+    """``values`` (a list from YAML, or a tuple) as a tuple of two ``kind``; any other length is a
+    ConfigError naming ``key`` (``from_dict`` checks YAML; this covers configs built in Python)."""
+    items = tuple(values)
+    if len(items) != 2:
+        raise ConfigError(f"{key} must have 2 values, got {list(items)}")
+    return kind(items[0]), kind(items[1])
+
+
 @dataclass
 class ReformerConfig:
     """Architecture of a :class:`~reformer_seq.model.lm.ReformerLM` (Kitaev et al., ICLR 2020)."""
@@ -79,7 +91,7 @@ class ReformerConfig:
     local_rope: bool = False
     # Training only: start each batch's positions at a random row of the axial grid, so windows
     # shorter than max_seq_len train every position's embedding (a 4K-window model then works
-    # on 64K inputs: without it the copy signal weakened with absolute position, see README).
+    # on 64K inputs: without it the copy signal weakened with absolute position, see docs/studies.md).
     random_position_offset: bool = False
     # Absolute positions: "axial" (the paper's axial encoding) or "none". Genome windows are
     # arbitrary crops, so an absolute position means nothing to DNA; the causal convolution and
@@ -103,7 +115,7 @@ class ReformerConfig:
 
     def __post_init__(self) -> None:
         if self.axial_shape is not None:
-            self.axial_shape = tuple(int(x) for x in self.axial_shape)  # YAML gives a list
+            self.axial_shape = _pair(self.axial_shape, "model.axial_shape", int)  # YAML gives a list
         if self.attn_layers is not None:
             self.attn_layers = list(self.attn_layers)
         self.validate()
@@ -187,7 +199,7 @@ class ReformerConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "model") -> "ReformerConfig":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "model") -> ReformerConfig:
         return from_dict(cls, upgrade_model_keys(d, where), where)
 
 
@@ -280,7 +292,7 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)
+        self.betas = _pair(self.betas, "train.betas", float)
         if self.objective not in ("causal", "masked"):
             raise ConfigError(f"train.objective must be 'causal' or 'masked', got {self.objective!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -303,7 +315,7 @@ class RunConfig:
                 "train": {**dataclasses.asdict(self.train), "betas": list(self.train.betas)}}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> "RunConfig":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> RunConfig:
         sections = {"model": ReformerConfig, "data": DataConfig, "train": TrainConfig}
         _reject_unknown(d, sections, where or "config")
         d = {**d, "model": upgrade_model_keys(d.get("model") or {}, "model")}
@@ -349,11 +361,11 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        if args:
-            if origin is tuple and len(args) > 1 and len(args) != len(value):
-                raise ConfigError(f"{key} must have {len(args)} values, got {list(value)}")
-            value = [_check_type(v, args[min(i, len(args) - 1)], f"{key}[{i}]") for i, v in enumerate(value)]
+        elems = [a for a in typing.get_args(tp) if a is not Ellipsis]  # the element types
+        if elems:
+            if origin is tuple and len(elems) > 1 and len(elems) != len(value):
+                raise ConfigError(f"{key} must have {len(elems)} values, got {list(value)}")
+            return origin(_check_type(v, elems[min(i, len(elems) - 1)], f"{key}[{i}]") for i, v in enumerate(value))
         return origin(value)
     return value
 

@@ -318,6 +318,55 @@ def test_compiled_kernel_from_several_threads_and_after_release():
                 assert torch.equal(got, want), (i, r)
 
 
+def test_compiled_kernel_segment_length_travels_with_each_call():
+    """The segment length is an argument of every kernel call, not state the library keeps: two
+    threads calling the kernel at once, each switching the policy to its own segment length
+    (24 rows, and the default), both get the one-thread results. With a length kept in the library,
+    one thread's setting changed the other's call half-way (buffers sized for one length, filled
+    with another)."""
+    import threading
+
+    from reformer_seq.model.attention import kernel as kernels
+    from reformer_seq.runtime.policy import set_policy
+
+    if kernels.library() is None:
+        pytest.skip(f"compiled kernel unavailable, only the reference path runs: {kernels.unavailable_reason()}")
+    assert not hasattr(kernels.library(), "seq_set_segment_rows"), "the library still keeps a segment length"
+    B, H, L, D, C = 2, 2, 256, 16, 8
+    jobs = []
+    for n, (name, qk, lay) in enumerate(_layouts(B, H, L, D, C, causal=True)):
+        g = torch.Generator().manual_seed(31 + n)
+        q = qk.transpose(1, 2).contiguous()  # (B, L, H, D)
+        v, dout = torch.randn(B, L, H, D, generator=g), torch.randn(B, L, H, D, generator=g)
+        k = None if name == "lsh" else F.normalize(torch.randn(B, L, H, D, generator=g), dim=-1)
+        jobs.append((q, k, v, dout, lay))
+
+    def run(job):
+        q, k, v, dout, lay = job
+        out, lse = kernels.forward(q, k, v, lay, 0.25)
+        return (out, lse) + tuple(t for t in kernels.backward(q, k, v, out, lse, dout, lay, 0.25) if t is not None)
+
+    expected = [run(j) for j in jobs]
+    failures: list = []
+
+    def worker(rows: int) -> None:
+        try:
+            for r in range(60):
+                set_policy(kernel_segment_rows=rows)
+                for got, want in zip(run(jobs[r % len(jobs)]), expected[r % len(jobs)]):
+                    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        except Exception as e:  # noqa: BLE001 - reported below
+            failures.append(f"{rows} rows: {e}")
+
+    with use_policy():  # the policy in force before the test comes back
+        threads = [threading.Thread(target=worker, args=(rows,)) for rows in (24, 1 << 18, 16, 1 << 18)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not failures, failures
+
+
 def test_compiled_hashing_and_sort_equal_reference(monkeypatch):
     from reformer_seq.model.attention import kernel as kernels
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from .fasta import PathLike, open_text
+from .fasta import open_text
+from ..types import PathLike
 
 _COMPLEMENT = str.maketrans("ACGTNacgtn", "TGCANtgcan")
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sized
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -37,9 +38,10 @@ def pad_batch(items: Sequence[Item], pad_id: int) -> tuple[torch.Tensor, torch.T
     Returns ``input_ids`` (B, L) long, ``attention_mask`` (B, L) bool and each item's ``key`` (or None).
     Built in numpy: torch's intra-op threads add nothing here and stall on a busy machine.
     """
-    seqs, masks, keys = [], [], []
+    seqs, masks = [], []
+    keys: list[Optional[int]] = []
     for it in items:
-        d = it if isinstance(it, dict) else {"input_ids": it}
+        d: dict[str, Any] = it if isinstance(it, dict) else {"input_ids": it}
         seqs.append(_to_numpy(d["input_ids"], np.int64))
         m = d.get("attention_mask")
         masks.append(np.ones(len(seqs[-1]), dtype=bool) if m is None else _to_numpy(m, bool))
@@ -70,7 +72,8 @@ def causal_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokeniz
 
 
 class CausalCollator:
-    """Batches for the next-base objective: ``input_ids``, ``labels`` (see :func:`causal_labels`), ``attention_mask``."""
+    """Batches for the next-base objective: ``input_ids``, ``labels`` (see :func:`causal_labels`),
+    ``attention_mask``."""
 
     def __init__(self, tokenizer: Optional[Tokenizer] = None) -> None:
         self.tokenizer = tokenizer or NucleotideTokenizer()
@@ -232,6 +235,8 @@ def make_dataloader(dataset: Dataset, batch_size: int, collate_fn: Any, shuffle:
     """
     if shuffle is None:
         shuffle = getattr(dataset, "split", "train") == "train"
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"make_dataloader needs a dataset with a length (map-style), got {type(dataset).__name__}")
     sampler = ShardedSampler(len(dataset), shuffle, seed, rank, world_size, even)
     if generator is None:  # the loader's own seed source: iterating never draws from torch's global RNG
         generator = torch.Generator().manual_seed(seed)

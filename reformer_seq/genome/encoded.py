@@ -24,17 +24,18 @@ import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import InputError, InputWarning
 from ..runtime.files import atomic_folder
 from .tokenizers import InvalidCharacterError, NucleotideTokenizer, Tokenizer
 
 from .fasta import SeqRecordText, check_file, read_records
+from ..types import PathLike
 
-PathLike = Union[str, os.PathLike]
 CACHE_FORMAT = 2  # bump when the cache layout or encoding changes
 
 
@@ -103,7 +104,7 @@ class _NpyWriter:
 
     HEADER = 128
 
-    def __init__(self, path: Path, dtype: np.dtype) -> None:
+    def __init__(self, path: Path, dtype: npt.DTypeLike) -> None:
         self.path, self.dtype, self.n = path, np.dtype(dtype), 0
         self.f = open(path, "wb")
         self.f.write(b"\0" * self.HEADER)
@@ -161,6 +162,7 @@ def _encode_into(path: Path, tokenizer: Tokenizer, strict: bool, keep_softmask: 
         for i, rec in enumerate(read_records(path, format)):
             ids, mask, (n_bad, first) = _encode_record(path, i, rec, tokenizer, strict, keep_softmask)
             if soft is not None:
+                assert mask is not None  # keep_softmask: _encode_record returned the mask
                 soft.append(mask)
             offset = tokens.append(ids)
             index.append({"id": rec.id, "description": rec.description, "offset": offset, "length": len(ids)})

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import codecs
 import gzip
-import os
+import io
 import zlib
 from pathlib import Path
 from typing import IO, Iterator, NamedTuple, Optional, Union
 
 
 from ..errors import InputError
+from ..types import PathLike
 
-PathLike = Union[str, os.PathLike]
 FASTA_EXTS = (".fa", ".fasta", ".fna", ".fas", ".ffn", ".frn", ".fsa", ".seq")
 GENBANK_EXTS = (".gb", ".gbk", ".gbff", ".genbank")
 EXPECTED = "a FASTA (.fa .fasta .fna) or GenBank (.gb .gbk .gbff) file, plain, gzip or bgzip"
@@ -43,7 +43,7 @@ def _is_gzip(path: Path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
-def _open_binary(path: Path) -> IO[bytes]:
+def _open_binary(path: Path) -> Union[gzip.GzipFile, io.BufferedReader]:
     return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
 
 
@@ -100,7 +100,7 @@ def open_text(path: Path, errors: str = "strict") -> IO[str]:
     """A text file, plain or gzip/bgzip (told by its magic bytes), as UTF-8."""
     if _is_gzip(path):
         return gzip.open(path, "rt", encoding="utf-8", errors=errors)
-    return open(path, "r", encoding="utf-8", errors=errors)
+    return open(path, encoding="utf-8", errors=errors)
 
 
 def _skip_blank_lines(handle: IO[str]) -> None:

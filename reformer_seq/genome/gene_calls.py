@@ -36,7 +36,8 @@ def _pyrodigal():
     try:
         import pyrodigal
     except ImportError:  # pragma: no cover - a dependency
-        raise SeqformerError("pyrodigal is not installed; pip install 'pyrodigal>=3' (a seqformer dependency)") from None
+        raise SeqformerError("pyrodigal is not installed; pip install 'pyrodigal>=3' (a seqformer dependency)"
+                             ) from None
     return pyrodigal
 
 

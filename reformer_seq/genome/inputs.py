@@ -11,11 +11,13 @@ Wherever a command takes several sequence files, each item may be:
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
 from ..errors import InputError
-from .fasta import FASTA_EXTS, GENBANK_EXTS, PathLike
+from .fasta import FASTA_EXTS, GENBANK_EXTS
+from ..types import PathLike
 
 SEQUENCE_SUFFIXES = FASTA_EXTS + GENBANK_EXTS
 
@@ -79,8 +81,9 @@ def load_sequences(inputs, tokenizer=None, strict: bool = False, use_cache: bool
     files (outputs are keyed by them): a repeated id is an InputError naming both files."""
     from .encoded import load_genome
 
-    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    records, seen = [], {}
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    records = []
+    seen: dict[str, Path] = {}  # record id -> the file it came from
     for path in expand_sequence_inputs(items):
         for rec in load_genome(path, tokenizer, strict=strict, use_cache=use_cache):
             if rec.id in seen and seen[rec.id] != path:
@@ -93,4 +96,4 @@ def load_sequences(inputs, tokenizer=None, strict: bool = False, use_cache: bool
 
 def describe_inputs(inputs) -> str:
     """``inputs`` as one string for reports: the path, or the paths joined by commas."""
-    return str(inputs) if isinstance(inputs, (str, Path)) else ", ".join(map(str, inputs))
+    return str(inputs) if isinstance(inputs, (str, os.PathLike)) else ", ".join(map(str, inputs))

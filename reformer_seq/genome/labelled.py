@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -26,8 +25,8 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from .tokenizers import InvalidCharacterError, Tokenizer
+from ..types import PathLike
 
-PathLike = Union[str, os.PathLike]
 TASKS = ("classify", "regress")
 MAX_INTEGER_CLASSES = 10
 MAX_SHOWN = 3  # ids shown in an error message
@@ -45,7 +44,7 @@ class LabelledSet:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def subset(self, index: Sequence[int]) -> "LabelledSet":
+    def subset(self, index: Union[Sequence[int], np.ndarray]) -> LabelledSet:
         return LabelledSet([self.ids[i] for i in index], [self.tokens[i] for i in index],
                            [self.labels[i] for i in index], self.source)
 
@@ -97,7 +96,7 @@ def read_tsv(path: PathLike, tokenizer: Tokenizer, fasta: Optional[PathLike] = N
         raise InputError(f"{path}: has an 'id' column but no 'sequence' column; pass the FASTA holding those "
                          f"records with --fasta")
     col = {name: header.index(name) for name in ("label", "sequence", "id") if name in header}
-    records = _records_by_id(fasta, tokenizer, strict) if use_ids else {}
+    records = _records_by_id(fasta, tokenizer, strict) if use_ids and fasta is not None else {}
     ids, toks, labels, unknown = [], [], [], []
     for n, row in enumerate(rows, start=2):
         if len(row) < len(header):
@@ -122,7 +121,9 @@ def read_class_fastas(specs: Sequence[str], tokenizer: Tokenizer, strict: bool =
     """Read ``NAME=FILE`` specs: every record of FILE is labelled NAME (``strict``: as :func:`read_tsv`)."""
     from .fasta import read_records
 
-    ids, toks, labels = [], [], []
+    ids: list[str] = []
+    toks: list[np.ndarray] = []
+    labels: list[str] = []
     for spec in specs:
         name, sep, file = spec.partition("=")
         if not sep or not name or not file:
@@ -164,11 +165,11 @@ def infer_task(labels: Sequence[str], task: Optional[str] = None) -> str:
         if task not in TASKS:
             raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
         return task
-    values = [_as_float(v) for v in labels]
-    if any(v is None for v in values):
+    values = [v for v in map(_as_float, labels) if v is not None]
+    if len(values) < len(labels):  # a label that is not a number
         return "classify"
     distinct = set(values)
-    if all(float(v).is_integer() for v in distinct) and len(distinct) <= MAX_INTEGER_CLASSES:
+    if all(v.is_integer() for v in distinct) and len(distinct) <= MAX_INTEGER_CLASSES:
         return "classify"
     return "regress"
 

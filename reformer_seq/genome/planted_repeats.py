@@ -1,6 +1,6 @@
 """Planted repeats: copies of a window's own segments pasted later into the same window.
 
-Training sequence that contains repeats teaches the copy attention (:mod:`.copy_attention`)
+Training sequence that contains repeats teaches the copy attention (:mod:`reformer_seq.model.attention.copy_attention`)
 when to trust an earlier copy. Real genomes have repeats, but a 4K-base window of a bacterial
 genome rarely holds one, so a share of training windows get planted ones: a segment of
 log-uniform length is copied (direct, or as its reverse complement) to a later place in the
@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-BASE_IDS = (4, 5, 6, 7)  # A, C, G, T (tokenizers.py)
+from .tokenizers import BASE_IDS
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,14 @@ from ..errors import CheckpointError, InputError
 
 PAD_ID, MASK_ID, UNK_ID, SEP_ID = 0, 1, 2, 3
 N_SPECIAL = 4
+# The nucleotide ids, the one place they are stated: A C G T are consecutive from A_ID, in
+# BASES order (so ``id - A_ID`` is a base's channel 0-3 and the complement of channel i is 3 - i).
+BASES = "ACGT"
+N_BASES = len(BASES)
+A_ID = N_SPECIAL
+C_ID, G_ID, T_ID = A_ID + 1, A_ID + 2, A_ID + 3
+BASE_IDS: tuple[int, ...] = tuple(range(A_ID, A_ID + N_BASES))  # (4, 5, 6, 7): the prediction targets
+N_ID = A_ID + N_BASES
 SPECIAL_TOKENS = {"pad": PAD_ID, "mask": MASK_ID, "unk": UNK_ID, "sep": SEP_ID}
 # How decode() shows special tokens (one character each, so lengths are kept).
 _SPECIAL_SYMBOLS = {PAD_ID: "_", MASK_ID: "?", UNK_ID: "!", SEP_ID: "|"}
@@ -53,7 +61,8 @@ class InvalidCharacterError(InputError):
 
     def __init__(self, char: str, position: int, expected: str) -> None:
         self.char, self.position, self.expected = char, position, expected
-        head = f"invalid character {char!r} at position {position + 1:,} (1-based); expected {expected}; fix the sequence"
+        head = (f"invalid character {char!r} at position {position + 1:,} (1-based); expected {expected}; "
+                "fix the sequence")
         super().__init__(f"{head}, or pass strict=False (config data.strict: false) to read it as N",
                          cli_message=f"{head}, or leave out --strict (and data.strict: true from a --config) to "
                                      f"read it as N")
@@ -89,18 +98,18 @@ class NucleotideTokenizer:
 
     kind = "nucleotide"
     version = 1
-    vocab_size = 9
+    vocab_size = N_ID + 1  # 9
     pad_id, mask_id, unk_id, sep_id = PAD_ID, MASK_ID, UNK_ID, SEP_ID
-    a_id, c_id, g_id, t_id, n_id = 4, 5, 6, 7, 8
-    base_ids: tuple[int, ...] = (4, 5, 6, 7)  # real prediction targets
-    ambiguous_ids: tuple[int, ...] = (8,)  # never targets; counted by windows' max_n_fraction
-    alphabet = "ACGTN"
+    a_id, c_id, g_id, t_id, n_id = A_ID, C_ID, G_ID, T_ID, N_ID
+    base_ids: tuple[int, ...] = BASE_IDS  # real prediction targets
+    ambiguous_ids: tuple[int, ...] = (N_ID,)  # never targets; counted by windows' max_n_fraction
+    alphabet = BASES + "N"
     expected = "IUPAC nucleotide codes (ACGTU, RYSWKMBDHVN, gaps - .; any case)"
 
     def __init__(self) -> None:
         table = np.full(256, _INVALID, dtype=np.uint8)
-        for i, base in enumerate("ACGT"):
-            table[ord(base)] = table[ord(base.lower())] = 4 + i
+        for base, i in zip(BASES, BASE_IDS):
+            table[ord(base)] = table[ord(base.lower())] = i
         for ch in "Uu":
             table[ord(ch)] = self.t_id
         for ch in IUPAC_AMBIGUOUS + IUPAC_AMBIGUOUS.lower() + GAP_SYMBOLS:
@@ -227,7 +236,8 @@ class ByteTokenizer:
 
 
 Tokenizer = Union[NucleotideTokenizer, ByteTokenizer]
-_KINDS = {"nucleotide": NucleotideTokenizer, "byte": ByteTokenizer}
+_KINDS: dict[str, type[NucleotideTokenizer] | type[ByteTokenizer]] = {"nucleotide": NucleotideTokenizer,
+                                                                  "byte": ByteTokenizer}
 
 
 def make_tokenizer(alphabet: str) -> Tokenizer:

@@ -17,6 +17,7 @@ Batches of windows (collators, the sharded loader): :mod:`.batches`.
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
@@ -190,21 +191,22 @@ class GenomeWindowDataset(Dataset):
 
 
 # ---------------------------------------------------------------------- from a DataConfig
-def build_datasets(records: Records, cfg: "DataConfig", tokenizer: Optional[Tokenizer] = None, seed: int = 0
+def build_datasets(records: Records, cfg: DataConfig, tokenizer: Optional[Tokenizer] = None, seed: int = 0
                    ) -> tuple[GenomeWindowDataset, GenomeWindowDataset]:
     """Training and validation datasets from a :class:`~reformer_seq.config.DataConfig`."""
-    common = dict(seq_len=cfg.seq_len, tokenizer=tokenizer, stride=cfg.stride, val_fraction=cfg.val_fraction,
-                  max_n_fraction=cfg.max_n_fraction, seed=seed, pad_last=cfg.pad_last)
+    dataset = functools.partial(GenomeWindowDataset, records, seq_len=cfg.seq_len, tokenizer=tokenizer,
+                                stride=cfg.stride, val_fraction=cfg.val_fraction, max_n_fraction=cfg.max_n_fraction,
+                                seed=seed, pad_last=cfg.pad_last)
     planting = None
     if cfg.plant_repeats > 0:
         planting = RepeatPlanting(cfg.plant_repeats, cfg.plant_copies, cfg.plant_min_len, cfg.plant_max_len,
                                   max_mutation=cfg.plant_max_mutation)
-    train = GenomeWindowDataset(records, split="train", rc_augment=cfg.rc_augment, planting=planting, **common)
-    val = GenomeWindowDataset(records, split="val", rc_augment=False, **common)
+    train = dataset(split="train", rc_augment=cfg.rc_augment, planting=planting)
+    val = dataset(split="val", rc_augment=False)
     return train, val
 
 
-def datasets_from_config(paths: Union[str, Sequence[str]], cfg: "DataConfig", seed: int = 0
+def datasets_from_config(paths: Union[str, Sequence[str]], cfg: DataConfig, seed: int = 0
                          ) -> tuple[GenomeWindowDataset, GenomeWindowDataset]:
     """Load (cached) genomes from ``paths`` with ``cfg``'s alphabet and options; train and val datasets."""
     from .encoded import load_genome

@@ -40,7 +40,7 @@ class FeedForward(nn.Module):
         """The position slices the forward (and the reversible backward) walk through, in order.
         ``chunk_size`` 0 (auto): the policy's ``ff_chunk_short`` positions (4096) while
         batch * length * dim < ``long_input_elems`` (2**25), else ``ff_chunk_long`` (16384)."""
-        pol = current_policy()
+        pol = current_policy(self.w1.weight.device)
         long = batch * length * self.norm.normalized_shape[0] >= pol.long_input_elems
         cs = self.chunk_size or (pol.ff_chunk_long if long else pol.ff_chunk_short)
         return [slice(a, min(a + cs, length)) for a in range(0, length, cs)]

@@ -7,7 +7,7 @@ two unchanged.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +20,7 @@ from .attention.copy_attention import CopyAttention, CopyMixture
 from ..errors import CheckpointError, ConfigError
 from .feedforward import FeedForward
 from .local_features import CausalConv, KmerEmbedding
-from ..runtime.policy import current_policy
+from ..runtime.policy import current_policy, gpu_path
 from .reversible import ReversibleBlock, run_blocks
 from ..runtime import tuning as runtime
 
@@ -60,16 +60,21 @@ class ReformerLM(nn.Module):
     def _check(self, tokens: Tensor, mask: Optional[Tensor]) -> None:
         c = self.config
         if tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32, torch.int64, torch.int16, torch.uint8):
-            raise ValueError(f"tokens must be a (batch, length) integer tensor, got {tuple(tokens.shape)} {tokens.dtype}")
+            raise ValueError(f"tokens must be a (batch, length) integer tensor, "
+                             f"got {tuple(tokens.shape)} {tokens.dtype}")
         L = tokens.shape[1]
         if L == 0:
             raise ValueError("tokens is empty (length 0)")
         if L > c.max_seq_len:
             raise ValueError(f"sequence length {L:,} exceeds max_seq_len {c.max_seq_len:,}; use a config with "
                              f"max_seq_len >= {L:,} (e.g. configs/long.yaml) or split the sequence into windows")
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= c.vocab_size:
-            raise ValueError(f"token ids must be in [0, {c.vocab_size}), got values in [{lo}, {hi}]")
+        if gpu_path(tokens.device):  # no host sync inside a step: a device-side assertion instead
+            torch._assert_async(((tokens >= 0) & (tokens < c.vocab_size)).all(),
+                                f"token ids must be in [0, {c.vocab_size}); check the tokenizer of the input")
+        else:
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= c.vocab_size:
+                raise ValueError(f"token ids must be in [0, {c.vocab_size}), got values in [{lo}, {hi}]")
         if mask is not None and (mask.shape != tokens.shape or mask.dtype != torch.bool):
             raise ValueError(f"mask must be a bool tensor of shape {tuple(tokens.shape)}, "
                              f"got {tuple(mask.shape)} {mask.dtype}")
@@ -95,7 +100,7 @@ class ReformerLM(nn.Module):
         if self.frame_conv is not None:
             x = self.frame_conv(x)
         blocks = self.layers if n_blocks is None else self.layers[:n_blocks]
-        return run_blocks(blocks, x, mask, real_len, self.config.reversible)
+        return run_blocks(cast("list[ReversibleBlock]", blocks), x, mask, real_len, self.config.reversible)
 
     def resolve_layer(self, layer: Optional[int]) -> int:
         """``layer`` as a block count in [0, depth]: None = the last, negative counts from the end."""
@@ -133,6 +138,7 @@ class ReformerLM(nn.Module):
             logp = self._head(h)
         if self.copy_mix is None:
             return logp
+        assert self.copy is not None  # the mixture exists only beside the copy layer
         p_copy, seen = self.copy.next_base(tokens, mask)
         return self.copy_mix(logp, h, p_copy, seen, tokens)
 
@@ -152,7 +158,7 @@ class ReformerLM(nn.Module):
         return save_checkpoint(self, self.config, spec, folder, meta=meta)
 
     @classmethod
-    def from_pretrained(cls, folder, map_location: str = "cpu", **overrides) -> "ReformerLM":
+    def from_pretrained(cls, folder, map_location: str = "cpu", **overrides) -> ReformerLM:
         """A model from a checkpoint folder, a run folder (its best checkpoint) or a shipped model's
         name (``ecoli``, ``human``); of a fine-tuned checkpoint, its backbone. ``overrides`` change
         config fields that do not affect parameters. With its tokenizer:

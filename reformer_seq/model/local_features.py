@@ -49,13 +49,10 @@ def kmer_index(tokens: Tensor, k: int) -> Tensor:
     lut = torch.full((256,), -1, dtype=torch.long, device=tokens.device)
     lut[torch.tensor(NucleotideTokenizer.base_ids, device=tokens.device)] = torch.arange(4, device=tokens.device)
     code = lut[tokens.long().clamp(0, 255)]  # (B, L): 0-3, or -1
-    idx = torch.zeros_like(code)
-    bad = torch.zeros_like(code, dtype=torch.bool)
-    for j in range(k - 1, -1, -1):  # the base j positions back is digit j (most significant first)
-        shifted = F.pad(code, (j, 0), value=-1)[:, :code.shape[1]]  # (B, L): code[t - j]
-        idx = idx * 4 + shifted.clamp(min=0)
-        bad |= shifted < 0
-    return torch.where(bad, torch.full_like(idx, 4 ** k), idx)
+    win = F.pad(code, (k - 1, 0), value=-1).unfold(1, k, 1)  # (B, L, k): win[..., i] = code[t - k + 1 + i]
+    place = 4 ** torch.arange(k - 1, -1, -1, device=tokens.device)  # (k,): the oldest base is the top digit
+    idx = (win.clamp(min=0) * place).sum(-1)  # (B, L)
+    return torch.where((win < 0).any(-1), torch.full_like(idx, 4 ** k), idx)
 
 
 class KmerEmbedding(nn.Module):

@@ -94,6 +94,7 @@ class ReversibleBlock(nn.Module):
                 torch.autograd.backward(gc, dy2[:, sl])
                 with torch.no_grad():
                     x2[:, sl] -= gc
+                    assert y1c.grad is not None  # the backward just above filled it
                     dy1_total[:, sl] += y1c.grad
         # F: x1 = y1 - F(x2); dx2 = dy2 + dF/dx2 . dy1 (the attention recomputes and backpropagates
         # a head group at a time)
@@ -111,7 +112,7 @@ class ReversibleFunction(torch.autograd.Function):
     """Runs a list of :class:`ReversibleBlock` with O(1) activation memory in depth."""
 
     @staticmethod
-    def forward(ctx, x1: Tensor, x2: Tensor, blocks: Sequence[ReversibleBlock],  # type: ignore[override]
+    def forward(ctx, x1: Tensor, x2: Tensor, blocks: Sequence[ReversibleBlock],
                 real: Optional[Tensor], real_len: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         device = x1.device
         record = any(b.training for b in blocks)
@@ -136,7 +137,7 @@ class ReversibleFunction(torch.autograd.Function):
         return x1, x2
 
     @staticmethod
-    def backward(ctx, dy1: Tensor, dy2: Tensor):  # type: ignore[override]
+    def backward(ctx, dy1: Tensor, dy2: Tensor):
         y1, y2 = ctx.saved_tensors
         own = False  # the top block's gradients come from autograd
         for blk, (rng_f, rng_g), cache in zip(reversed(ctx.blocks), reversed(ctx.states), reversed(ctx.caches)):

@@ -79,7 +79,7 @@ def _proc_cpu_flags() -> str:
         return platform.processor()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiler_signature(compiler: str, flags: tuple[str, ...] = ()) -> str:
     """The compiler's ``--version`` line and, when ``flags`` hold ``-march=native`` (or
     ``-mcpu=native``), what that means to this compiler here: the target options it expands to
@@ -166,7 +166,8 @@ class LazyLibrary:
                 self.lib, self.error = None, str(e)
                 if required:
                     raise
-                warnings.warn(f"seqformer: {self.what} unavailable ({e}); {self.fallback}; {self.install}")
+                warnings.warn(f"seqformer: {self.what} unavailable ({e}); {self.fallback}; {self.install}",
+                              stacklevel=2)
         if self.lib is None and required:
             raise BuildError(f"{required} but the {self.what} is unavailable: {self.error}")
         return self.lib

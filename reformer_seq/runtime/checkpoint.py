@@ -24,19 +24,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 
 from ..config import ReformerConfig
 from ..errors import CheckpointError
 from .files import atomic_folder
+from ..types import PathLike
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "training_state.pt"
-PathLike = Union[str, Path]
 
 
 def save_checkpoint(model: torch.nn.Module, config: ReformerConfig, tokenizer_spec: dict, folder: PathLike,

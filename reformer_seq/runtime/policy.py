@@ -18,13 +18,23 @@ for a block of code with :func:`use_policy` (what the tests do)::
 
 The current policy is one per process (like ``torch.set_num_threads``), read by the model at
 call time.
+
+**The GPU path.** On CUDA tensors (and everywhere under ``SEQFORMER_KERNEL=gpu``, which runs the
+CUDA code path on any device so that tests and op counts run without a GPU) the model reads
+``current_policy(device)``: the policy in force with every field the user left at its CPU default
+replaced by :data:`GPU_DEFAULTS`. A GPU is launch-bound, not cache-bound: one piece per tensor
+costs one kernel launch per op, so the GPU defaults make the pieces large (one feed-forward slice
+and one hashing block up to 256K positions, all heads together up to 1M tokens at 4 x 16 wide).
+A field set with :func:`set_policy` / :func:`use_policy` holds on both paths (set it to the CPU
+default's value and the GPU path still takes its own default).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from ..errors import ConfigError
 
@@ -85,6 +95,14 @@ class ExecutionPolicy:
     gene_hmm_burn_in: int = 500
     gene_hmm_batch: int = 256
 
+    # ---------------------------------------------------------------- the GPU path's attention
+    # elements (rounds x batch*heads x length x head width) of one fused attention call's gathered
+    # queries; more rounds are split into several calls (model/attention/flex.py)
+    flex_round_elems: int = 1 << 24
+    # the fused kernel's block (positions) of its hand-built banded BlockMask: a multiple of 16
+    # (model/attention/flex.py)
+    flex_block: int = 128
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -92,12 +110,52 @@ class ExecutionPolicy:
                 raise ConfigError(f"ExecutionPolicy.{f.name} must be a positive whole number, got {value!r}")
 
 
+# The GPU path's defaults (see the module docstring); fields not named take the CPU default.
+# Sized so that one H200 step of the benchmark config at 1M tokens stays within ~4 GiB: one
+# feed-forward slice's hidden layer at 2**18 positions is 256 MiB of float32 at dim 64, one hash
+# block's projection 256 MiB, one fused call's gathered q/k/v 3 x 256 MiB at 1M (one round).
+GPU_DEFAULTS: dict[str, int] = dict(
+    attention_block_elems=1 << 27,  # the reference path, where the fused backend is missing
+    attention_cache_elems=1 << 28,
+    head_group_elems=1 << 26,
+    hash_row_block=1 << 18,
+    ff_chunk_short=1 << 18,
+    ff_chunk_long=1 << 18,
+    flex_round_elems=1 << 26,
+)
+
 _current = ExecutionPolicy()
+_CPU_DEFAULT = ExecutionPolicy()
+_gpu_cache: dict[int, tuple[ExecutionPolicy, ExecutionPolicy]] = {}
 
 
-def current_policy() -> ExecutionPolicy:
-    """The policy in force."""
-    return _current
+def gpu_path(device: Any = None) -> bool:
+    """Whether work on ``device`` (a torch.device, a device string, or None) takes the GPU path:
+    CUDA devices, and every device under ``SEQFORMER_KERNEL=gpu``."""
+    if os.environ.get("SEQFORMER_KERNEL", "").strip().lower() == "gpu":
+        return True
+    if device is None:
+        return False
+    kind = device if isinstance(device, str) else getattr(device, "type", "")
+    return str(kind).split(":")[0] == "cuda"
+
+
+def _gpu_policy(policy: ExecutionPolicy) -> ExecutionPolicy:
+    """``policy`` with the fields left at their CPU default replaced by :data:`GPU_DEFAULTS`."""
+    hit = _gpu_cache.get(id(policy))
+    if hit is not None and hit[0] is policy:
+        return hit[1]
+    changes = {k: v for k, v in GPU_DEFAULTS.items() if getattr(policy, k) == getattr(_CPU_DEFAULT, k)}
+    gpu = dataclasses.replace(policy, **changes)
+    _gpu_cache.clear()
+    _gpu_cache[id(policy)] = (policy, gpu)
+    return gpu
+
+
+def current_policy(device: Any = None) -> ExecutionPolicy:
+    """The policy in force for work on ``device`` (None: the CPU path, unless
+    ``SEQFORMER_KERNEL=gpu``); see :func:`gpu_path` and the module docstring."""
+    return _gpu_policy(_current) if gpu_path(device) else _current
 
 
 def set_policy(policy: Optional[ExecutionPolicy] = None, **changes: int) -> ExecutionPolicy:
@@ -118,6 +176,6 @@ def use_policy(policy: Optional[ExecutionPolicy] = None, **changes: int) -> Iter
     """``set_policy`` for the block, restoring the previous policy on exit."""
     previous = set_policy(policy, **changes)
     try:
-        yield _current
+        yield current_policy()
     finally:
         set_policy(previous)

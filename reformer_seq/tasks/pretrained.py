@@ -8,8 +8,9 @@ from typing import Any
 
 from ..genome.tokenizers import tokenizer_from_spec
 from ..model.lm import ReformerLM
-from ..runtime.checkpoint import PathLike, read_checkpoint_config, resolve_checkpoint
+from ..runtime.checkpoint import read_checkpoint_config, resolve_checkpoint
 from .finetune.model import load_finetuned
+from ..types import PathLike
 
 
 def load_pretrained(path: PathLike, map_location: str = "cpu", **overrides: Any):

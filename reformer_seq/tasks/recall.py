@@ -23,9 +23,8 @@ import numpy as np
 
 from .evaluation.likelihood import is_base
 from .evaluation.markov import MarkovModel
-from ..genome.tokenizers import NucleotideTokenizer
+from ..genome.tokenizers import A_ID, NucleotideTokenizer
 
-A_ID = 4  # token id of A; C, G, T follow (tokenizers.py)
 _TOKENIZER = NucleotideTokenizer()
 
 
@@ -236,7 +235,7 @@ class CopyModel:
     def predictors(self) -> list[int]:
         return [s * k for k in self.orders for s in ((1, -1) if self.reverse else (1,))]
 
-    def fit(self, windows: Sequence[np.ndarray], grid: int = 200) -> "CopyModel":
+    def fit(self, windows: Sequence[np.ndarray], grid: int = 200) -> CopyModel:
         """Choose each w_k to maximise the likelihood of the training ``windows``."""
         hits: dict[int, list] = {k: [] for k in self.predictors()}
         for ids in windows:
@@ -280,8 +279,9 @@ def markov_for_copy(train_windows: Sequence[np.ndarray], order: int) -> MarkovMo
 
 
 def causal_bits(scorer, ids: np.ndarray, positions: Optional[np.ndarray] = None) -> np.ndarray:
-    """-log2 p of ``ids[t]`` given ``ids[:t]`` under a causal :class:`~reformer_seq.tasks.evaluation.likelihood.ScoringModel`,
-    for ``positions`` (default: every t >= 1), from one pass over ``ids``."""
+    """-log2 p of ``ids[t]`` given ``ids[:t]`` under a causal
+    :class:`~reformer_seq.tasks.evaluation.likelihood.ScoringModel`, for ``positions`` (default: every t >= 1),
+    from one pass over ``ids``."""
     ids = np.asarray(ids, dtype=np.int64)
     positions = np.arange(1, len(ids)) if positions is None else np.asarray(positions, dtype=np.int64)
     logp = scorer(ids[None])[0]  # (L, V): row t predicts ids[t + 1]

@@ -14,10 +14,10 @@ Which keys of its window a query sees in its own round: those in its bucket whos
 in the sorted order lies in a static band (``band_lo <= s_q - s_k <= band_hi``). To count the
 rounds a pair meets in, each round also gives every position a *window key* ``u``: key ``j``
 is visible to query ``i`` in round ``r`` iff ``lo <= u_r[i] - u_r[j] <= hi``. The callers encode
-their rules (see :mod:`.lsh_attention` and :mod:`.local_attention`).
+their rules (see :mod:`.lsh` and :mod:`.local`).
 
-The autograd Function computes in float32 (float64 for float64 inputs) one (round, block of chunks) at a time, in forward
-and backward alike (the backward recomputes logits, as FlashAttention does), so temporaries
+The autograd Function computes in float32 (float64 for float64 inputs) one (round, block of chunks) at a time, in
+forward and backward alike (the backward recomputes logits, as FlashAttention does), so temporaries
 are bounded by ``max_block_elems`` (default: the execution policy's ``attention_block_elems``)
 whatever the length: memory grows linearly with L.
 
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...runtime.policy import current_policy
+from ...runtime.policy import current_policy, gpu_path
 
 SELF_VALUE = -5e4  # additive self logit of dense shared-QK attention (full_attention)
 _FAR = -(2 ** 30)  # window key of out-of-range slots: fails every window test
@@ -66,6 +66,9 @@ class Layout:
     back: int = 1
     fwd: int = 0
     self_fallback: bool = True
+    # the GPU path's index tensors of this layout (model/attention/flex.py), kept from the forward
+    # pass for the reversible backward; a dict to fill, or None (not kept)
+    fused: Optional[dict] = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def rounds(self) -> int:
@@ -75,19 +78,21 @@ class Layout:
     def window(self) -> int:
         return (self.back + 1 + self.fwd) * self.chunk
 
-    def select_heads(self, heads: slice, n_heads: int) -> "Layout":
+    def select_heads(self, heads: slice, n_heads: int) -> Layout:
         """The layout of heads ``heads`` only (rows g = b * n_heads + h of every tensor)."""
         G = self.buckets.shape[1]
         if heads.start == 0 and heads.stop == n_heads:
             return self
         B = G // n_heads
-        if B == 1:
-            pick = lambda t: None if t is None else t[:, heads]  # noqa: E731 - a view
-        else:
-            idx = (torch.arange(B, device=self.buckets.device).view(B, 1) * n_heads
-                   + torch.arange(heads.start, heads.stop, device=self.buckets.device)).reshape(-1)
-            pick = lambda t: None if t is None else t.index_select(1, idx)  # noqa: E731
-        return dataclasses.replace(self, perm=pick(self.perm), buckets=pick(self.buckets), u=pick(self.u))
+        idx = None if B == 1 else (torch.arange(B, device=self.buckets.device).view(B, 1) * n_heads
+                                   + torch.arange(heads.start, heads.stop, device=self.buckets.device)).reshape(-1)
+
+        def pick(t: Tensor) -> Tensor:
+            return t[:, heads] if idx is None else t.index_select(1, idx)  # B == 1: a view
+
+        return dataclasses.replace(self, perm=None if self.perm is None else pick(self.perm),
+                                   buckets=pick(self.buckets), u=None if self.u is None else pick(self.u),
+                                   fused=None if self.fused is None else {})
 
 
 class _Block:
@@ -167,6 +172,8 @@ def _logits(q: Tensor, kw: Tensor, blk: _Block, lay: Layout, scale: float, masks
     valid = (bq == bk.view(G, n, 1, lay.window)) & band  # same bucket, inside the band
 
     if lay.rounds > 1:  # section 2: subtract log N_ij, N_ij = rounds in which j is in i's window
+        # a layout of several rounds carries u and a permutation
+        assert lay.u is not None and blk.q_pos is not None and blk.k_pos is not None
         count = valid.to(torch.uint8)
         for r in range(lay.rounds):
             if r == r0:
@@ -191,7 +198,7 @@ def _blocks(lay: Layout, G: int, L: int, max_block_elems: Optional[int]):
     C = lay.chunk
     n_chunks = L // C
     per_chunk = G * C * lay.window
-    max_block_elems = max_block_elems or current_policy().attention_block_elems
+    max_block_elems = max_block_elems or current_policy(lay.buckets.device).attention_block_elems
     step = max(1, min(n_chunks, max_block_elems // per_chunk))
     for c0 in range(0, n_chunks, step):
         yield c0, min(n_chunks, c0 + step)
@@ -235,9 +242,8 @@ def chunked_attention_forward(q: Tensor, k: Tensor, v: Tensor, lay: Layout, scal
                     + bout * (blse - base).exp_().unsqueeze(-1)
                 out.index_copy_(0, blk.q_rows, merged)
                 lse.index_copy_(0, blk.q_rows, new_lse)
-    if lay.self_fallback:  # nothing visible in any round: the query takes its own value
-        alone = torch.isinf(lse)
-        out[alone] = v2[alone]
+    if lay.self_fallback:  # nothing visible in any round: the query takes its own value (no host sync)
+        out = torch.where(torch.isinf(lse).unsqueeze(-1), v2, out)
     return out.view(G, L, D), lse.view(G, L)
 
 
@@ -268,9 +274,8 @@ def chunked_attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
             dkw = torch.matmul(ds.transpose(-1, -2), qs)  # (G, n, K, D)
             dk.index_add_(0, blk.k_rows, blk.fold(dkw, lay).reshape(-1, D))
             dv.index_add_(0, blk.k_rows, blk.fold(dvw, lay).reshape(-1, D))
-    if lay.self_fallback:
-        alone = torch.isinf(lse1)
-        dv[alone] += do2[alone]
+    if lay.self_fallback:  # alone rows took their own value (a product, not a boolean index: no host sync)
+        dv += do2 * torch.isinf(lse1).unsqueeze(-1).to(do2.dtype)
     return dq.view(G, L, D), dk.view(G, L, D), dv.view(G, L, D)
 
 
@@ -290,12 +295,27 @@ def _normalized(q: Tensor) -> Tensor:
     return F.normalize(q, dim=-1)
 
 
-def _forward(q: Tensor, k: Optional[Tensor], v: Tensor, lay: Layout, scale: float, max_block_elems: int
-             ) -> tuple[Tensor, Tensor]:
-    """(B, L, H, D) inputs -> out (B, L, H, D), lse (B*H, L): the compiled kernel when it takes
-    these tensors (CPU float32), else the reference. ``k=None``: keys are the normalised queries."""
+def _fused(q: Tensor) -> bool:
+    """Whether the GPU path's fused backend (:mod:`.flex`) takes this call: CUDA tensors or
+    ``SEQFORMER_KERNEL=gpu``, and a torch with FlexAttention (``SEQFORMER_KERNEL=torch``: the
+    reference, on CUDA too)."""
+    from . import flex
     from . import kernel as kernels
 
+    return gpu_path(q.device) and flex.available() and kernels.mode() != "torch"
+
+
+def _forward(q: Tensor, k: Optional[Tensor], v: Tensor, lay: Layout, scale: float, max_block_elems: int
+             ) -> tuple[Tensor, Tensor]:
+    """(B, L, H, D) inputs -> out (B, L, H, D), lse (B*H, L): the fused backend on the GPU path,
+    the compiled kernel when it takes these tensors (CPU float32), else the reference.
+    ``k=None``: keys are the normalised queries."""
+    from . import kernel as kernels
+
+    if _fused(q):
+        from . import flex
+
+        return flex.forward(q, k, v, lay, scale)
     if kernels.usable(q, v):
         return kernels.forward(q, k, v, lay, scale)
     B, _, H, _ = q.shape
@@ -307,6 +327,10 @@ def _forward(q: Tensor, k: Optional[Tensor], v: Tensor, lay: Layout, scale: floa
 def _backward(q, k, v, out, lse, dout, lay: Layout, scale: float, max_block_elems: int):
     from . import kernel as kernels
 
+    if _fused(q):
+        from . import flex
+
+        return flex.backward(q, k, v, out, lse, dout, lay, scale)
     if kernels.usable(q, v, dout):
         return kernels.backward(q, k, v, out, lse, dout, lay, scale)
     B, _, H, _ = q.shape
@@ -334,7 +358,7 @@ class ChunkedAttentionFunction(torch.autograd.Function):
     """Autograd wrapper: saves only q, k, v, out and lse; the backward recomputes logits."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float,  # type: ignore[override]
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, lay: Layout, scale: float,
                 max_block_elems: int, cached: Optional[tuple[Tensor, Tensor]]) -> Tensor:
         dtype = q.dtype
         qf, kf, vf = (None if t is None else t.to(compute_dtype(dtype)) for t in (q, k, v))
@@ -349,7 +373,7 @@ class ChunkedAttentionFunction(torch.autograd.Function):
         return out.to(dtype)
 
     @staticmethod
-    def backward(ctx, dout: Tensor):  # type: ignore[override]
+    def backward(ctx, dout: Tensor):
         qf, kf, vf, out, lse = ctx.saved_tensors
         with torch.autocast(qf.device.type, enabled=False):
             dq, dk, dv = _backward(qf, kf, vf, out, lse, dout.to(qf.dtype), ctx.lay, ctx.scale, ctx.block)
@@ -367,7 +391,7 @@ def chunked_attention(q: Tensor, k: Optional[Tensor], v: Tensor, lay: Layout, sc
     by a reversible block's forward pass and its recomputation) keeps the forward's output so
     the recomputation does not attend again.
     """
-    max_block_elems = max_block_elems or current_policy().attention_block_elems
+    max_block_elems = max_block_elems or current_policy(q.device).attention_block_elems
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if q.shape[1] % lay.chunk:
@@ -378,6 +402,6 @@ def chunked_attention(q: Tensor, k: Optional[Tensor], v: Tensor, lay: Layout, sc
     with torch.autocast(q.device.type, enabled=False):
         cd = compute_dtype(q.dtype)
         out, lse = _forward(q.to(cd), None if k is None else k.to(cd), v.to(cd), lay, scale, max_block_elems)
-    if cache is not None and out.numel() <= current_policy().attention_cache_elems:
+    if cache is not None and out.numel() <= current_policy(q.device).attention_cache_elems:
         cache["attn_out"] = (out, lse)
     return out.to(q.dtype)

@@ -43,11 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...genome.tokenizers import A_ID as FIRST_BASE_ID, N_BASES
 from .chunked import Layout, chunked_attention
-from .lsh import bucket_bits, layer_rotations, lsh_layout, n_hash_factors
+from .lsh import bits_bound, bucket_bits, layer_rotations, lsh_layout, n_hash_factors
 
-FIRST_BASE_ID = 4  # token ids of A, C, G, T are 4..7 (tokenizers.py); complement of i is 3 - i
-N_BASES = 4
 # Buckets per round: 2**EXTRA_BITS times the LSH layer's (real_length / bucket_size). Exact
 # k-mer matches share a bucket whatever the bucket count, but angular LSH fills buckets unevenly
 # (a position's bucket holds ~3x the mean), and a causal query sees only the ``bucket_size``
@@ -62,7 +61,8 @@ def base_vectors(tokens: Tensor) -> Tensor:
     k-mers with ``m`` of ``k`` bases equal have cosine ``(4m - k) / 3k``."""
     idx = tokens.long() - FIRST_BASE_ID
     is_base = (idx >= 0) & (idx < N_BASES)
-    onehot = F.one_hot(idx.clamp(0, N_BASES - 1), N_BASES).to(torch.float32)  # (B, L, 4)
+    # a comparison, not F.one_hot (which reads its input's range back to the host)
+    onehot = (idx.unsqueeze(-1) == torch.arange(N_BASES, device=idx.device)).to(torch.float32)  # (B, L, 4)
     return (onehot - 1.0 / N_BASES) * is_base.unsqueeze(-1)
 
 
@@ -86,6 +86,7 @@ def alone_mask(lay: Layout, L: int) -> Tensor:
     """(G, L) bool: queries that see no key in any round (first of their bucket in every
     round's sorted order). Causal LSH windows always include the nearest earlier same-bucket
     position, so "no earlier same-bucket neighbour" is exactly "sees nothing"."""
+    assert lay.perm is not None  # an LSH layout is always permuted
     b = lay.buckets  # (R, G, L) sorted bucket ids
     first = torch.ones_like(b, dtype=torch.bool)
     first[..., 1:] = b[..., 1:] != b[..., :-1]  # (R, G, L) in sorted order
@@ -126,7 +127,7 @@ class CopyAttention(nn.Module):
         B, Lp, D = fwd.shape
         sym = (fwd + rc).unsqueeze(1).expand(B, self.heads, Lp, D)  # (B, H, Lp, D)
         bits = bucket_bits(real_len, self.bucket_size, None) + EXTRA_BITS
-        rot = self._rotations(n_hash_factors(bits), fwd.device)
+        rot = self._rotations(n_hash_factors(bits, bits_bound(Lp, self.bucket_size, None) + EXTRA_BITS), fwd.device)
         return lsh_layout(sym, real, bits, rot, self.n_hashes, self.bucket_size, causal=True)
 
     def attend(self, values: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
@@ -156,9 +157,10 @@ class CopyAttention(nn.Module):
         return out[:, :L] * seen.unsqueeze(-1).to(out.dtype), seen  # no self fallback: alone -> 0
 
     def next_base(self, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """Each head's distribution over the next base (B, L, H, 4), from fixed one-hot values: the direct head reads the base after its earlier copy, the
-        reverse-complement head the complement of the base before it. Mass that lands on N is
-        spread evenly; a query that sees nothing gets the uniform distribution. Also ``seen``."""
+        """Each head's distribution over the next base (B, L, H, 4), from fixed one-hot values: the
+        direct head reads the base after its earlier copy, the reverse-complement head the complement
+        of the base before it. Mass that lands on N is spread evenly; a query that sees nothing gets
+        the uniform distribution. Also ``seen``."""
         B, L = tokens.shape
         vec = base_vectors(tokens)  # centred one-hot; zero rows for N
         onehot = vec + (vec.abs().sum(-1, keepdim=True) > 0) / N_BASES  # (B, L, 4)
@@ -185,14 +187,20 @@ def recent_hits(p_copy: Tensor, tokens: Tensor, windows: tuple[int, ...] = HIT_W
     is_base = ((idx >= 0) & (idx < N_BASES)).unsqueeze(-1)  # (B, L, 1)
     prev = F.pad(p_copy[:, :-1], (0, 0, 0, 0, 1, 0), value=1.0 / N_BASES)  # (B, L, H, 4): p at t - 1
     got = prev.gather(-1, idx.clamp(0, N_BASES - 1).view(B, L, 1, 1).expand(B, L, H, 1)).squeeze(-1)
-    hit = torch.where(is_base, got, torch.full_like(got, 1.0 / N_BASES))  # (B, L, H)
+    hit = got.masked_fill(~is_base, 1.0 / N_BASES)  # (B, L, H)
     cs = F.pad(hit.cumsum(1), (0, 0, 1, 0))  # (B, L + 1, H)
-    feats = []
-    for w in windows:
-        lo = (torch.arange(L, device=hit.device) + 1 - w).clamp(min=0)  # (L,)
-        n = (torch.arange(L, device=hit.device) + 1 - lo).to(hit.dtype).view(1, L, 1)
-        feats.append((cs[:, 1:] - cs[:, lo]) / n)  # (B, L, H) mean over the last w positions
-    return torch.cat(feats, dim=-1)
+    lo, n = _window_starts(L, windows, hit.device)  # (W, L) each
+    means = (cs[:, 1:].unsqueeze(1) - cs[:, lo]) / n.to(hit.dtype).view(1, len(windows), L, 1)  # (B, W, L, H)
+    return means.permute(0, 2, 1, 3).reshape(B, L, len(windows) * H)  # window-major, as concatenated
+
+
+def _window_starts(L: int, windows: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """For each window w and position t: the first position ``max(0, t - w + 1)`` of the span
+    ending at t, and the span's length, (W, L) long each (computed together: a few ops, not a few per window)."""
+    end = torch.arange(1, L + 1, device=device)  # (L,): t + 1
+    w = torch.tensor(windows, device=device).view(-1, 1)  # (W, 1)
+    lo = (end - w).clamp(min=0)  # (W, L)
+    return lo, end - lo
 
 
 class CopyMixture(nn.Module):
@@ -207,10 +215,11 @@ class CopyMixture(nn.Module):
         self.heads = heads
         self.norm = nn.LayerNorm(dim)
         n_in = dim + heads * (N_BASES + 2 + len(HIT_WINDOWS))
-        self.gate = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, heads + 1))
-        nn.init.zeros_(self.gate[2].weight)
+        last = nn.Linear(hidden, heads + 1)
+        self.gate = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), last)
+        nn.init.zeros_(last.weight)
         with torch.no_grad():  # start trusting the network: copy weights e^-3 each
-            self.gate[2].bias.copy_(torch.tensor([3.0] + [0.0] * heads))
+            last.bias.copy_(torch.tensor([3.0] + [0.0] * heads))
 
     def features(self, h: Tensor, p_copy: Tensor, seen: Tensor, tokens: Tensor) -> Tensor:
         peak = p_copy.max(-1).values  # (B, L, H)

@@ -8,13 +8,15 @@ source, the compiler's version, the flags and what ``-march=native`` means to th
 this machine (the target flags it expands to, asked once per process), on any architecture.
 
 If no compiler is available or the build fails, one warning says what failed and what to
-install, and the pure-PyTorch reference in :mod:`.chunked_attention` is used instead (the same
+install, and the pure-PyTorch reference in :mod:`.chunked` is used instead (the same
 results, about 3x slower at 64K tokens). A failed build is remembered by a ``.failed`` marker
 beside where the library would be (same key), so later processes do not retry it; delete the
 marker, or change the compiler, to try again.
 
 ``SEQFORMER_KERNEL=torch`` forces the reference, ``SEQFORMER_KERNEL=c`` makes a failed build an
-error, and the default ``auto`` uses the kernel when it builds. :func:`load_library` builds
+error, and the default ``auto`` uses the kernel when it builds. ``SEQFORMER_KERNEL=gpu`` runs the
+CUDA code path on any device (the fused backend of :mod:`.flex` and the GPU execution policy;
+eager and slow on a CPU: for tests and op counts). :func:`load_library` builds
 and loads a copy with other flags or another compiler (for tests) without touching the one the
 library uses; the kernel functions take it as ``lib=``.
 """
@@ -40,8 +42,8 @@ INSTALL_C = ("install a C compiler, GCC 9 or newer or clang (Debian/Ubuntu: apt 
              "gcc; macOS: xcode-select --install), or set CC to one")
 def mode() -> str:
     m = os.environ.get("SEQFORMER_KERNEL", "auto").lower()
-    if m not in ("auto", "c", "torch"):
-        raise ValueError(f"SEQFORMER_KERNEL={m!r}; use auto, c or torch")
+    if m not in ("auto", "c", "torch", "gpu"):
+        raise ValueError(f"SEQFORMER_KERNEL={m!r}; use auto, c, torch or gpu")
     return m
 
 
@@ -57,25 +59,24 @@ def load_library(compiler: Optional[str] = None, flags: Optional[Sequence[str]] 
     flags = list(FLAGS if flags is None else flags) + [f"-D{d}" for d in defines]
     lib = ctypes.CDLL(str(compile_library(SOURCE, cc, flags, LIBS)))
     f, i, p = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
-    common = [p, p, p, p, p, p] + [i] * 12 + [ctypes.c_int, f]
-    lib.seq_attn_forward.argtypes = common + [p, p, ctypes.c_int]
-    lib.seq_attn_backward.argtypes = common + [p, p, p, p, p, p, ctypes.c_int]
+    common: list[type[ctypes._SimpleCData]] = [p, p, p, p, p, p] + [i] * 12 + [ctypes.c_int, f]
+    # ..., n_threads, seg_rows (the execution policy's kernel_segment_rows, passed with every call)
+    lib.seq_attn_forward.argtypes = common + [p, p, ctypes.c_int, i]
+    lib.seq_attn_backward.argtypes = common + [p, p, p, p, p, p, ctypes.c_int, i]
     lib.seq_attn_forward.restype = lib.seq_attn_backward.restype = None
     lib.seq_lsh_codes.argtypes = [p, i, i, i, i, p, ctypes.c_int]
     lib.seq_lsh_sort.argtypes = [p, p, i, i, i, i, ctypes.c_int, p, p, p, ctypes.c_int]
     lib.seq_lsh_codes.restype = lib.seq_lsh_sort.restype = None
     lib.seq_release_buffers.argtypes = []
     lib.seq_release_buffers.restype = None
-    lib.seq_set_segment_rows.argtypes = [i]
-    lib.seq_set_segment_rows.restype = i
     return lib
 
 
 def unavailable_reason() -> Optional[str]:
     """Why :func:`library` returned None: the build error, or the ``SEQFORMER_KERNEL`` setting
     (for skip messages); None when the kernel is loaded."""
-    if mode() == "torch":
-        return "SEQFORMER_KERNEL=torch"
+    if mode() in ("torch", "gpu"):
+        return f"SEQFORMER_KERNEL={mode()}"
     try:
         library()
     except Exception:  # noqa: BLE001 - SEQFORMER_KERNEL=c: the error is the answer
@@ -86,7 +87,7 @@ def unavailable_reason() -> Optional[str]:
 def library() -> Optional[ctypes.CDLL]:
     """The loaded kernel library, or None (reference path)."""
     m = mode()
-    if m == "torch":
+    if m in ("torch", "gpu"):
         return None
     return _LIB.get(required="SEQFORMER_KERNEL=c" if m == "c" else "")
 
@@ -118,11 +119,13 @@ def _args(q, k, v, lay, scale):
     return args, keep
 
 
-def _with_policy(lib: Optional[ctypes.CDLL]) -> ctypes.CDLL:
-    """``lib`` (default: :func:`library`) with the execution policy's segment length in force:
-    queries per segment of a hash round's sorted order, so the work buffers hold one segment."""
+def _loaded(lib: Optional[ctypes.CDLL]) -> ctypes.CDLL:
+    """``lib``, else :func:`library`; a BuildError (not an AttributeError on None) where the kernel is
+    unavailable (callers test :func:`usable` first)."""
     lib = lib or library()
-    lib.seq_set_segment_rows(current_policy().kernel_segment_rows)
+    if lib is None:
+        raise BuildError(f"the compiled attention kernel is unavailable here (SEQFORMER_KERNEL mode {mode()!r}); "
+                         f"test kernel.usable() before calling it")
     return lib
 
 
@@ -138,7 +141,8 @@ def forward(q: torch.Tensor, k: Optional[torch.Tensor], v: torch.Tensor, lay, sc
     out = torch.empty(B, L, H, D, dtype=torch.float32)
     lse = torch.empty(B * H, L, dtype=torch.float32)
     args, keep = _args(q, k, v, lay, scale)
-    _with_policy(lib).seq_attn_forward(*args, out.data_ptr(), lse.data_ptr(), torch.get_num_threads())
+    _loaded(lib).seq_attn_forward(*args, out.data_ptr(), lse.data_ptr(), torch.get_num_threads(),
+                                  current_policy().kernel_segment_rows)
     del keep
     return out, lse
 
@@ -155,8 +159,9 @@ def backward(q, k, v, out, lse, dout, lay, scale, lib: Optional[ctypes.CDLL] = N
     dq, dv = torch.empty_like(q), torch.empty_like(v)  # every row is written (round 0 stores)
     dk = None if k is None else torch.empty_like(k)
     args, keep = _args(q, k, v, lay, scale)
-    _with_policy(lib).seq_attn_backward(*args, lse.data_ptr(), out.data_ptr(), dout.data_ptr(), dq.data_ptr(),
-                                        _ptr(dk), dv.data_ptr(), torch.get_num_threads())
+    _loaded(lib).seq_attn_backward(*args, lse.data_ptr(), out.data_ptr(), dout.data_ptr(), dq.data_ptr(),
+                                   _ptr(dk), dv.data_ptr(), torch.get_num_threads(),
+                                   current_policy().kernel_segment_rows)
     del keep
     return dq, dk, dv
 
@@ -168,7 +173,7 @@ def lsh_codes(proj: torch.Tensor, n_factors: int, n_hashes: int, half: int, lib:
     proj = proj.contiguous()
     n = proj.shape[0]
     codes = torch.empty(n_hashes, n, dtype=torch.int64)
-    (lib or library()).seq_lsh_codes(proj.data_ptr(), n, n_factors, n_hashes, half, codes.data_ptr(),
+    _loaded(lib).seq_lsh_codes(proj.data_ptr(), n, n_factors, n_hashes, half, codes.data_ptr(),
                                      torch.get_num_threads())
     return codes
 
@@ -181,8 +186,8 @@ def lsh_sort(buckets: torch.Tensor, n_real_buckets: torch.Tensor, chunk: int, ca
     R, G, L = buckets.shape
     nb = n_real_buckets.to(torch.int64).contiguous()
     perm, srt, u = (torch.empty(R, G, L, dtype=torch.int32) for _ in range(3))
-    (lib or library()).seq_lsh_sort(buckets.data_ptr(), nb.data_ptr(), R, G, L, chunk, int(causal), perm.data_ptr(),
-                           srt.data_ptr(), u.data_ptr(), torch.get_num_threads())
+    _loaded(lib).seq_lsh_sort(buckets.data_ptr(), nb.data_ptr(), R, G, L, chunk, int(causal), perm.data_ptr(),
+                              srt.data_ptr(), u.data_ptr(), torch.get_num_threads())
     return perm, srt, u
 
 

@@ -25,7 +25,7 @@ from .chunked import chunked_attention
 from .exact import full_attention
 from .local import local_layout
 from ..local_features import rotary
-from .lsh import bucket_bits, layer_rotations, lsh_layout, n_hash_factors
+from .lsh import bits_bound, bucket_bits, layer_rotations, lsh_layout, n_hash_factors
 
 
 # Above this many elements per (B, Lp, heads, D) tensor, heads are attended a group at a time
@@ -75,10 +75,12 @@ class SelfAttention(nn.Module):
             real_p = F.pad(real_p, (0, Lp - L), value=False)  # (B, Lp)
         lay = None
         if self.kind == "lsh":
+            assert real_p is not None  # set above for every kind but "full"
             if real_len is None:
                 real_len = real_p.sum(1)
             bits = bucket_bits(real_len, self.bucket_size, self.n_buckets)
-            rot = self._rotations(n_hash_factors(bits), h.device)  # drawn even when the layout is cached
+            bound = bits_bound(L, self.bucket_size, self.n_buckets)  # host-known: no sync on the GPU path
+            rot = self._rotations(n_hash_factors(bits, bound), h.device)  # drawn even when the layout is cached
             lay = cache.get("layout") if cache is not None else None
             if lay is None:
                 with torch.no_grad():
@@ -92,6 +94,7 @@ class SelfAttention(nn.Module):
                 if cache is not None:
                     cache["layout"] = lay
         elif self.kind == "local":
+            assert real_p is not None
             lay = local_layout(real_p, self.heads, self.local_window, self.causal)
         mask = None
         if self.training and self.drop.p > 0:  # dropout on the layer's output, one mask for all heads
@@ -104,7 +107,8 @@ class SelfAttention(nn.Module):
         ``head_group_elems`` elements."""
         if self.kind == "full":
             return [slice(0, self.heads)]
-        per = max(1, min(self.heads, current_policy().head_group_elems // max(1, B * Lp * self.dim_head)))
+        pol = current_policy(self.to_qk.weight.device)
+        per = max(1, min(self.heads, pol.head_group_elems // max(1, B * Lp * self.dim_head)))
         return [slice(a, min(a + per, self.heads)) for a in range(0, self.heads, per)]
 
     def attend(self, h: Tensor, plan: dict, heads: slice, cache: Optional[dict] = None,
@@ -167,6 +171,7 @@ class SelfAttention(nn.Module):
                 fx = fx + self.attend(h, plan, heads, cache)
             else:
                 self.attend(h, plan, heads, cache, into=fx)  # no autograd: accumulate in place
+        assert fx is not None  # head_groups() yields at least one group
         return self._finish(fx, plan)
 
     def forward_backward(self, x: Tensor, grad: Tensor, real: Optional[Tensor], real_len: Optional[Tensor],
@@ -220,7 +225,7 @@ class SelfAttention(nn.Module):
                 y2.addmm_(out.detach(), w_out.t(), alpha=-1.0)
             else:
                 y2.sub_((out.detach() @ w_out.t()) * keep)
-            self.to_out.weight.grad[:, rows].addmm_(g2.t(), out.detach())
+            _grad(self.to_out.weight)[:, rows].addmm_(g2.t(), out.detach())
             torch.autograd.backward(out, g2 @ w_out)
             del out, q, k, v
             for mod, t in zip(projections, ins):
@@ -230,7 +235,7 @@ class SelfAttention(nn.Module):
                 else:
                     torch.mm(gt, mod.weight[rows], out=dh2)
                     dh_written = True
-                mod.weight.grad[rows].addmm_(gt.t(), h2)
+                _grad(mod.weight)[rows].addmm_(gt.t(), h2)
             del ins
         bias = self.to_out.bias
         db = g2.sum(0)
@@ -238,7 +243,7 @@ class SelfAttention(nn.Module):
         with torch.no_grad():
             y2.sub_(bias if keep is None else bias * keep)
         torch.autograd.backward(h, dh)
-        return xg.grad
+        return _grad(xg)
 
     def _forward_backward_autograd(self, x: Tensor, grad: Tensor, real: Optional[Tensor],
                                    real_len: Optional[Tensor], cache: Optional[dict]) -> tuple[Tensor, Tensor]:
@@ -265,4 +270,10 @@ class SelfAttention(nn.Module):
         torch.autograd.backward(h, hd.grad)
         with torch.no_grad():
             fx = self._finish(fx, plan)
-        return fx, xg.grad
+        return fx, _grad(xg)
+
+
+def _grad(t: Tensor) -> Tensor:
+    """``t.grad``, which the code has just allocated or backpropagated into (None would be a bug)."""
+    assert t.grad is not None
+    return t.grad

@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ...runtime.policy import current_policy
+from ...runtime.policy import current_policy, gpu_path
 
 from . import kernel as kernels
 from .chunked import Layout
@@ -90,10 +90,10 @@ def hash_codes(qk: Tensor, rotations: Tensor, n_hashes: int) -> Tensor:
         return codes
     rot = rotations.to(qk.dtype)
     compiled = kernels.usable(qk)
-    rows = current_policy().hash_row_block  # positions hashed at a time (bounds the projection temporary)
+    rows = current_policy(qk.device).hash_row_block  # positions hashed at a time (bounds the projection temporary)
     for a in range(0, L, rows):
         x = qk[:, :, a:a + rows]  # (B, H, l, D)
-        l = x.shape[2]
+        l = x.shape[2]  # noqa: E741 - the legend's l, a block of positions
         proj = torch.matmul(x, rot)  # (B, H, l, F*R*half)
         if compiled:
             code = kernels.lsh_codes(proj.view(-1, F * n_hashes * half), F, n_hashes, half)  # (R, B*H*l)
@@ -113,6 +113,8 @@ def lsh_layout(qk: Tensor, real: Tensor, bits: Tensor, rotations: Tensor, n_hash
 
     qk: (B, H, L, D) shared query/key vectors, L a multiple of bucket_size.
     real: (B, L) bool, False at padded positions. bits: (B,) log2 bucket count per sequence.
+    On the GPU path the padding buckets are applied whatever ``real`` holds (no host sync to ask
+    whether it is all True; the result is the same).
     """
     B, H, L, D = qk.shape
     R, C = n_hashes, bucket_size
@@ -120,7 +122,7 @@ def lsh_layout(qk: Tensor, real: Tensor, bits: Tensor, rotations: Tensor, n_hash
     buckets = hash_codes(qk, rotations, n_hashes)  # (R, B, H, L) codes
     buckets >>= (total_bits - bits).clamp(min=0).view(1, B, 1, 1)  # top bits: [0, 2**bits)
     pos = torch.arange(L, device=qk.device)
-    if not bool(real.all()):  # one bucket per padded slot, after every real one
+    if gpu_path(qk.device) or not bool(real.all()):  # one bucket per padded slot, after every real one
         pad_bucket = (1 << bits).view(1, B, 1, 1) + pos.view(1, 1, 1, L)
         buckets = torch.where(real.view(1, B, 1, L), buckets, pad_bucket)
     buckets = buckets.reshape(R, B * H, L)  # (R, G, L)
@@ -141,9 +143,25 @@ def lsh_layout(qk: Tensor, real: Tensor, bits: Tensor, rotations: Tensor, n_hash
     u = torch.empty(R, B * H, L, dtype=torch.int32, device=qk.device)
     u.scatter_(-1, perm, u_sorted.to(torch.int32))  # back to original positions
     return Layout(perm=perm.to(torch.int32), buckets=sorted_buckets.to(torch.int32), band_lo=band[0],
-                  band_hi=band[1], u=u, lo=lo, hi=hi, chunk=C, back=1, fwd=0, self_fallback=True)
+                  band_hi=band[1], u=u, lo=lo, hi=hi, chunk=C, back=1, fwd=0, self_fallback=True,
+                  fused={} if gpu_path(qk.device) else None)
 
 
-def n_hash_factors(bits: Tensor) -> int:
-    """Hash factors needed for the largest bucket count in the batch."""
+def n_hash_factors(bits: Tensor, bound: Optional[int] = None) -> int:
+    """Hash factors needed for the largest bucket count in the batch.
+
+    ``bound``: a log2 bucket count known on the host to be at least every entry of ``bits`` (see
+    :func:`bits_bound`). On the GPU path it is used instead of reading ``bits`` back (a host
+    sync); equal to the maximum without a mask. More factors than needed leave the buckets
+    unchanged (the codes keep their top bits, and factors are drawn one after another)."""
+    if bound is not None and gpu_path(bits.device):
+        return int(math.ceil(bound / FACTOR_BITS))
     return int(math.ceil(int(bits.max()) / FACTOR_BITS)) if bits.numel() else 0
+
+
+def bits_bound(length: int, bucket_size: int, n_buckets: Optional[int]) -> int:
+    """:func:`bucket_bits` of a sequence of ``length`` real tokens, on the host: an upper bound
+    for every sequence of that padded length (bucket_bits grows with the real length)."""
+    if n_buckets is not None:
+        return int(math.log2(n_buckets))
+    return max(1, round(math.log2(max(length, 1) / bucket_size)))

@@ -12,11 +12,11 @@ per-position embeddings. This module turns records of any length into them:
 * **Layers.** ``layer`` N is the output of block N (:meth:`ReformerLM.encode`: the mean of the
   reversible stack's two streams after N blocks, through the final LayerNorm; 0 is the input
   embeddings, the last layer is the model's final output; negative numbers count from the end).
-  The default, :data:`DEFAULT_LAYER`, is the one the downstream study picked (README).
+  The default, :data:`DEFAULT_LAYER`, is the one the downstream study picked (docs/studies.md).
 * **Pooling.** ``pool="max"`` takes the per-feature maximum over the owned non-N bases (of all
   windows and, with ``rc_average``, both strands). ``pool="mean"`` averages the per-position
-  vectors of the owned bases, leaving out ambiguous positions (``N``; :attr:`tokenizer.ambiguous_ids`). For a windowed record this is
-  the mean weighted by the number of (non-N) bases each window owns, so the pooled vector is
+  vectors of the owned bases, leaving out ambiguous positions (``N``; :attr:`tokenizer.ambiguous_ids`). For a windowed
+  record this is the mean weighted by the number of (non-N) bases each window owns, so the pooled vector is
   exactly the mean of the stitched per-position output over its non-N bases. A record with no
   A/C/G/T at all has no defined mean: its row is NaN and ``pooled_bases`` is 0.
 * **Strands.** ``rc_average=True`` also embeds each record's reverse complement (the same window
@@ -76,8 +76,9 @@ import numpy as np
 from ...errors import SeqformerError
 from ...runtime.files import atomic_path
 from .engine import _Engine
-from .plan import FORMATS, SUFFIX_FORMATS, PathLike
+from .plan import FORMATS, SUFFIX_FORMATS
 from .sinks import _H5Sink, _NpzSink, _import_h5py
+from ...types import PathLike
 
 # ---------------------------------------------------------------------- files
 @dataclass

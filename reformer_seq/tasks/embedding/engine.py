@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ...errors import InputError, SeqformerError
 from ...genome.tokenizers import NucleotideTokenizer, Tokenizer
+from ...model.lm import ReformerLM
 from ...runtime.device import autocast, resolve_device
 from .plan import DEFAULT_LAYER, POOL_MODES, Window, check_window, default_overlap, plan_windows
 from .sinks import _MemorySink, _Sink
@@ -40,7 +41,7 @@ class _RecordState:
 class _Engine:
     """Runs windows through the model and hands stitched rows or pooled vectors to a sink."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, pool: str, rc_average: bool,
+    def __init__(self, model: ReformerLM, tokenizer: Tokenizer, pool: str, rc_average: bool,
                  window: Optional[int], overlap: Optional[int], batch_size: int, max_batch_tokens: Optional[int],
                  device: str, precision: str, layer: Optional[int] = None) -> None:
         if pool not in POOL_MODES:
@@ -194,7 +195,7 @@ def _as_ids(seq: Any, tokenizer: Tokenizer) -> np.ndarray:
     return np.asarray(seq).reshape(-1)
 
 
-def embed_sequences(model: torch.nn.Module, sequences: Sequence[Any], tokenizer: Optional[Tokenizer] = None, *,
+def embed_sequences(model: ReformerLM, sequences: Sequence[Any], tokenizer: Optional[Tokenizer] = None, *,
                     pool: str = "mean", rc_average: bool = False, window: Optional[int] = None,
                     overlap: Optional[int] = None, batch_size: int = 16, max_batch_tokens: Optional[int] = None,
                     device: str = "auto", precision: str = "fp32", progress: bool = False, layer: Optional[int] = None

@@ -2,14 +2,11 @@
 model's length; each base's vector comes from the window whose centre is nearest to it."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Union
 
 from ...errors import SeqformerError
 
-PathLike = Union[str, os.PathLike]
-DEFAULT_LAYER = -1  # the final output; chosen by benchmarks/downstream.py's layer sweep (README)
+DEFAULT_LAYER = -1  # the final output; chosen by benchmarks/downstream.py's layer sweep (docs/studies.md)
 POOL_MODES = ("mean", "max", "none")
 PRECISIONS = ("fp32", "bf16")
 FORMATS = ("npz", "h5")

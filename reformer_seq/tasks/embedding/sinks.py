@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ...errors import InputError, SeqformerError
-from .plan import PathLike
+from ...types import PathLike
 
 _COPY_BLOCK = 1 << 24  # bytes per read/write when streaming a temporary .npy into the zip
 

@@ -20,11 +20,11 @@ atomically (:func:`~reformer_seq.tasks.evaluation.report.write_report`).
 from __future__ import annotations
 
 import datetime as _dt
-import os
 from typing import Any, Optional, Sequence, Union
 
 from ...errors import CheckpointError, InputError
 from ...genome.encoded import EncodedRecord
+from ...genome.tokenizers import BASES
 from ...genome.inputs import describe_inputs, load_sequences
 from ..motifs import DEFAULT_PSEUDOCOUNT, Motif, Threshold, background_from_records
 from .likelihood import LikelihoodResult, ModelScorer, ScoringModel, default_window, likelihood
@@ -32,8 +32,7 @@ from .gene_hmm_baseline import DEFAULT_GENE_ORDER, gene_hmm_baseline
 from .markov import DEFAULT_MAX_ORDER, BaselineData, Segment, baseline_data_from_info, markov_baselines
 from .motif_masking import DEFAULT_MAX_SITES, DEFAULT_MOTIF_WINDOW, motif_masking
 from .report import write_report
-
-PathLike = Union[str, os.PathLike]
+from ...types import PathLike
 
 
 def evaluate_records(records: Sequence[EncodedRecord], scorer: ScoringModel, motifs: Sequence[Motif] = (),
@@ -66,7 +65,7 @@ def evaluate_records(records: Sequence[EncodedRecord], scorer: ScoringModel, mot
         results = motif_masking(records, scorer, motifs, threshold, bg, motif_window, batch_size, max_sites,
                                 pseudocount, seed, progress)
         report["motif_settings"] = {"threshold": str(Threshold.parse(threshold)), "pseudocount": pseudocount,
-                                    "background": {l: round(float(v), 4) for l, v in zip("ACGT", bg)},
+                                    "background": {base: round(float(v), 4) for base, v in zip(BASES, bg)},
                                     "motif_window": int(min(motif_window, scorer.max_len)), "max_sites": max_sites,
                                     "seed": seed}
         report["motifs"] = results
@@ -86,7 +85,8 @@ def _baselines(records: Sequence[EncodedRecord], lk: LikelihoodResult, data: Opt
 
 
 def region_records(records: Sequence[EncodedRecord], split: str, val_fraction: float) -> list[EncodedRecord]:
-    """Each record cut to its ``split`` region (``train``/``val``/``all``; see :func:`~reformer_seq.genome.windows.split_bounds`)."""
+    """Each record cut to its ``split`` region (``train``/``val``/``all``; see
+    :func:`~reformer_seq.genome.windows.split_bounds`)."""
     from ...genome.windows import split_bounds
 
     if split not in ("all", "train", "val"):

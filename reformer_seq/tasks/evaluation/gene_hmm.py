@@ -2,7 +2,8 @@
 
 The textbook prokaryotic gene HMM (Krogh, Mian & Haussler 1994, "A hidden Markov model that
 finds genes in E. coli DNA", NAR 22:4768; with the higher-order codon-position emissions of
-GeneMark.hmm, Lukashin & Borodovsky 1998, NAR 26:1107) with order-k emissions, run as a causal language model: the forward algorithm gives, at every position t,
+GeneMark.hmm, Lukashin & Borodovsky 1998, NAR 26:1107) with order-k emissions, run as a causal language model: the
+forward algorithm gives, at every position t,
 ``P(x_{t+1} | x_0..x_t)`` with frame and strand summed over, never given.
 
 **States** (19; all read along the forward strand, left to right)::
@@ -47,10 +48,8 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import ConfigError
-from ...genome.tokenizers import NucleotideTokenizer
+from ...genome.tokenizers import A_ID, N_BASES
 
-A_ID = NucleotideTokenizer.base_ids[0]
-N_BASE_IDS = len(NucleotideTokenizer.base_ids)  # A C G T
 A, C, G, T = range(4)
 N, F1, F2, F3, RA, RB, RC = range(7)
 FSTART, FSTOP, RSTOP, RSTART = 7, 10, 13, 16  # first state of each codon block
@@ -174,7 +173,7 @@ class GeneHMM:
         (B, L + 1), from the longest left context (at most ``order``) of consecutive bases."""
         tokens = np.asarray(tokens)
         B, L = tokens.shape
-        valid = (tokens >= A_ID) & (tokens < A_ID + N_BASE_IDS)
+        valid = (tokens >= A_ID) & (tokens < A_ID + N_BASES)
         b = np.where(valid, tokens.astype(np.int64) - A_ID, 0)
         code = np.zeros((B, L + 1), np.int64)  # code of the up-to-`order` bases before each position
         run = np.zeros((B, L + 1), np.int64)

@@ -35,7 +35,8 @@ from ...genome.tokenizers import PAD_ID, NucleotideTokenizer
 from ...runtime.policy import current_policy
 from .gene_hmm import GeneHMM, predictive_logp
 from .gene_hmm_fit import LabelledSegment, fit_gene_hmm
-from .likelihood import A_ID, LN2, expected_top1, is_base
+from ...genome.tokenizers import A_ID
+from .likelihood import LN2, expected_top1, is_base
 from .markov import BaselineData, Segment
 
 DEFAULT_GENE_ORDER = 5
@@ -82,7 +83,7 @@ def _genbank_segments(path: Path, segments: Sequence[Segment], ids: Sequence[str
 
 def labelled_training_segments(data: BaselineData) -> tuple[list[LabelledSegment], str]:
     """``data.train`` with genes (GenBank CDS where the file has them, else Prodigal calls) and a description."""
-    paths = data.record_paths or [None] * len(data.train)
+    paths: list[Optional[Path]] = [*data.record_paths] or [None] * len(data.train)
     ids = data.record_ids or [f"record{i}" for i in range(len(data.train))]
     out: list[LabelledSegment] = []
     how: list[str] = []

@@ -39,10 +39,10 @@ import numpy as np
 from ...errors import CheckpointError, InputError
 from ...runtime.device import resolve_device
 from ...genome.encoded import EncodedRecord
-from ...genome.tokenizers import MASK_ID, PAD_ID, NucleotideTokenizer
+from ...genome import tokenizers
+from ...genome.tokenizers import A_ID, MASK_ID, PAD_ID
 
-BASE_IDS = np.array(NucleotideTokenizer.base_ids)  # A C G T = 4 5 6 7
-A_ID = int(BASE_IDS[0])
+BASE_IDS = np.array(tokenizers.BASE_IDS)  # A C G T
 LN2 = math.log(2.0)
 
 
@@ -161,6 +161,7 @@ def run_queries(scorer: ScoringModel, queries: Iterable[Query], batch_size: int 
                 empty = np.zeros((len(tgt), 0))
                 yield empty, empty.copy()
                 continue
+            assert out is not None  # scored: this query is in ``todo``
             lp = out[i, _query_rows(scorer.objective, q.positions)].astype(np.float64)  # (n, V)
             i += 1
             logp = np.take_along_axis(lp[None].repeat(len(tgt), 0), tgt[..., None], axis=-1)[..., 0]
@@ -318,7 +319,8 @@ def span_window(length: int, start: int, end: int, window: int, causal: bool) ->
 
 
 def default_window(info: dict, max_len: int) -> int:
-    """The checkpoint's training window (``info["train_data"]["seq_len"]``), capped at ``max_len`` (the default without one)."""
+    """The checkpoint's training window (``info["train_data"]["seq_len"]``), capped at ``max_len`` (the default
+    without one)."""
     td = info.get("train_data") if isinstance(info, dict) else None
     seq_len = td.get("seq_len") if isinstance(td, dict) else None
     return int(min(seq_len or max_len, max_len))

@@ -14,7 +14,6 @@ dense arrays, higher orders sorted sparse keys.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -24,22 +23,24 @@ import numpy as np
 from ...runtime.policy import current_policy
 from ...errors import InputError
 from ...genome.encoded import EncodedRecord, load_genome
-from .likelihood import A_ID, expected_top1, is_base
+from ...genome.tokenizers import A_ID
+from .likelihood import expected_top1, is_base
+from ...types import PathLike
 
-PathLike = Union[str, os.PathLike]
 DEFAULT_MAX_ORDER = 12
 
 
-@dataclass
+@dataclass(init=False)
 class Segment:
-    """Region ``[lo, hi)`` of a record's token ids ``ids`` (context before ``lo`` may be used when scoring)."""
+    """Region ``[lo, hi)`` of a record's token ids ``ids`` (context before ``lo`` may be used when
+    scoring); ``hi`` defaults to the end."""
 
     ids: np.ndarray
-    lo: int = 0
-    hi: Optional[int] = None
+    lo: int
+    hi: int
 
-    def __post_init__(self) -> None:
-        self.hi = len(self.ids) if self.hi is None else self.hi
+    def __init__(self, ids: np.ndarray, lo: int = 0, hi: Optional[int] = None) -> None:
+        self.ids, self.lo, self.hi = ids, lo, len(ids) if hi is None else hi
 
 
 def _bases_and_runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +76,7 @@ class _Table:
         """Counts (n, 4) of each context code in ``ctx`` (n,) followed by A, C, G, T."""
         if self.dense is not None:
             return self.dense[ctx]
+        assert self.keys is not None and self.counts is not None  # the sparse form
         if not len(self.keys):
             return np.zeros((len(ctx), 4), np.int64)
         order = np.argsort(ctx, kind="stable")  # sorted needles make the search cache-friendly
@@ -111,7 +113,7 @@ class MarkovModel:
     n_train: int = 0
 
     @classmethod
-    def fit(cls, segments: Sequence[Segment], order: int, pseudocount: float = 0.5) -> "MarkovModel":
+    def fit(cls, segments: Sequence[Segment], order: int, pseudocount: float = 0.5) -> MarkovModel:
         """Count every (r+1)-mer, r = 0..order, lying wholly inside a segment's ``[lo, hi)``."""
         if not 0 <= order <= 30:
             raise InputError(f"Markov order must be in 0..30, got {order}")
@@ -130,7 +132,7 @@ class MarkovModel:
         tables = [_count(np.concatenate(c) if c else np.zeros(0, np.int64), r) for r, c in enumerate(per_order)]
         return cls(order, pseudocount, tables, n)
 
-    def truncated(self, order: int) -> "MarkovModel":
+    def truncated(self, order: int) -> MarkovModel:
         """The same counts used as an order-``order`` model (order <= self.order)."""
         if order > self.order:
             raise ValueError(f"cannot raise a fitted order-{self.order} model to order {order}")
@@ -270,7 +272,7 @@ def markov_baselines(records: Sequence[EncodedRecord], scored: Sequence[np.ndarr
     """Order-0 and the best order-k (k chosen on ``data.val``) scored on the ``scored`` (L_r,) bool masks."""
     full, best, val_bits = fit_markov(data, max_order, pseudocount)
 
-    def on_scored(model: MarkovModel) -> dict[str, float]:
+    def on_scored(model: MarkovModel) -> dict[str, Optional[float]]:
         bits, corr, n = 0.0, 0.0, 0
         for rec, mask in zip(records, scored):
             pos = np.flatnonzero(mask)
@@ -281,10 +283,11 @@ def markov_baselines(records: Sequence[EncodedRecord], scored: Sequence[np.ndarr
                 n += pos.size
         return {"bits_per_base": bits / n if n else None, "accuracy": corr / n if n else None, "n_bases": n}
 
-    out = {"order0": {**on_scored(full.truncated(0)), "fitted_on": data.source, "pseudocount": pseudocount},
-           "markov": {"order": best, **on_scored(full.truncated(best)), "fitted_on": data.source,
-                      "pseudocount": pseudocount,
-                      "val_bits_per_base_by_order": {str(k): round(v, 5) for k, v in val_bits.items()}}}
+    out: dict[str, dict[str, Any]] = {
+        "order0": {**on_scored(full.truncated(0)), "fitted_on": data.source, "pseudocount": pseudocount},
+        "markov": {"order": best, **on_scored(full.truncated(best)), "fitted_on": data.source,
+                   "pseudocount": pseudocount,
+                   "val_bits_per_base_by_order": {str(k): round(v, 5) for k, v in val_bits.items()}}}
     if data.in_sample:
         for v in out.values():
             v["in_sample"] = True

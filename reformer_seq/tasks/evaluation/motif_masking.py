@@ -197,7 +197,8 @@ class _Tally:
 def motif_masking(records: Sequence[EncodedRecord], scorer: ScoringModel, motifs: Sequence[Motif],
                   threshold: Union[Threshold, str, float, None] = None, background: Optional[np.ndarray] = None,
                   window: int = DEFAULT_MOTIF_WINDOW, batch_size: int = 8, max_sites: Optional[int] = DEFAULT_MAX_SITES,
-                  pseudocount: float = DEFAULT_PSEUDOCOUNT, seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+                  pseudocount: float = DEFAULT_PSEUDOCOUNT, seed: int = 0, progress: bool = True
+                  ) -> list[dict[str, Any]]:
     """Per-motif site/control accuracy and bits, true-vs-shuffled test and per-position profile.
 
     Returns one dict per motif (in the order given; a motif without sites has ``n_sites`` 0 and

@@ -8,17 +8,15 @@ its information content.
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from ...errors import InputError
 from ...runtime.files import atomic_write, atomic_write_json, atomic_write_text
-
-PathLike = Union[str, os.PathLike]
+from ...types import PathLike
 
 
 def _safe_name(text: str) -> str:
@@ -27,16 +25,14 @@ def _safe_name(text: str) -> str:
 
 def plot_profile(result: dict[str, Any], path: PathLike) -> Path:
     """A PNG of per-position site accuracy against information content for one motif result."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot, no process-wide backend switch
 
     path = Path(path)
     pp = result["per_position"]
     ic = np.asarray(pp["information_content"])
     x = np.arange(1, len(ic) + 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.4 * len(ic) + 2.5), 3.6), dpi=110)
+    fig = Figure(figsize=(max(5.0, 0.4 * len(ic) + 2.5), 3.6), dpi=110)
+    ax = fig.subplots()
     ax2 = ax.twinx()
     ax2.bar(x, ic, color="#c8d6e5", width=0.8, label="information content (bits)", zorder=1)
     ax2.set_ylabel("information content (bits)")
@@ -61,7 +57,6 @@ def plot_profile(result: dict[str, Any], path: PathLike) -> Path:
     ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper right", framealpha=0.8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
-    plt.close(fig)
     return path
 
 
@@ -84,7 +79,8 @@ def report_markdown(report: dict[str, Any]) -> str:
              f"- bases skipped as N (assembly gaps, ambiguity codes): {report.get('n_skipped_n', 0):,}", ""]
     lines += ["## Likelihood", "", "| model | bases | bits/base | top-1 accuracy |", "|---|---:|---:|---:|"]
     if report["objective"] == "causal":
-        lines.append(f"| this model | {report['n_bases']:,} | {_fmt(report['bits_per_base'])} | {_fmt(report['accuracy'])} |")
+        lines.append(f"| this model | {report['n_bases']:,} | {_fmt(report['bits_per_base'])} | "
+                     f"{_fmt(report['accuracy'])} |")
     else:
         lines.append(f"| this model (masked {report['mask_prob']:g}) | {report['n_bases']:,} | "
                      f"{_fmt(report['masked_bits_per_base'])} | {_fmt(report['masked_accuracy'])} |")
@@ -129,7 +125,8 @@ def report_markdown(report: dict[str, Any]) -> str:
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for m in motifs:
             prof = f"[png]({m['profile_png']})" if m.get("profile_png") else "–"
-            lines.append(f"| {m['id']} | {m['name']} | {m['n_sites']} | {m['n_evaluated']} | {_fmt(m['site_accuracy'])} | "
+            lines.append(f"| {m['id']} | {m['name']} | {m['n_sites']} | {m['n_evaluated']} | "
+                         f"{_fmt(m['site_accuracy'])} | "
                          f"{_fmt(m['control_accuracy'])} | {_fmt(m['site_bits_per_base'])} | "
                          f"{_fmt(m['control_bits_per_base'])} | {_fmt(m['true_vs_shuffled_win_rate'])} | "
                          f"{_fmt(m['p_value'])} | {prof} |")

@@ -16,11 +16,10 @@ scores a FASTA file with it. The training loop is in :mod:`.train`.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,8 +27,8 @@ from torch import Tensor, nn
 
 from ...errors import CheckpointError, ConfigError
 from ...model.lm import ReformerLM
+from ...types import PathLike
 
-PathLike = Union[str, os.PathLike]
 POOLS = ("mean", "attention")
 
 
@@ -70,6 +69,9 @@ def masked_mean(h: Tensor, mask: Optional[Tensor]) -> Tensor:
 
 class SequenceHead(nn.Module):
     """Pool (mean or attention) -> standardize -> linear or MLP."""
+
+    center: Tensor  # buffers (D,): the standardisation of the pooled features
+    scale: Tensor
 
     def __init__(self, dim: int, config: HeadConfig):
         super().__init__()
@@ -133,7 +135,7 @@ class SequenceModel(nn.Module):
                                meta={**(meta or {}), "finetune": self.head_config.to_dict()})
 
     @classmethod
-    def from_pretrained(cls, path: PathLike, map_location: str = "cpu") -> "SequenceModel":
+    def from_pretrained(cls, path: PathLike, map_location: str = "cpu") -> SequenceModel:
         """A fine-tuned model from its checkpoint folder or its run folder (the best checkpoint)."""
         return load_finetuned(path, map_location)[0]
 

@@ -3,6 +3,7 @@ matrices, and motifs selected by id or name. See the package docstring for the d
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,11 +12,10 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 from ...errors import InputError
-from ...genome.tokenizers import NucleotideTokenizer
+from ...genome.tokenizers import BASES
+from ...types import PathLike
 
-PathLike = Union[str, Path]
-LETTERS = "ACGT"
-BASE_OFFSET = NucleotideTokenizer.a_id  # token id of A; C, G, T follow
+LETTERS = BASES  # the column order of every motif, the tokenizer's A C G T
 NOMINAL_SITES = 20.0  # sites assumed for a frequency-only matrix (MEME's default nsites)
 DEFAULT_PSEUDOCOUNT = 1.0
 DEFAULT_THRESHOLD = "p:1e-5"
@@ -26,6 +26,10 @@ FORMATS = {"jaspar": "jaspar", "meme": "minimal", "minimal": "minimal", "meme-xm
 _EXTENSIONS = {".jaspar": "jaspar", ".jsp": "jaspar", ".meme": "meme", ".transfac": "transfac",
                ".dat": "transfac", ".tf": "transfac", ".pfm": "pfm", ".xml": "meme-xml"}
 EXPECTED = "a JASPAR (.jaspar), MEME (.meme), TRANSFAC (.transfac/.dat) or PFM (.pfm) motif file"
+
+
+# A C G T background frequencies: a sequence, an array or a {letter: frequency} dict.
+Background = Union[Sequence[float], dict, np.ndarray]
 
 
 # ---------------------------------------------------------------------- motifs
@@ -47,13 +51,13 @@ class Motif:
     def label(self) -> str:
         return f"{self.id} {self.name}".strip() if self.name and self.name != self.id else self.id
 
-    def probabilities(self, background: Sequence[float], pseudocount: float = DEFAULT_PSEUDOCOUNT) -> np.ndarray:
+    def probabilities(self, background: Background, pseudocount: float = DEFAULT_PSEUDOCOUNT) -> np.ndarray:
         """Letter probabilities (W, 4) with ``pseudocount`` spread over the letters as ``background``."""
         b = as_background(background)
         n = self.counts.sum(axis=1, keepdims=True)
         return (self.counts + pseudocount * b) / (n + pseudocount)
 
-    def information_content(self, background: Sequence[float] = (0.25, 0.25, 0.25, 0.25),
+    def information_content(self, background: Background = (0.25, 0.25, 0.25, 0.25),
                             pseudocount: float = DEFAULT_PSEUDOCOUNT) -> np.ndarray:
         """Bits per column (W,): relative entropy of the column's letters against ``background``."""
         b = as_background(background)
@@ -64,7 +68,7 @@ class Motif:
         return "".join(LETTERS[i] for i in self.counts.argmax(axis=1))
 
 
-def as_background(background: Union[Sequence[float], dict, np.ndarray]) -> np.ndarray:
+def as_background(background: Background) -> np.ndarray:
     if isinstance(background, dict):
         background = [background[letter] for letter in LETTERS]
     b = np.asarray(background, dtype=np.float64).reshape(4)
@@ -196,7 +200,7 @@ def select_motifs(motifs: Sequence[Motif], ids: Optional[Iterable[str]], where: 
 
 def load_motifs(paths: Union[PathLike, Sequence[PathLike]], ids: Optional[Iterable[str]] = None) -> list[Motif]:
     """Motifs from one or more files, optionally selected by ``ids``; the first motif with a given id wins."""
-    if isinstance(paths, (str, Path)):
+    if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
         raise InputError(f"no motif file given; expected {EXPECTED}")

@@ -11,8 +11,9 @@ import numpy as np
 from ...errors import InputError
 from ...runtime.policy import current_policy
 from ...genome.encoded import EncodedRecord
+from ...genome.tokenizers import A_ID, N_BASES
 
-from .files import BASE_OFFSET, DEFAULT_PSEUDOCOUNT, DEFAULT_THRESHOLD, SCORE_GRID, Motif, as_background
+from .files import Background, DEFAULT_PSEUDOCOUNT, DEFAULT_THRESHOLD, SCORE_GRID, Motif, as_background
 
 
 # ---------------------------------------------------------------------- background and PSSMs
@@ -23,7 +24,7 @@ def base_counts(records: Sequence[Union[EncodedRecord, np.ndarray]]) -> np.ndarr
         ids = rec.ids if isinstance(rec, EncodedRecord) else rec
         step = current_policy().motif_scan_positions
         for off in range(0, len(ids), step):
-            total += np.bincount(np.asarray(ids[off:off + step]), minlength=256)[BASE_OFFSET:BASE_OFFSET + 4]
+            total += np.bincount(np.asarray(ids[off:off + step]), minlength=256)[A_ID:A_ID + N_BASES]
     return total
 
 
@@ -97,7 +98,7 @@ class PSSM:
         return tail[idx]
 
 
-def make_pssm(motif: Motif, background: Sequence[float] = (0.25, 0.25, 0.25, 0.25),
+def make_pssm(motif: Motif, background: Background = (0.25, 0.25, 0.25, 0.25),
               pseudocount: float = DEFAULT_PSEUDOCOUNT) -> PSSM:
     """The motif's PSSM (log2-odds, bits) against ``background`` with ``pseudocount`` (see module docstring)."""
     b = as_background(background)
@@ -113,7 +114,7 @@ class Threshold:
     value: float
 
     @classmethod
-    def parse(cls, text: Union[str, float, "Threshold", None]) -> "Threshold":
+    def parse(cls, text: Union[str, float, Threshold, None]) -> Threshold:
         """``p:1e-5`` / ``p=1e-5``, ``rel:0.9``, ``score:10`` or a plain number (bits)."""
         if text is None:
             text = DEFAULT_THRESHOLD

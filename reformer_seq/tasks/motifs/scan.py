@@ -9,9 +9,8 @@ import numpy as np
 
 from ...runtime.policy import current_policy
 from ...genome.encoded import EncodedRecord
-from ...genome.tokenizers import NucleotideTokenizer
+from ...genome.tokenizers import A_ID, N_BASES, NucleotideTokenizer
 
-from .files import BASE_OFFSET
 from .pssm import PSSM, Threshold
 
 
@@ -31,7 +30,7 @@ class Site(NamedTuple):
 def _extended_table(log_odds: np.ndarray, vocab: int = 256) -> np.ndarray:
     """(W, vocab) table: log-odds at the base ids, -inf for every other token (N, specials)."""
     t = np.full((log_odds.shape[0], vocab), -np.inf)
-    t[:, BASE_OFFSET:BASE_OFFSET + 4] = log_odds
+    t[:, A_ID:A_ID + N_BASES] = log_odds
     return t
 
 
@@ -72,7 +71,7 @@ class ScanIndex:
     records: list[str]
 
     @classmethod
-    def build(cls, records: Sequence[EncodedRecord]) -> "ScanIndex":
+    def build(cls, records: Sequence[EncodedRecord]) -> ScanIndex:
         lengths = np.array([len(r) for r in records], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
         ids = np.full(int((lengths + 1).sum()), NucleotideTokenizer.n_id, dtype=np.uint8)
@@ -93,7 +92,7 @@ def scan_records(records: Sequence[EncodedRecord], pssm: PSSM, threshold: Union[
     index = index or ScanIndex.build(records)
     fwd, rev = score_sequence(index.ids, pssm)
     strands = [("+", fwd), ("-", rev)] if both_strands else [("+", fwd)]
-    hits = []
+    hits: list[tuple[int, int, str, float]] = []  # (record, start, strand, score)
     for strand, sc in strands:
         pos = np.flatnonzero(sc >= cut)
         ri = np.searchsorted(index.starts, pos, side="right") - 1

@@ -12,7 +12,7 @@ gene the base is the complement of the codon's base at the mirrored CDS position
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Iterable, Iterator
 
 from ...errors import InputError
@@ -34,7 +34,7 @@ class CodingSNV:
     strand: int  # the gene's strand
 
 
-@lru_cache(maxsize=None)
+@cache
 def genetic_code(table: int = 11) -> dict[str, str]:
     """Codon -> one-letter amino acid, ``*`` for stops, for NCBI translation table ``table``."""
     from Bio.Data.CodonTable import unambiguous_dna_by_id
@@ -80,7 +80,7 @@ def coding_snvs(seq: str, genes: Iterable[CDS], lo: int = 0, hi: int | None = No
     seq = seq.upper()
     hi = len(seq) if hi is None else hi
     code = genetic_code(table)
-    out = []
+    out: list[CodingSNV] = []
     for cds in genes:
         if cds.end > len(seq):
             raise InputError(f"CDS {cds.gene} ends at {cds.end:,}, past the {len(seq):,}-base sequence of "

@@ -32,7 +32,7 @@ import gzip
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -43,8 +43,8 @@ from ...genome.encoded import EncodedRecord
 from ...genome.fasta import open_text
 from ...genome.inputs import load_sequences
 from ...genome.tokenizers import NucleotideTokenizer
+from ...types import PathLike
 
-PathLike = Union[str, Path]
 TRACK_SUFFIXES = (".bedgraph", ".bedgraph.gz", ".npz", ".bw")
 Region = tuple[str, int, int]  # (chrom, start, end): 0-based half-open
 
@@ -217,7 +217,8 @@ def write_track(tracks: dict[str, np.ndarray], out: PathLike, lengths: dict[str,
     elif fmt == ".npz":
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
-                np.savez(f, **{k: v.astype(np.float32) for k, v in tracks.items()})
+                arrays: dict[str, Any] = {k: v.astype(np.float32) for k, v in tracks.items()}  # one per record
+                np.savez(f, **arrays)
     else:
         write = _bigwig_writer(tracks, lengths, digits)
     atomic_write(out, write, suffix=out.suffix)

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Sequence
 
 from ...errors import SeqformerError
 from ...runtime.files import atomic_write, atomic_write_json
 from .vcf_input import open_vcf, quiet_htslib
+from ...types import PathLike
 
-PathLike = Union[str, Path]
 COLUMNS = ["chrom", "pos", "id", "ref", "alt", "llr", "llr_forward", "llr_reverse", "note"]
 SIGN_NOTE = ("llr = log2 P(sequence with ALT) - log2 P(sequence with REF), in bits; "
              "negative = the ALT allele is less likely than the reference")

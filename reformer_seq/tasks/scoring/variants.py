@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -34,11 +33,10 @@ from ...errors import SeqformerError
 from ...genome.tokenizers import NucleotideTokenizer
 from .variant_baselines import check_names, load_baselines, score_extra
 from .variant_effects import Job, causal_llr, markov_llr, masked_llr
+from ...types import PathLike
 from .variant_output import output_format, write_variants
 from .vcf_input import Allele, check_contigs, read_vcf
 
-
-PathLike = Union[str, Path]
 DEFAULT_WINDOW = 4096
 TOKENIZER = NucleotideTokenizer()
 
@@ -95,9 +93,10 @@ def make_jobs(alleles: Sequence[Allele], index: dict[str, int], lengths: Sequenc
     return jobs
 
 
-def strand_sequences(records, reverse_for: set[int]) -> list[tuple[np.ndarray, Optional[np.ndarray]]]:
-    """``seqs[c][strand]``: each contig's token ids and, for contigs in ``reverse_for``, their reverse complement."""
-    return [(r.ids, TOKENIZER.reverse_complement(np.asarray(r.ids)) if i in reverse_for else None)
+def strand_sequences(records, reverse_for: set[int]) -> list[list[np.ndarray]]:
+    """``seqs[c][strand]``: each contig's token ids and, for contigs in ``reverse_for`` only, their reverse
+    complement."""
+    return [[r.ids] + ([TOKENIZER.reverse_complement(np.asarray(r.ids))] if i in reverse_for else [])
             for i, r in enumerate(records)]
 
 

@@ -11,13 +11,12 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ...errors import InputError
-
-PathLike = Union[str, Path]
+from ...types import PathLike
 
 
 @dataclass

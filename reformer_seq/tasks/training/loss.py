@@ -4,7 +4,7 @@ bits per target base over a held-out loader."""
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -14,9 +14,10 @@ from ...runtime.device import autocast
 LN2 = math.log(2.0)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy (nats) over targets (labels != -100), and the number of targets."""
-    n = int((labels != -100).sum())
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, n: Optional[int] = None) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy (nats) over targets (labels != -100), and the number of targets
+    (``n``: already counted, e.g. on the host copy of the labels)."""
+    n = int((labels != -100).sum()) if n is None else n
     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                            ignore_index=-100, reduction="sum")
     return loss, n
@@ -25,12 +26,15 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, i
 def batch_loss(model: torch.nn.Module, batch: dict, device: torch.device, precision: str
                ) -> tuple[torch.Tensor, int, torch.Tensor]:
     """``model``'s summed loss on one collated batch (under autocast), its number of targets, and
-    the batch's attention mask (1 on real bases) on ``device``."""
-    x, labels, mask = (batch[k].to(device) for k in ("input_ids", "labels", "attention_mask"))
+    the batch's attention mask (1 on real bases) as the batch holds it (the loader's host copy).
+    What is counted is counted on that copy: no device-to-host sync on a GPU."""
+    host_mask, host_labels = batch["attention_mask"], batch["labels"]
+    full, n = bool(host_mask.all()), int((host_labels != -100).sum())
+    x, labels, mask = (batch[k].to(device, non_blocking=True) for k in ("input_ids", "labels", "attention_mask"))
     with autocast(device, precision):
-        logits = model(x, mask=None if bool(mask.all()) else mask)
-    loss, n = lm_loss(logits, labels)
-    return loss, n, mask
+        logits = model(x, mask=None if full else mask)
+    loss, n = lm_loss(logits, labels, n)
+    return loss, n, host_mask
 
 
 def val_sample(dataset, seq_len: int, val_bases: int, seed: int):
@@ -48,7 +52,7 @@ def val_sample(dataset, seq_len: int, val_bases: int, seed: int):
 
 
 @torch.no_grad()
-def validation_bits(model: torch.nn.Module, loader: Iterator[dict], device: torch.device, precision: str,
+def validation_bits(model: torch.nn.Module, loader: Iterable[dict], device: torch.device, precision: str,
                     max_batches: int = 0) -> tuple[float, int, Optional[float]]:
     """(bits per target base, number of targets, its standard error over the batches; None with
     fewer than two) of ``model`` over ``loader``'s batches."""

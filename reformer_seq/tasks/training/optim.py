@@ -26,7 +26,8 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int, min_ratio: float, 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
                    ) -> torch.optim.Optimizer:
     """AdamW; weight decay on matrices only (not on norms, biases or embeddings)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

@@ -127,9 +127,8 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, train_key: str = "bits_p
                     val_key: str = "bits_per_base") -> None:
     """The train rows' ``train_key`` (thin) and the val rows' ``val_key`` (dots) against step,
     on one axis when they are the same figure (bits per base), else the validation figure on a
-    second axis; written atomically. Draws on a bare Figure: the caller's pyplot backend is
-    left alone."""
-    from matplotlib.figure import Figure
+    second axis; written atomically."""
+    from matplotlib.figure import Figure  # the object API: no pyplot, no process-wide backend switch
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     train = [(r["step"], r[train_key]) for r in rows if r.get("kind") == "train" and r.get(train_key) is not None]

@@ -292,14 +292,12 @@ class Trainer:
         returns the step's training loss per target (all ranks)."""
         tcfg, st, dist = self.tcfg, self.state, self.dist
         self.opt.zero_grad(set_to_none=True)
-        loss_sum, n_sum = 0.0, 0
+        loss_sum, n_sum = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for _ in range(tcfg.grad_accum):
             loss, n, tokens = self.task.loss(next(data))
             self.scaler.scale(loss / max(n, 1) / tcfg.grad_accum).backward()
-            loss_sum += float(loss.detach())
-            n_sum += n
-            st.tokens_seen += tokens * dist.world
-            st.window_tokens += tokens * dist.world
+            loss_sum, n_sum, seen = loss_sum + loss.detach().double(), n_sum + n, tokens * dist.world
+            st.tokens_seen, st.window_tokens = st.tokens_seen + seen, st.window_tokens + seen
         dist.average_gradients(self.model)
         self.scaler.unscale_(self.opt)
         self.task.before_clip(st.step)
@@ -308,8 +306,9 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         st.step += 1
-        # one all-reduce for the loss and the clock (every rank must take the same learning rate)
-        stats = dist.all_reduce_(dist.tensor([loss_sum, float(n_sum), self._time_fraction()]), average=False).tolist()
+        # one all-reduce (the step's one host sync) for the loss and the clock (every rank must take the same lr)
+        packed = torch.cat([loss_sum.view(1), dist.tensor([n_sum, self._time_fraction()])])
+        stats = dist.all_reduce_(packed, False).tolist()
         st.time_fraction = stats[2] / dist.world
         self.sched.step()
         return float(stats[0] / max(float(stats[1]), 1.0))
