@@ -164,6 +164,7 @@ class Trainer:
         self.progress, self.echo, self.on_step = progress, echo, on_step
         self.tcfg = tcfg = task.tcfg
         self.model = task.model
+        self.t_loop = self.last_plot = 0.0  # perf_counter at the loop's start, at the last loss-curve drawing
         dist.broadcast_parameters(self.model)
         self.opt = task.optimizer()
         # The cosine schedule ends at max_steps or, with a time budget, when the clock says so
