@@ -72,7 +72,7 @@ def test_planted_motif_is_learned_and_predicted_in_file_order(tmp_path, backbone
     res = invoke("finetune", tsv, "--checkpoint", backbone, "--out", out, "--lr", "0.01", "--backbone-lr-scale", "1",
                  "--max-steps", "600", "--eval-every", "100", "--quiet")
     assert res.exit_code == 0, res.output
-    for name in ("metrics.jsonl", "curve.png", "best.json", "finetune.json", "result.json"):
+    for name in ("metrics.jsonl", "loss_curve.png", "best.json", "finetune.json", "result.json"):
         assert (out / name).is_file(), name
     # fresh held-out sequences, scored through `predict`
     test_seqs, test_labels = planted(200, seed=1)
@@ -144,6 +144,125 @@ def test_resume_equals_uninterrupted(tmp_path, backbone):
         return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
 
     assert losses(tmp_path / "full") == losses(tmp_path / "part")
+
+
+def test_signal_resume_equals_uninterrupted(tmp_path, backbone):
+    """Stopped by SIGINT mid-epoch (step 7 of 4 batches per epoch, between validations) and resumed,
+    a fine-tune's training losses, validations and final weights equal an uninterrupted run's of
+    the same 16 steps (dropout on: the RNG state is restored too); the stop adds one validation and
+    checkpoint at step 7."""
+    import os
+    import signal
+
+    seqs, labels = planted(160)
+    tsv = write_tsv(tmp_path / "t.tsv", seqs, labels)
+    opts = dict(max_steps=16, eval_every=5, patience=100, hidden=8, dropout=0.2)
+    quiet = dict(progress=False, echo=lambda s: None)
+    full = finetune({"tsv": str(tsv)}, backbone, tmp_path / "full", FinetuneOptions(**opts), **quiet)
+
+    def interrupt(step, loss):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGINT)  # handled: finish the step, validate, checkpoint, stop
+
+    first = finetune({"tsv": str(tsv)}, backbone, tmp_path / "part", FinetuneOptions(**opts), on_step=interrupt,
+                     **quiet)
+    assert (first.stopped_by, first.step, first.signal) == ("signal", 7, signal.SIGINT)
+    assert json.loads((tmp_path / "part" / "latest.json").read_text())["step"] == 7
+    second = finetune({}, None, tmp_path / "part", FinetuneOptions(**opts), resume=True, **quiet)
+    assert (second.step, second.best_value, second.best_step) == (16, full.best_value, full.best_step)
+
+    def rows(run, kind):
+        return {r["step"]: {k: v for k, v in r.items() if k not in ("time", "seconds", "tokens_per_s")}
+                for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind}
+
+    a, b = rows(tmp_path / "full", "train"), rows(tmp_path / "part", "train")
+    assert sorted(a) == sorted(b) == [1, 10] and a == b  # rows every 10 steps and at step 1
+    va, vb = rows(tmp_path / "full", "val"), rows(tmp_path / "part", "val")
+    assert sorted(vb) == [5, 7, 10, 15, 16] and all(va[s] == vb[s] for s in va)
+    wa = load_finetuned(tmp_path / "full" / "checkpoints" / "step-0000016")[0].state_dict()
+    wb = load_finetuned(tmp_path / "part" / "checkpoints" / "step-0000016")[0].state_dict()
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sigterm_exits_128_plus_signal_and_resumes(tmp_path, backbone):
+    """`seqformer finetune` stopped by SIGTERM checkpoints, says how to resume and exits 128 + 15,
+    as `seqformer pretrain` does; the run then resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    seqs, labels = planted(64)
+    tsv = write_tsv(tmp_path / "t.tsv", seqs, labels)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "finetune", str(tsv), "--checkpoint",
+                             str(backbone), "--out", str(run), "--max-steps", "100000", "--eval-every", "100000",
+                             "--quiet"], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not (run / "metrics.jsonl").is_file() and time.time() - t0 < 120:
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "stopped by signal 15" in out and f"seqformer finetune --out {run} --resume" in out
+    step = json.loads((run / "latest.json").read_text())["step"]
+    assert step >= 1 and json.loads((run / "result.json").read_text())["signal"] == signal.SIGTERM
+    res = invoke("finetune", "--out", run, "--resume", "--max-steps", str(step + 2), "--quiet")
+    assert res.exit_code == 0, res.output
+    assert f"resuming {run} from step {step:,}" in res.output
+    assert json.loads((run / "latest.json").read_text())["step"] == step + 2
+
+
+def test_early_stop_follows_the_validation_record(tmp_path, backbone):
+    """--patience: the run stops at the first validation that is the patience-th in a row not to
+    beat the best (AUROC: higher is better), and best.json names the best one; recomputed here
+    from the validation rows of metrics.jsonl."""
+    seqs, labels = planted(120)
+    tsv = write_tsv(tmp_path / "t.tsv", seqs, labels)
+    res = finetune({"tsv": str(tsv)}, backbone, tmp_path / "ft", FinetuneOptions(lr=1e-4, max_steps=200,
+                                                                                  eval_every=5, patience=2),
+                   progress=False)
+    vals = [(r["step"], r["auroc"]) for r in map(json.loads, (tmp_path / "ft" / "metrics.jsonl").read_text()
+                                                 .splitlines()) if r["kind"] == "val"]
+    best, best_step, bad, stop = None, None, 0, None
+    for step, v in vals:
+        if best is None or v > best:
+            best, best_step, bad = v, step, 0
+        else:
+            bad += 1
+        if bad >= 2:
+            stop = step
+            break
+    assert stop is not None and stop < 200 and stop == vals[-1][0]  # it did stop early, at its last validation
+    assert (res.stopped_by, res.step, res.best_step, res.best_value) == ("early_stop", stop, best_step, best)
+    assert json.loads((tmp_path / "ft" / "best.json").read_text())["step"] == best_step
+
+
+def test_frozen_backbone_stays_in_eval_mode_after_validations(tmp_path, backbone, monkeypatch):
+    """--freeze all: the backbone runs in eval mode at every step, also after a validation (whose
+    predict pass puts the model back in training mode); the head trains in training mode."""
+    from reformer_seq.tasks.finetune import train as T
+
+    seen = []
+    loss = T.FinetuneTask.loss
+
+    def spy(self, idx):
+        seen.append((self.model.backbone.training, self.model.head.training))
+        return loss(self, idx)
+
+    monkeypatch.setattr(T.FinetuneTask, "loss", spy)
+    seqs, labels = planted(100)
+    tsv = write_tsv(tmp_path / "t.tsv", seqs, labels)
+    finetune({"tsv": str(tsv)}, backbone, tmp_path / "ft", FinetuneOptions(freeze="all", max_steps=9, eval_every=3),
+             progress=False)
+    assert seen == [(False, True)] * 9
+    seen.clear()
+    finetune({"tsv": str(tsv)}, backbone, tmp_path / "ft2", FinetuneOptions(max_steps=4, eval_every=2),
+             progress=False)
+    assert seen == [(True, True)] * 4
 
 
 def test_class_fastas_and_regression(tmp_path, backbone):
