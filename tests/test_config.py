@@ -14,7 +14,9 @@ from reformer_seq.config import (DataConfig, ReformerConfig, RunConfig, TrainCon
                                  load_run_config)
 from reformer_seq.errors import ConfigError
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+from helpers import REPO
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def write(tmp_path: Path, data, name: str = "c.yaml") -> Path:

@@ -198,6 +198,11 @@ TEST_FOLDERS = {"model": PKG / "model", "genome": PKG / "genome", "tasks": PKG /
                 "runtime": PKG / "runtime", "cli": ROOT / "pipelines", "benchmarks": ROOT / "benchmarks"}
 
 
+# package-wide checks, and the top-level modules (config.py), stay at the top of tests/
+TOP_LEVEL_TESTS = {"test_layout.py", "test_lint.py", "test_docs_links.py", "test_install.py", "test_plots.py",
+                   "test_config.py"}
+
+
 def test_tests_mirror_the_packages():
     """tests/ has one folder per package (cli/ for pipelines/, benchmarks/ for the study scripts)
     beside the package-wide checks at the top; test file names are unique across the folders
@@ -207,6 +212,8 @@ def test_tests_mirror_the_packages():
     folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name not in ("fixtures", "__pycache__")}
     assert folders <= set(TEST_FOLDERS), sorted(folders - set(TEST_FOLDERS))
     assert all(TEST_FOLDERS[f].is_dir() for f in folders)
+    top = sorted(p.name for p in tests.glob("test_*.py"))
+    assert set(top) <= TOP_LEVEL_TESTS, f"put these in the folder of the package they test: {sorted(set(top) - TOP_LEVEL_TESTS)}"
     files = sorted(p for p in tests.rglob("test_*.py") if "fixtures" not in p.parts)
     names = [p.name for p in files]
     assert len(set(names)) == len(names), sorted({n for n in names if names.count(n) > 1})

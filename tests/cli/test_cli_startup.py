@@ -46,6 +46,7 @@ def test_help_and_version_do_not_import_torch(args):
     assert out.strip(), "nothing printed"
 
 
+@pytest.mark.slow
 def test_the_probe_sees_torch_when_a_command_runs():
     """The probe can fail: a command body imports the library (and torch) before it reads its input."""
     out, probe = _start("score-variants", str(REPO / "no-such.vcf"), "--reference", str(REPO / "no-such.fa"),

@@ -108,6 +108,7 @@ def test_score_variants_beside_a_50kb_gap(files):
     assert "4 of 4 alleles scored" in res.output
 
 
+@pytest.mark.slow
 def test_finetune_on_sequences_with_long_n_runs(tmp_path, files):
     rng = np.random.default_rng(0)
     seqs = ["".join(rng.choice(list("ACGT"), 80)) for _ in range(16)]

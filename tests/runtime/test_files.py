@@ -91,6 +91,7 @@ def test_exchange_swaps_two_folders(tmp_path):
 
 
 @exchange_here
+@pytest.mark.slow
 def test_a_reader_polling_the_path_never_finds_it_missing(tmp_path):
     """Another thread replaces the folder 200 times while this one stats the path."""
     folder = tmp_path / "step-0000100"

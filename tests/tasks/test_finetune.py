@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import invoke
+from helpers import invoke, spawn
 from reformer_seq.tasks.pretrained import load_pretrained
 from reformer_seq.tasks.finetune.model import SequenceModel, load_finetuned
 from reformer_seq.tasks.finetune.train import FinetuneOptions, finetune
@@ -184,22 +184,18 @@ def test_signal_resume_equals_uninterrupted(tmp_path, backbone):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow
 def test_sigterm_exits_128_plus_signal_and_resumes(tmp_path, backbone):
     """`seqformer finetune` stopped by SIGTERM checkpoints, says how to resume and exits 128 + 15,
     as `seqformer pretrain` does; the run then resumes."""
-    import os
     import signal
-    import subprocess
-    import sys
     import time
 
     seqs, labels = planted(64)
     tsv = write_tsv(tmp_path / "t.tsv", seqs, labels)
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "finetune", str(tsv), "--checkpoint",
-                             str(backbone), "--out", str(run), "--max-steps", "100000", "--eval-every", "100000",
-                             "--quiet"], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = spawn("finetune", tsv, "--checkpoint", backbone, "--out", run, "--max-steps", 100000,
+                 "--eval-every", 100000, "--quiet")
     t0 = time.time()
     while not (run / "metrics.jsonl").is_file() and time.time() - t0 < 120:
         assert proc.poll() is None, proc.stdout.read()
@@ -265,6 +261,7 @@ def test_frozen_backbone_stays_in_eval_mode_after_validations(tmp_path, backbone
     assert seen == [(True, True)] * 4
 
 
+@pytest.mark.slow
 def test_class_fastas_and_regression(tmp_path, backbone):
     seqs, labels = planted(60)
     pos = write_fasta(tmp_path / "pos.fa", [s for s, y in zip(seqs, labels) if y], "p")
