@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from reformer_seq.errors import InputError  # noqa: E402
@@ -55,6 +55,11 @@ def files(draw) -> tuple[str, bytes]:
 @pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(files(), st.booleans())
+@example(
+    file=('x.fa',
+     b'LOCUS       X1                        12 bp    DNA     linear   UNK 01-JAN-1980\r\nCONTIG      join(U00096.2:1..20)\r\n\r\nCONTIG      join(U00096.2:1..20)'),
+    strict=False,
+)  # found by this test on 2026-12-02: two CONTIG lines tripped an assert inside Biopython's GenBank scanner
 def test_any_file_gives_records_or_an_input_error(file: tuple[str, bytes], strict: bool) -> None:
     name, data = file
     with tempfile.TemporaryDirectory() as tmp:
