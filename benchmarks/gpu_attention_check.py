@@ -5,7 +5,7 @@ Stage ``correctness``: the fused backend (compiled FlexAttention on CUDA, float3
 reference path (``SEQFORMER_KERNEL=torch``, float64) on the same device: outputs and gradients of
 LSH (4 rounds, padding, causal and bidirectional) with 128-, 32- and 16-wide blocks and narrow
 and full-width index lists, local attention and copy attention (D = 48). Pass: out <= 1e-5,
-grads <= 1e-4 (max abs), else debug on the CPU with the eager path (tests/test_flex_attention.py).
+grads <= 1e-4 (max abs), else debug on the CPU with the eager path (tests/model/test_flex_attention.py).
 
 Stage ``layer``: one LSH layer forward + backward (4 heads of 16, 4 rounds, bucket 16) at the
 given lengths: the reference path under the CPU and the GPU policy, and the fused backend; the

@@ -2,7 +2,7 @@
 # The GPU checks of issue 7 in one prepared call (a lent GPU machine is scarce; every stage has its
 # own time limit and writes its results as it goes, so a cut-off call still returns the earlier
 # stages):
-#   1. tests/test_cuda.py: 64K tokens train within 4 GiB; CUDA = CPU for one checkpoint;
+#   1. tests/runtime/test_cuda.py: 64K tokens train within 4 GiB; CUDA = CPU for one checkpoint;
 #      reversible = autograd on CUDA; bf16 autocast.
 #   2. speed_memory on CUDA: seqformer at 4K-1M, exact SDPA at 4K-64K (no memory cap).
 #   3. the largest length that trains within a 4 GiB cap, then within a 16 GiB cap
@@ -41,8 +41,8 @@ stage environment
   $PY -c "import torch, Bio; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'biopython', Bio.__version__)"
   nproc; } 2>&1 | tee "$WORK/env.txt"
 
-stage "tests/test_cuda.py"
-timeout ${T_TESTS:-80} $PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tee "$WORK/test_cuda.log"
+stage "tests/runtime/test_cuda.py"
+timeout ${T_TESTS:-80} $PY -m pytest -q -p no:cacheprovider -rs tests/runtime/test_cuda.py 2>&1 | tee "$WORK/test_cuda.log"
 
 stage "speed and memory: seqformer and exact SDPA"
 timeout ${T_SPEED:-130} $PY benchmarks/speed_memory.py --device "$DEVICE" --models seqformer --lengths "$LENGTHS" \

@@ -12,7 +12,7 @@ the same split. Studies (``--study``):
   exact attention in the LSH layer;
 * ``context``: bits per base against training/evaluation context length (1K, 4K, 16K, 64K) on
   the human chrX slice (``../shared/data/genomes/Human_GRCh37_chrX_20-28Mb.fa.gz``);
-* ``final``: the default config with ``--max-time`` (the README's headline figure).
+* ``final``: the default config with ``--max-time`` (the headline figure of docs/studies.md).
 
 The context study ends with a probe that separates context from training: each trained
 context model scores the *same* held-out bases (the last 1,024 of windows ending every 16K

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Ship a trained model inside the package: ``models/NAME/`` gets the run's best checkpoint
 (weights and config.json; no optimizer state), ``recorded.json`` (bits per base on a small fixed
-slice of the held-out split, which ``tests/test_shipped_models.py`` reproduces) and ``CARD.md``
+slice of the held-out split, which ``tests/runtime/test_shipped_models.py`` reproduces) and ``CARD.md``
 (data, config, training time, held-out figures, the command that re-trains it).
 
 ``--checkpoint NAME`` then names it in every command (``reformer_seq.runtime.checkpoint.SHIPPED_MODELS``).
@@ -72,7 +72,7 @@ def write_card(dest: Path, name: str, info: dict, figures: dict, recorded: dict,
     lines += [f"- {k}: {v}" for k, v in figures.items() if k not in ("parameters", "train_minutes", "steps")]
     lines += [f"- recorded slice ({recorded['genome']} {recorded['record']}:{recorded['start']}-{recorded['end']}, "
               f"window {recorded['window']}): {recorded['bits_per_base']:.5f} bits/base "
-              f"(reproduced by tests/test_shipped_models.py)", ""]
+              f"(reproduced by tests/runtime/test_shipped_models.py)", ""]
     (dest / "CARD.md").write_text("\n".join(lines))
 
 

@@ -392,7 +392,7 @@ def run_one(model: str, L: int, args) -> dict:
 
     env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     # Long inputs (L * dim >= 2**24): big tensors on transparent huge pages, for every model
-    # alike, as README recommends for such runs. Buffers over 32 MB are fresh mappings whatever
+    # alike, as docs/performance.md recommends for such runs. Buffers over 32 MB are fresh mappings whatever
     # the heap settings (and from 512K tokens the library returns freed buffers to the OS), and
     # 2 MB pages cut the faults of re-allocating them ~50x. Short inputs run without: PyTorch's
     # 2 MB alignment then defeats glibc's buffer reuse.

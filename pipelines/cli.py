@@ -1,26 +1,28 @@
 """``seqformer``: the click group. Each command lives in its own module and only parses options,
-calls one library function and prints; errors a user can fix print one line and exit 2."""
+calls one library function and prints; errors a user can fix print one line and exit 2.
+
+Nothing here imports torch: the command modules import the library inside their bodies, so
+``seqformer --help``, ``seqformer COMMAND --help`` and ``--version`` start without it
+(tests/cli/test_cli_startup.py checks it)."""
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
 
 import click
 
-from reformer_seq import __version__
 from reformer_seq.errors import SeqformerError
-from reformer_seq.runtime.tuning import runtime_tuning
+from reformer_seq.version import __version__
 
 
 class _Group(click.Group):
     """Turns SeqformerError (bad file, bad config, bad checkpoint) into one line and exit code 2,
-    prints warnings as one line each (``seqformer: warning: ...``, for this command only),
-    and runs every command with process-wide tuning on (reformer_seq.runtime.tuning: buffer cache, heap
-    thresholds, gc.freeze; a library user's default is off)."""
+    and prints warnings as one line each (``seqformer: warning: ...``, for this command only)."""
 
     def invoke(self, ctx: click.Context):
         try:
-            with runtime_tuning(), warnings.catch_warnings():
+            with warnings.catch_warnings():
                 warnings.showwarning = _show_warning
                 return super().invoke(ctx)
         except SeqformerError as e:
@@ -53,27 +55,45 @@ def cli() -> None:
     """
 
 
+def _tuned(command: click.Command) -> click.Command:
+    """Run the command's body with process-wide tuning on (reformer_seq.runtime.tuning: buffer cache,
+    heap thresholds, gc.freeze; a library user's default is off). Imported when the body runs, not
+    for ``--help``: the tuning module imports torch."""
+    body = command.callback
+    assert body is not None
+
+    @functools.wraps(body)
+    def run(*args, **kwargs):
+        from reformer_seq.runtime.tuning import runtime_tuning
+
+        with runtime_tuning():
+            return body(*args, **kwargs)
+
+    command.callback = run
+    return command
+
+
 def _register() -> None:
     from .pretrain import pretrain
 
-    cli.add_command(pretrain)
+    cli.add_command(_tuned(pretrain))
     from .embed import embed
 
-    cli.add_command(embed)
+    cli.add_command(_tuned(embed))
     from .evaluate import evaluate
 
-    cli.add_command(evaluate)
+    cli.add_command(_tuned(evaluate))
     from .score import score
 
-    cli.add_command(score)
+    cli.add_command(_tuned(score))
     from .score_variants import score_variants
 
-    cli.add_command(score_variants)
+    cli.add_command(_tuned(score_variants))
     from .finetune import finetune
     from .predict import predict
 
-    cli.add_command(finetune)
-    cli.add_command(predict)
+    cli.add_command(_tuned(finetune))
+    cli.add_command(_tuned(predict))
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import click
                    "left out); none: one vector per base.")
 @click.option("--layer", type=int, default=None,
               help="Which block's output: 0 = the input embeddings, 1..depth = block N, -1 = the last "
-                   "[default: the last; see the README's downstream study].")
+                   "[default: the last; see docs/studies.md, downstream tasks].")
 @click.option("--rc-average", is_flag=True,
               help="Average each sequence with its reverse complement (strand-symmetric embeddings).")
 @click.option("--window", type=int, default=None,

@@ -75,6 +75,7 @@ def finetune(tsv, checkpoint, out, fasta, classes, val, val_fraction, task, pool
     inputs = {"tsv": tsv, "fasta": fasta, "classes": list(classes), "val": val, "strict": strict}
     result = run_finetune(inputs, checkpoint, out, opts, resume=resume, progress=not quiet, echo=click.echo)
     click.echo(result.line())
-    if result.stopped_by == "signal":
-        click.echo(f"stopped by a signal; continue with: seqformer finetune --out {out} --resume", err=True)
-        sys.exit(130)
+    if result.signal is not None:
+        click.echo(f"stopped by signal {result.signal}; continue with: seqformer finetune --out {out} --resume",
+                   err=True)
+        sys.exit(128 + result.signal)

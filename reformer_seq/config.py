@@ -91,7 +91,7 @@ class ReformerConfig:
     local_rope: bool = False
     # Training only: start each batch's positions at a random row of the axial grid, so windows
     # shorter than max_seq_len train every position's embedding (a 4K-window model then works
-    # on 64K inputs: without it the copy signal weakened with absolute position, see README).
+    # on 64K inputs: without it the copy signal weakened with absolute position, see docs/studies.md).
     random_position_offset: bool = False
     # Absolute positions: "axial" (the paper's axial encoding) or "none". Genome windows are
     # arbitrary crops, so an absolute position means nothing to DNA; the causal convolution and

@@ -1,10 +1,7 @@
-"""seqformer's version: one source, the ``version`` in pyproject.toml, read from the installed
-package's metadata (so a checkpoint records the version that wrote it)."""
-from __future__ import annotations
+"""seqformer's version: the one place it is written. pyproject.toml reads it from here
+(``[tool.setuptools.dynamic] version = {attr = ...}``, parsed without importing the package), so
+the installed package's metadata says the same; the CLI's ``--version``, checkpoints' info.json
+(the version that wrote them) and reports take it from here, which holds in a source tree that
+was never installed too."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("seqformer")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+__version__ = "0.1.0"

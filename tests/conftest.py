@@ -1,4 +1,6 @@
-"""Shared fixtures: the shipped genomes in data/, and a per-session genome cache (never ~/.cache)."""
+"""Shared fixtures: a per-session genome cache (never ~/.cache), E. coli encoded once, the tiny
+pretraining run; the slow-test switch. Plain helpers (paths, the CLI invoker, the small-model
+builder) are in helpers.py."""
 from __future__ import annotations
 
 import os
@@ -6,10 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "data"
-SHARED = REPO.parent / "shared" / "data" / "genomes"  # optional: the full set, when present
-ECOLI = DATA / "Ecoli_K12_MG1655.fasta.gz"
+from helpers import ECOLI, PHIX, TINY, invoke
 
 
 @pytest.fixture(scope="session")
@@ -33,24 +32,21 @@ def ecoli_records(session_cache: Path):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> Path:
-    """A run folder of the tiny config trained 2 steps on phiX174 (a real, loadable checkpoint)."""
-    from click.testing import CliRunner
-
-    from pipelines.cli import cli
-
+    """A run folder of the tiny config trained 20 steps on phiX174 (a real, loadable checkpoint,
+    with validations at steps 10 and 20): the backbone of the fine-tuning and embedding tests, and
+    the checkpoint of the CLI tests that need a trained one."""
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEQFORMER_CACHE_DIR", str(session_cache))
-        res = CliRunner().invoke(cli, ["pretrain", str(DATA / "phiX174_NC_001422.1.fa"), "--config",
-                                       str(REPO / "configs" / "tiny.yaml"), "--max-steps", "2", "--out", str(run),
-                                       "--quiet"], catch_exceptions=False)
+        res = invoke("pretrain", PHIX, "--config", TINY, "--max-steps", 20, "--out", run, "--quiet")
     assert res.exit_code == 0, res.output
     return run
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` (a wheel install, a build per installed compiler) run with
-    ``pytest -m slow`` or ``SEQFORMER_SLOW_TESTS=1``; CI (.ci/run) runs them."""
+    """Tests marked ``slow`` (over about 3 s: subprocesses, torchrun, kernel builds, a wheel
+    install, real training runs) run with ``pytest -m slow`` or ``SEQFORMER_SLOW_TESTS=1``; CI
+    (.ci/run) runs ``pytest -q`` and then ``pytest -q -m slow``."""
     if "slow" in (config.getoption("-m") or "") or os.environ.get("SEQFORMER_SLOW_TESTS") == "1":
         return
     skip = pytest.mark.skip(reason="slow test: run with pytest -m slow or SEQFORMER_SLOW_TESTS=1")

@@ -192,3 +192,35 @@ def test_every_package_ships_in_the_wheel():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in PKG.rglob("__init__.py")}
     assert found <= listed, sorted(found - listed)
+
+
+TEST_FOLDERS = {"model": PKG / "model", "genome": PKG / "genome", "tasks": PKG / "tasks",
+                "runtime": PKG / "runtime", "cli": ROOT / "pipelines", "benchmarks": ROOT / "benchmarks"}
+
+
+# package-wide checks, and the top-level modules (config.py), stay at the top of tests/
+TOP_LEVEL_TESTS = {"test_layout.py", "test_lint.py", "test_docs_links.py", "test_install.py", "test_plots.py",
+                   "test_config.py"}
+
+
+def test_tests_mirror_the_packages():
+    """tests/ has one folder per package (cli/ for pipelines/, benchmarks/ for the study scripts)
+    beside the package-wide checks at the top; test file names are unique across the folders
+    (pytest's default import mode names a test module by its file name); no test file imports
+    another (what they share is in tests/helpers.py and tests/conftest.py)."""
+    tests = ROOT / "tests"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name not in ("fixtures", "__pycache__")}
+    assert folders <= set(TEST_FOLDERS), sorted(folders - set(TEST_FOLDERS))
+    assert all(TEST_FOLDERS[f].is_dir() for f in folders)
+    top = sorted(p.name for p in tests.glob("test_*.py"))
+    assert set(top) <= TOP_LEVEL_TESTS, f"put these in the folder of the package they test: {sorted(set(top) - TOP_LEVEL_TESTS)}"
+    files = sorted(p for p in tests.rglob("test_*.py") if "fixtures" not in p.parts)
+    names = [p.name for p in files]
+    assert len(set(names)) == len(names), sorted({n for n in names if names.count(n) > 1})
+    crossed = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            mods = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            crossed += [f"{path.relative_to(ROOT)}: {m}" for m in mods if m.startswith("test_") or m == "conftest"]
+    assert not crossed, crossed

@@ -149,8 +149,8 @@ def read_records(path: PathLike, format: Optional[str] = None) -> Iterator[SeqRe
             except UndefinedSequenceError:
                 raise InputError(f"{path}: record {rec.id!r} (#{n + 1}) has no sequence data (a CONTIG or "
                                  f"annotation-only GenBank record); expected an ORIGIN section with bases") from None
-            except ValueError as e:
-                msg = str(e).strip().splitlines()[0]
+            except (ValueError, AssertionError) as e:  # Biopython's GenBank scanner asserts on some bad layouts
+                msg = (str(e).strip().splitlines() or [type(e).__name__ + " in Biopython's parser"])[0]
                 raise InputError(f"{path}: not valid {fmt.upper()} {where} ({msg}); expected {EXPECTED}") from None
             n += 1
             if not seq:

@@ -1,6 +1,6 @@
 """Planted repeats: copies of a window's own segments pasted later into the same window.
 
-Training sequence that contains repeats teaches the copy attention (:mod:`.copy_attention`)
+Training sequence that contains repeats teaches the copy attention (:mod:`reformer_seq.model.attention.copy_attention`)
 when to trust an earlier copy. Real genomes have repeats, but a 4K-base window of a bacterial
 genome rarely holds one, so a share of training windows get planted ones: a segment of
 log-uniform length is copied (direct, or as its reverse complement) to a later place in the

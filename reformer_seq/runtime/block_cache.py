@@ -20,7 +20,7 @@ It is built on first use with the system C++ compiler against the installed torc
 (about 2 s, cached beside the attention kernel) and is process-wide: every CPU tensor
 allocation goes through it. :class:`~reformer_seq.model.lm.ReformerLM` turns it on when it first
 sees an input with 16 MB activations (``B * L * dim >= 2**22``: 64K tokens at dim 64), if
-process-wide tuning is on (:mod:`.runtime`: off by default, on in the ``seqformer`` commands). Where
+process-wide tuning is on (:mod:`.tuning`: off by default, on in the ``seqformer`` commands). Where
 no compiler or headers exist, or with ``SEQFORMER_BLOCK_CACHE=0``, nothing changes.
 ``SEQFORMER_BLOCK_CACHE_MB`` caps the kept bytes (by default only the peak rule above bounds
 them); :func:`release` frees what is kept.

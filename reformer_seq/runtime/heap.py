@@ -11,7 +11,7 @@ mapped afresh for every chunk, and a 1M-token step took 32.0 s instead of 29.0 s
 3.52 GiB). The cost is page faults on every re-allocation of the larger buffers (measured with
 4 MiB thresholds: about 30% slower steps at 64K tokens, 11% at 256K), so
 :class:`~reformer_seq.model.lm.ReformerLM` turns it on only when it first sees a long input
-(``B * L * dim >= 2**25``, 512K tokens at dim 64) and process-wide tuning is on (:mod:`.runtime`;
+(``B * L * dim >= 2**25``, 512K tokens at dim 64) and process-wide tuning is on (:mod:`.tuning`;
 off by default, on in the ``seqformer`` commands), where the saving decides whether a run fits
 (1M tokens: 5.2 GB peak without it). 256K tokens peak at 1.5 GB without it.
 """

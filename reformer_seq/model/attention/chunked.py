@@ -14,7 +14,7 @@ Which keys of its window a query sees in its own round: those in its bucket whos
 in the sorted order lies in a static band (``band_lo <= s_q - s_k <= band_hi``). To count the
 rounds a pair meets in, each round also gives every position a *window key* ``u``: key ``j``
 is visible to query ``i`` in round ``r`` iff ``lo <= u_r[i] - u_r[j] <= hi``. The callers encode
-their rules (see :mod:`.lsh_attention` and :mod:`.local_attention`).
+their rules (see :mod:`.lsh` and :mod:`.local`).
 
 The autograd Function computes in float32 (float64 for float64 inputs) one (round, block of chunks) at a time, in
 forward and backward alike (the backward recomputes logits, as FlashAttention does), so temporaries

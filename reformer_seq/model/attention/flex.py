@@ -90,7 +90,7 @@ def _cpu_backward_allowed() -> Iterator[None]:
 
     The guard (``flex_attention._validate_device``) refuses CPU inputs that require gradients,
     although the eager math backward works on them (equal to the float64 reference to 1e-15, see
-    tests/test_flex_attention.py). Used only by :func:`backward` on a CPU, i.e. under
+    tests/model/test_flex_attention.py). Used only by :func:`backward` on a CPU, i.e. under
     ``SEQFORMER_KERNEL=gpu`` (the CUDA code path run on a CPU for tests); the module attribute is
     restored on exit. Not thread-safe: another thread's FlexAttention call inside the block
     would skip the guard too.

@@ -8,7 +8,7 @@ source, the compiler's version, the flags and what ``-march=native`` means to th
 this machine (the target flags it expands to, asked once per process), on any architecture.
 
 If no compiler is available or the build fails, one warning says what failed and what to
-install, and the pure-PyTorch reference in :mod:`.chunked_attention` is used instead (the same
+install, and the pure-PyTorch reference in :mod:`.chunked` is used instead (the same
 results, about 3x slower at 64K tokens). A failed build is remembered by a ``.failed`` marker
 beside where the library would be (same key), so later processes do not retry it; delete the
 marker, or change the compiler, to try again.
@@ -60,16 +60,15 @@ def load_library(compiler: Optional[str] = None, flags: Optional[Sequence[str]] 
     lib = ctypes.CDLL(str(compile_library(SOURCE, cc, flags, LIBS)))
     f, i, p = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
     common: list[type[ctypes._SimpleCData]] = [p, p, p, p, p, p] + [i] * 12 + [ctypes.c_int, f]
-    lib.seq_attn_forward.argtypes = common + [p, p, ctypes.c_int]
-    lib.seq_attn_backward.argtypes = common + [p, p, p, p, p, p, ctypes.c_int]
+    # ..., n_threads, seg_rows (the execution policy's kernel_segment_rows, passed with every call)
+    lib.seq_attn_forward.argtypes = common + [p, p, ctypes.c_int, i]
+    lib.seq_attn_backward.argtypes = common + [p, p, p, p, p, p, ctypes.c_int, i]
     lib.seq_attn_forward.restype = lib.seq_attn_backward.restype = None
     lib.seq_lsh_codes.argtypes = [p, i, i, i, i, p, ctypes.c_int]
     lib.seq_lsh_sort.argtypes = [p, p, i, i, i, i, ctypes.c_int, p, p, p, ctypes.c_int]
     lib.seq_lsh_codes.restype = lib.seq_lsh_sort.restype = None
     lib.seq_release_buffers.argtypes = []
     lib.seq_release_buffers.restype = None
-    lib.seq_set_segment_rows.argtypes = [i]
-    lib.seq_set_segment_rows.restype = i
     return lib
 
 
@@ -120,14 +119,6 @@ def _args(q, k, v, lay, scale):
     return args, keep
 
 
-def _with_policy(lib: Optional[ctypes.CDLL]) -> ctypes.CDLL:
-    """``lib`` (default: :func:`library`) with the execution policy's segment length in force:
-    queries per segment of a hash round's sorted order, so the work buffers hold one segment."""
-    lib = _loaded(lib)
-    lib.seq_set_segment_rows(current_policy().kernel_segment_rows)
-    return lib
-
-
 def _loaded(lib: Optional[ctypes.CDLL]) -> ctypes.CDLL:
     """``lib``, else :func:`library`; a BuildError (not an AttributeError on None) where the kernel is
     unavailable (callers test :func:`usable` first)."""
@@ -150,7 +141,8 @@ def forward(q: torch.Tensor, k: Optional[torch.Tensor], v: torch.Tensor, lay, sc
     out = torch.empty(B, L, H, D, dtype=torch.float32)
     lse = torch.empty(B * H, L, dtype=torch.float32)
     args, keep = _args(q, k, v, lay, scale)
-    _with_policy(lib).seq_attn_forward(*args, out.data_ptr(), lse.data_ptr(), torch.get_num_threads())
+    _loaded(lib).seq_attn_forward(*args, out.data_ptr(), lse.data_ptr(), torch.get_num_threads(),
+                                  current_policy().kernel_segment_rows)
     del keep
     return out, lse
 
@@ -167,8 +159,9 @@ def backward(q, k, v, out, lse, dout, lay, scale, lib: Optional[ctypes.CDLL] = N
     dq, dv = torch.empty_like(q), torch.empty_like(v)  # every row is written (round 0 stores)
     dk = None if k is None else torch.empty_like(k)
     args, keep = _args(q, k, v, lay, scale)
-    _with_policy(lib).seq_attn_backward(*args, lse.data_ptr(), out.data_ptr(), dout.data_ptr(), dq.data_ptr(),
-                                        _ptr(dk), dv.data_ptr(), torch.get_num_threads())
+    _loaded(lib).seq_attn_backward(*args, lse.data_ptr(), out.data_ptr(), dout.data_ptr(), dq.data_ptr(),
+                                   _ptr(dk), dv.data_ptr(), torch.get_num_threads(),
+                                   current_policy().kernel_segment_rows)
     del keep
     return dq, dk, dv
 

@@ -2,7 +2,7 @@
 
 Reformer's enwik8 models (trax) mix local attention layers with LSH layers; content hashing
 rarely puts a base in the same bucket as its immediate neighbours, and DNA's short-range
-(k-mer) structure lives there. Runs on the chunked kernel of :mod:`.chunked_attention` with
+(k-mer) structure lives there. Runs on the chunked kernel of :mod:`.chunked` with
 the identity order: chunks of ``W`` positions look at the previous chunk (and, without
 causality, the next one), and a static band picks the neighbours:
 

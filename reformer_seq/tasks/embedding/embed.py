@@ -12,7 +12,7 @@ per-position embeddings. This module turns records of any length into them:
 * **Layers.** ``layer`` N is the output of block N (:meth:`ReformerLM.encode`: the mean of the
   reversible stack's two streams after N blocks, through the final LayerNorm; 0 is the input
   embeddings, the last layer is the model's final output; negative numbers count from the end).
-  The default, :data:`DEFAULT_LAYER`, is the one the downstream study picked (README).
+  The default, :data:`DEFAULT_LAYER`, is the one the downstream study picked (docs/studies.md).
 * **Pooling.** ``pool="max"`` takes the per-feature maximum over the owned non-N bases (of all
   windows and, with ``rc_average``, both strands). ``pool="mean"`` averages the per-position
   vectors of the owned bases, leaving out ambiguous positions (``N``; :attr:`tokenizer.ambiguous_ids`). For a windowed

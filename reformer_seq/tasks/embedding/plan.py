@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ...errors import SeqformerError
 
-DEFAULT_LAYER = -1  # the final output; chosen by benchmarks/downstream.py's layer sweep (README)
+DEFAULT_LAYER = -1  # the final output; chosen by benchmarks/downstream.py's layer sweep (docs/studies.md)
 POOL_MODES = ("mean", "max", "none")
 PRECISIONS = ("fp32", "bf16")
 FORMATS = ("npz", "h5")

@@ -11,7 +11,7 @@ part is seen either way.
 **Scoring a long segment** (:func:`segment_scores`): the forward algorithm on windows of the
 execution policy's ``gene_hmm_window`` bases, each preceded by ``gene_hmm_burn_in`` bases of
 context, ``gene_hmm_batch`` windows at a time. The reading frame is local, so this agrees with
-the exact forward over the whole segment to about 1e-5 bits per base (tests/test_gene_hmm.py),
+the exact forward over the whole segment to about 1e-5 bits per base (tests/tasks/test_gene_hmm.py),
 and E. coli's held-out 464 kb score in a fraction of a second.
 
 **Scorer** (:class:`GeneHMMScorer`): the :class:`~.likelihood.ScoringModel` interface (causal,

@@ -25,16 +25,14 @@ def _safe_name(text: str) -> str:
 
 def plot_profile(result: dict[str, Any], path: PathLike) -> Path:
     """A PNG of per-position site accuracy against information content for one motif result."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot, no process-wide backend switch
 
     path = Path(path)
     pp = result["per_position"]
     ic = np.asarray(pp["information_content"])
     x = np.arange(1, len(ic) + 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.4 * len(ic) + 2.5), 3.6), dpi=110)
+    fig = Figure(figsize=(max(5.0, 0.4 * len(ic) + 2.5), 3.6), dpi=110)
+    ax = fig.subplots()
     ax2 = ax.twinx()
     ax2.bar(x, ic, color="#c8d6e5", width=0.8, label="information content (bits)", zorder=1)
     ax2.set_ylabel("information content (bits)")
@@ -59,7 +57,6 @@ def plot_profile(result: dict[str, Any], path: PathLike) -> Path:
     ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper right", framealpha=0.8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
-    plt.close(fig)
     return path
 
 

@@ -12,7 +12,7 @@ Regression targets are standardized the same way; the head's output is mapped ba
 A fine-tuned checkpoint is a normal checkpoint folder (:mod:`.checkpoint`): ``model.safetensors``
 holds ``backbone.*`` and ``head.*``; ``config.json`` adds a ``finetune`` section (the
 :class:`HeadConfig`). :meth:`SequenceModel.from_pretrained` loads one; :func:`predict_fasta`
-scores a FASTA file with it. The training loop is in :mod:`.finetune_train`.
+scores a FASTA file with it. The training loop is in :mod:`.train`.
 """
 from __future__ import annotations
 

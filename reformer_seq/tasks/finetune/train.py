@@ -1,4 +1,6 @@
-"""Fine-tuning: train a :class:`~reformer_seq.tasks.finetune.model.SequenceModel` on labelled sequences.
+"""Fine-tuning: train a :class:`~reformer_seq.tasks.finetune.model.SequenceModel` on labelled
+sequences, as a task (:class:`FinetuneTask`) of the loop pretraining uses
+(:class:`~reformer_seq.tasks.training.trainer.Trainer`).
 
 AdamW (the pretraining optimizer, :func:`~reformer_seq.tasks.training.optim.make_optimizer`) with a linear
 warmup and then a constant learning rate (the backbone's scaled by ``backbone_lr_scale``),
@@ -10,39 +12,41 @@ gradient clipping, optional bf16 autocast; ``head_steps`` > 0 trains the head al
 Every ``eval_every`` steps the model is scored on the validation set (AUROC or accuracy for
 classification, Pearson r or MSE for regression; :mod:`.metrics`), a checkpoint is written
 (``checkpoints/step-*``, ``latest.json``; ``best.json`` points at the best validation score), and
-training stops early after ``patience`` evaluations without improvement. ``metrics.jsonl`` and
-``curve.png`` record the run. The batch of step s is a pure function of s and the seed (epoch
-e = s // batches-per-epoch is a seeded permutation), and the checkpoint keeps the optimizer and
-RNG state, so ``resume=True`` continues exactly: k steps, resume, k more == 2k steps.
+training stops early after ``patience`` evaluations without improvement. The run folder is
+pretraining's (:mod:`reformer_seq.tasks.training.run_folder`): ``finetune.json`` (the inputs,
+pretrained model, options and head), ``metrics.jsonl``, ``loss_curve.png``, ``result.json``.
+The batch of step s is a pure function of s and the seed (epoch e = s // batches-per-epoch is a
+seeded permutation), and the checkpoint keeps the optimizer, data position and RNG state, so
+``resume=True`` continues exactly: k steps, resume, k more == 2k steps. SIGINT/SIGTERM finish
+the step, validate, checkpoint and stop.
 """
 from __future__ import annotations
 
 import json
-import time
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...runtime.checkpoint import STATE_FILE, resolve_checkpoint
-from ..pretrained import load_pretrained
-from ...runtime.files import atomic_write, atomic_write_json
+from ...config import TrainConfig
 from ...errors import CheckpointError, ConfigError
-from .model import HeadConfig, SequenceModel, masked_mean, pad_batch, predict_tokens
 from ...genome.labelled import (LabelledSet, check_lengths, class_names, encode_labels, infer_task, read_class_fastas,
-                            read_tsv, split_validation)
+                                read_tsv, split_validation)
+from ...runtime.checkpoint import resolve_checkpoint
+from ...runtime.device import autocast, resolve_device
+from ...runtime.files import atomic_write_json
+from ..pretrained import load_pretrained
+from ..training.distributed import Dist
+from ..training.optim import lr_at, make_optimizer
+from ..training.run_folder import RunFiles
+from ..training.trainer import Trainer, TrainState
 from .metrics import (CLASSIFY_METRICS, REGRESS_METRICS, classification_metrics, default_metric, higher_is_better,
                       regression_metrics)
-from ..training.optim import lr_at, make_optimizer
-from ..training.run_folder import (RunFiles, append_metrics, point_to_checkpoint, prune_checkpoints,
-                                   truncate_metrics)
-from ..training.stop import StopFlag
-from ...runtime.device import autocast, resolve_device
-
-RUN_FILE = "finetune.json"
+from .model import HeadConfig, SequenceModel, masked_mean, pad_batch, predict_tokens
 
 
 @dataclass
@@ -83,6 +87,7 @@ class FinetuneResult:
     best_step: Optional[int]
     best_checkpoint: Optional[Path]
     train_time: float
+    signal: Optional[int] = None  # the signal that stopped the run, if any
 
     def line(self) -> str:
         best = "n/a" if self.best_value is None else f"{self.best_value:.4f}"
@@ -165,125 +170,112 @@ def fit_standardizer(model: SequenceModel, tokens: list[np.ndarray], pad_id: int
     model.train(was)
 
 
-# ---------------------------------------------------------------------- the run
-class _Trainer:
-    """One fine-tuning run: state, one step, evaluation, checkpoints."""
+# ---------------------------------------------------------------------- the task
+class FinetuneTask:
+    """A :class:`SequenceModel` on labelled sequences, scored by a validation metric (the
+    :class:`~reformer_seq.tasks.training.trainer.Task` of fine-tuning)."""
+
+    name, value_key = "finetune", "loss"
+    final_pass = False  # every validation scores the whole validation set: none twice at one step
 
     def __init__(self, model: SequenceModel, tokenizer, train: LabelledSet, y_train: np.ndarray, val: LabelledSet,
-                 y_val: np.ndarray, opts: FinetuneOptions, run: Path, device: torch.device, meta: dict):
+                 y_val: np.ndarray, opts: FinetuneOptions, freeze: Union[str, int], files: RunFiles,
+                 device: torch.device, meta: dict, settings: dict):
         self.model, self.tok, self.train, self.val = model, tokenizer, train, val
-        self.y_train, self.y_val, self.opts, self.run, self.device, self.meta = y_train, y_val, opts, run, device, meta
+        self.y_train, self.y_val, self.opts, self.freeze, self.files = y_train, y_val, opts, freeze, files
+        self.device, self.meta, self.settings = device, meta, settings
         self.hc = model.head_config
         self.metric = opts.metric or default_metric(self.hc.task, len(self.hc.classes))
-        self.opt = make_optimizer(model.head, opts.lr, opts.weight_decay, (0.9, 0.999))
-        backbone = make_optimizer(model.backbone, opts.lr * opts.backbone_lr_scale, opts.weight_decay, (0.9, 0.999))
-        for group in backbone.param_groups:
-            if group["params"]:
-                self.opt.add_param_group(group)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_at(s, 1.0, opts.warmup_steps, 1, 1.0))
-        self.step, self.train_before = 0, 0.0
-        self.best: Optional[float] = None
-        self.best_step: Optional[int] = None
-        self.bad_evals = 0
+        self.plot_keys = ("loss", self.metric)
+        self.patience = opts.patience
+        self.tcfg = TrainConfig(batch_size=opts.batch_size, max_steps=opts.max_steps, max_time=opts.max_time,
+                                lr=opts.lr, warmup_steps=opts.warmup_steps, weight_decay=opts.weight_decay,
+                                betas=(0.9, 0.999), grad_clip=opts.grad_clip, precision=opts.precision,
+                                device=opts.device, seed=opts.seed, eval_every=opts.eval_every,
+                                save_every=opts.eval_every, keep_last=1, log_every=10)
         self.n_batches = max(1, len(train) // opts.batch_size)
 
-    def batch_indices(self, step: int) -> np.ndarray:
-        epoch, b = divmod(step, self.n_batches)
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The head's parameters at ``lr``, the backbone's (those that train) at ``lr * backbone_lr_scale``."""
+        opts = self.opts
+        opt = make_optimizer(self.model.head, opts.lr, opts.weight_decay, (0.9, 0.999))
+        backbone = make_optimizer(self.model.backbone, opts.lr * opts.backbone_lr_scale, opts.weight_decay,
+                                  (0.9, 0.999))
+        for group in backbone.param_groups:
+            if group["params"]:
+                opt.add_param_group(group)
+        return opt
+
+    def lr_factor(self, step: int, state: TrainState) -> float:
+        return lr_at(step, 1.0, self.opts.warmup_steps, 1, 1.0)  # warmup, then constant
+
+    def epoch(self, epoch: int) -> Iterator[np.ndarray]:
+        """The batches (indices into the training set) of ``epoch``: a seeded permutation, cut in
+        ``batch_size`` pieces (the remainder is left out)."""
         g = torch.Generator().manual_seed(self.opts.seed * 100003 + epoch)
         perm = torch.randperm(len(self.train), generator=g).numpy()
-        return perm[b * self.opts.batch_size:(b + 1) * self.opts.batch_size]
+        bs = self.opts.batch_size
+        return (perm[b * bs:(b + 1) * bs] for b in range(self.n_batches))
 
-    def loss(self, raw: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.hc.task == "classify":
-            return F.cross_entropy(raw.float(), y)
-        return F.mse_loss(raw.float().squeeze(-1), (y - self.hc.target_mean) / self.hc.target_std)
-
-    def train_step(self) -> float:
-        idx = self.batch_indices(self.step)
+    def loss(self, idx: np.ndarray) -> tuple[torch.Tensor, int, int]:
+        """The batch's mean loss (cross-entropy, or the MSE of the standardized target), 1 target, its bases."""
         x, mask = pad_batch([self.train.tokens[i] for i in idx], self.tok.pad_id, self.device)
         y = torch.from_numpy(self.y_train[idx]).to(self.device)
-        self.opt.zero_grad(set_to_none=True)
         with autocast(self.device, self.opts.precision):
             raw = self.model(x, mask)
-        loss = self.loss(raw, y)
-        loss.backward()
-        if self.step < self.opts.head_steps:  # head first: the backbone's gradients are dropped
+        if self.hc.task == "classify":
+            loss = F.cross_entropy(raw.float(), y)
+        else:
+            loss = F.mse_loss(raw.float().squeeze(-1), (y - self.hc.target_mean) / self.hc.target_std)
+        return loss, 1, sum(len(self.train.tokens[i]) for i in idx)  # counted on the host: no device sync
+
+    def before_clip(self, step: int) -> None:
+        if step < self.opts.head_steps:  # head first: the backbone's gradients are dropped
             for p in self.model.backbone.parameters():
                 p.grad = None
-        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.opts.grad_clip)
-        self.opt.step()
-        self.sched.step()
-        self.step += 1
-        return float(loss.detach())
 
-    def evaluate(self) -> dict:
+    def train_fields(self, loss: float) -> tuple[float, dict]:
+        return loss, {"loss": loss}
+
+    def train_mode(self) -> None:
+        self.model.train()
+        if self.freeze == "all":
+            self.model.backbone.eval()  # no dropout, fixed hashing: the frozen backbone is a fixed function
+
+    def validate(self, final: bool) -> tuple[float, dict]:
         pred = predict_tokens(self.model, self.val.tokens, self.tok.pad_id, self.opts.batch_size, self.device,
                               self.opts.precision)
-        if self.hc.task == "classify":
-            return classification_metrics(self.y_val, pred)
-        return regression_metrics(self.y_val, pred)
+        m = (classification_metrics if self.hc.task == "classify" else regression_metrics)(self.y_val, pred)
+        return m[self.metric], m
 
-    def improved(self, value: float) -> bool:
+    def improves(self, value: float, best: Optional[float]) -> bool:
         if not np.isfinite(value):
             return False
-        if self.best is None:
+        if best is None:
             return True
-        return value > self.best if higher_is_better(self.metric) else value < self.best
+        return value > best if higher_is_better(self.metric) else value < best
 
-    def state(self, train_time: float) -> dict:
-        return {"step": self.step, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "rng": torch.get_rng_state(), "train_time": train_time, "best": self.best,
-                "best_step": self.best_step, "bad_evals": self.bad_evals}
+    def scores(self, value: Optional[float]) -> dict:
+        return {f"val_{self.metric}": value}
 
-    def load_state(self, ck: Path) -> None:
-        st = torch.load(ck / STATE_FILE, map_location="cpu", weights_only=True)
-        self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
-        torch.set_rng_state(st["rng"])
-        self.step, self.train_before = st["step"], st["train_time"]
-        self.best, self.best_step, self.bad_evals = st["best"], st["best_step"], st["bad_evals"]
+    def save(self, folder: Path, training_state: dict, value: Optional[float], state: TrainState) -> Path:
+        return self.model.save_pretrained(folder, self.tok, training_state=training_state,
+                                          meta={**self.meta, "step": state.step, f"val_{self.metric}": value})
 
-    def save(self, train_time: float, value: Optional[float], is_best: bool) -> Path:
-        folder = self.model.save_pretrained(RunFiles(self.run).checkpoint(self.step), self.tok,
-                                            training_state=self.state(train_time),
-                                            meta={**self.meta, "step": self.step, f"val_{self.metric}": value})
-        point_to_checkpoint(self.run, folder, self.step, is_best, **{f"val_{self.metric}": value})
-        prune_checkpoints(self.run, keep_last=1)
-        return folder
+    def start(self, rank: int, main: bool) -> None:
+        """The run's settings in ``finetune.json`` (the RNG stream goes on from the head's initialisation)."""
+        atomic_write_json(self.files.finetune, self.settings)
 
-    def log(self, row: dict) -> None:
-        append_metrics(self.run / "metrics.jsonl", row)
+    def postfix(self, value: float, tokens_per_s: float, state: TrainState) -> dict:
+        show = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        return {"loss": f"{value:.3f}", self.metric: show(state.last_val), "best": show(state.best_val)}
 
 
-def plot_curve(metrics_path: Path, png_path: Path, metric: str) -> None:
-    """Training loss and the validation metric against step, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
-    val = [(r["step"], r[metric]) for r in rows if r["kind"] == "val" and r.get(metric) is not None]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), lw=0.8, alpha=0.6, label="train loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax2 = ax.twinx()
-    if val:
-        ax2.plot(*zip(*val), "o-", color="C1", label=f"validation {metric}")
-    ax2.set_ylabel(f"validation {metric}")
-    fig.legend(loc="upper right")
-    fig.tight_layout()
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), suffix=".png")
-    plt.close(fig)
-
-
-def _prepare_run(run: Path, inputs: dict, checkpoint, opts: FinetuneOptions, resume: bool):
+# ---------------------------------------------------------------------- the run
+def _prepare_run(files: RunFiles, inputs: dict, checkpoint, opts: FinetuneOptions, resume: bool):
     """(inputs, checkpoint, opts) for this invocation; a resumed run takes the saved ones (but the
     new max_steps / max_time)."""
-    has_ck = RunFiles(run).has_checkpoints()
+    run, has_ck = files.root, files.has_checkpoints()
     if not resume:
         if has_ck:
             raise ConfigError(f"{run}: already holds a fine-tuning run; pass --resume to continue it, or choose "
@@ -291,10 +283,10 @@ def _prepare_run(run: Path, inputs: dict, checkpoint, opts: FinetuneOptions, res
         if checkpoint is None:
             raise ConfigError("--checkpoint is required: the pretrained model (a `seqformer pretrain` run folder)")
         return inputs, checkpoint, opts
-    if not has_ck or not (run / RUN_FILE).is_file():
-        raise CheckpointError(f"{run}: nothing to resume (no {RUN_FILE} and checkpoints/step-*); start a new run "
-                              f"without --resume")
-    saved = json.loads((run / RUN_FILE).read_text())
+    if not has_ck or not files.finetune.is_file():
+        raise CheckpointError(f"{run}: nothing to resume (no {files.finetune.name} and checkpoints/step-*); start a "
+                              f"new run without --resume")
+    saved = json.loads(files.finetune.read_text())
     new = FinetuneOptions(**{**saved["options"], "max_steps": opts.max_steps, "max_time": opts.max_time})
     given = any(v for k, v in inputs.items() if k != "strict")
     return (inputs if given else {**saved["inputs"], "strict": inputs.get("strict", False)}), saved["checkpoint"], new
@@ -314,12 +306,24 @@ def _datasets(inputs: dict, tokenizer, max_len: int, opts: FinetuneOptions):
     return train, y, val, y_val, hc
 
 
+def _check_options(opts: FinetuneOptions) -> None:
+    for name in ("batch_size", "max_steps", "eval_every"):
+        if getattr(opts, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("seqformer finetune runs in one process; start it without torchrun")
+
+
 def finetune(inputs: dict, checkpoint, out, opts: FinetuneOptions, resume: bool = False, progress: bool = True,
-             echo: Callable[[str], None] = print) -> FinetuneResult:
+             echo: Callable[[str], None] = print,
+             on_step: Optional[Callable[[int, float], None]] = None) -> FinetuneResult:
     """Fine-tune the pretrained model ``checkpoint`` on ``inputs`` ({"tsv", "fasta", "classes", "val"});
-    the run folder ``out`` gets checkpoints, metrics.jsonl, curve.png and finetune.json."""
-    run = Path(out)
-    inputs, checkpoint, opts = _prepare_run(run, inputs, checkpoint, opts, resume)
+    the run folder ``out`` gets checkpoints, metrics.jsonl, loss_curve.png, finetune.json and
+    result.json. With ``resume`` the run in ``out`` continues (its saved inputs and options, the
+    new ``max_steps``/``max_time``). ``on_step(step, loss)`` is called after every optimizer step."""
+    files = RunFiles(Path(out))
+    inputs, checkpoint, opts = _prepare_run(files, inputs, checkpoint, opts, resume)
+    _check_options(opts)
     freeze = parse_freeze(opts.freeze)
     device = resolve_device(opts.device)
     backbone, tokenizer, info = load_pretrained(checkpoint)
@@ -330,73 +334,12 @@ def finetune(inputs: dict, checkpoint, out, opts: FinetuneOptions, resume: bool 
     meta = {"pretrained": info["path"], "task": hc.task, "train_size": len(train), "val_size": len(val)}
     if not resume:
         fit_standardizer(model, train.tokens, tokenizer.pad_id, device, opts.batch_size)
-    tr = _Trainer(model, tokenizer, train, y, val, y_val, opts, run, device, meta)
-    if resume:
-        from ...runtime.checkpoint import load_model_weights
-
-        ck = resolve_checkpoint(run, prefer="latest")
-        load_model_weights(model, ck, map_location=str(device))
-        tr.load_state(ck)
-        truncate_metrics(run / "metrics.jsonl", tr.step)
-        echo(f"resuming {run} from step {tr.step:,}")
-    else:
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run / RUN_FILE, {"inputs": inputs, "checkpoint": str(checkpoint), "options": asdict(opts),
-                                           "head": hc.to_dict()})
-        (run / "metrics.jsonl").unlink(missing_ok=True)
-    return _loop(tr, freeze, progress)
-
-
-def _loop(tr: _Trainer, freeze, progress: bool) -> FinetuneResult:
-    from tqdm.auto import tqdm
-
-    opts, model = tr.opts, tr.model
-    model.train()
-    if freeze == "all":
-        model.backbone.eval()  # no dropout, fixed hashing: the frozen backbone is a fixed function
-    t_loop = time.perf_counter()
-    train_time = lambda: tr.train_before + time.perf_counter() - t_loop  # noqa: E731
-    stopped, evaluated = "max_steps", -1
-    bar = tqdm(total=opts.max_steps, initial=tr.step, disable=not progress, unit="step", desc="finetune",
-               dynamic_ncols=True)
-
-    def checkpoint() -> bool:
-        """Validate and save; True when patience is used up."""
-        m = tr.evaluate()
-        value = m[tr.metric]
-        is_best = tr.improved(value)
-        if is_best:
-            tr.best, tr.best_step, tr.bad_evals = value, tr.step, 0
-        else:
-            tr.bad_evals += 1
-        tr.log({"kind": "val", "step": tr.step, **m, "time": train_time()})
-        tr.save(train_time(), value, is_best)
-        bar.set_postfix({tr.metric: f"{value:.3f}", "best": f"{tr.best:.3f}" if tr.best is not None else "-"})
-        return tr.bad_evals >= opts.patience
-
-    with StopFlag() as stop:
-        while tr.step < opts.max_steps:
-            if opts.max_time is not None and train_time() >= opts.max_time:
-                stopped = "max_time"
-                break
-            loss = tr.train_step()
-            bar.update(1)
-            if tr.step % 10 == 0 or tr.step == 1:
-                tr.log({"kind": "train", "step": tr.step, "loss": loss, "time": train_time()})
-            if tr.step % opts.eval_every == 0:
-                evaluated = tr.step
-                if checkpoint():
-                    stopped = "early_stop"
-                    break
-            if stop.signum is not None:
-                stopped = "signal"
-                break
-        if evaluated != tr.step:
-            checkpoint()
-    bar.close()
-    plot_curve(tr.run / "metrics.jsonl", tr.run / "curve.png", tr.metric)
-    best = resolve_checkpoint(tr.run, prefer="best")
-    result = FinetuneResult(tr.run, tr.step, stopped, tr.metric, tr.best, tr.best_step, best, train_time())
-    atomic_write_json(tr.run / "result.json", {k: str(v) if isinstance(v, Path) else v
-                                               for k, v in asdict(result).items()})
+    settings = {"inputs": inputs, "checkpoint": str(checkpoint), "options": asdict(opts), "head": hc.to_dict()}
+    task = FinetuneTask(model, tokenizer, train, y, val, y_val, opts, freeze, files, device, meta, settings)
+    trainer = Trainer(task, files, resume, device, Dist(device), progress, echo, on_step)
+    signum = trainer.run()
+    st = trainer.state
+    result = FinetuneResult(files.root, st.step, st.stopped_by, task.metric, st.best_val, st.best_step,
+                            resolve_checkpoint(files.root, prefer="best"), trainer.train_time(), signum)
+    atomic_write_json(files.result, {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()})
     return result

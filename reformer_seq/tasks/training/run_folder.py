@@ -1,12 +1,13 @@
-"""The run folder of ``seqformer pretrain``: its file names, the resolved config (YAML), the
-metrics log and its loss-curve plot, the ``latest.json``/``best.json`` pointers and the pruning
-of old checkpoints; the genomes and config of a run (a resumed run's come from its folder), and
-the genome a run trains on when none is given.
+"""The run folder of ``seqformer pretrain`` and ``seqformer finetune``: its file names, the resolved
+config (YAML), the metrics log and its loss-curve plot, the ``latest.json``/``best.json`` pointers
+and the pruning of old checkpoints; the genomes and config of a pretraining run (a resumed run's
+come from its folder), and the genome a run trains on when none is given.
 
-A run folder holds ``config.yaml``, ``run.json`` (the FASTA paths and the number of processes),
-``metrics.jsonl`` (one JSON row per logged step or validation), ``loss_curve.png``,
-``checkpoints/step-NNNNNNN`` (see :mod:`reformer_seq.runtime.checkpoint`), ``latest.json`` and
-``best.json`` (pointers to checkpoints) and, when the run ends, ``result.json``.
+A run folder holds its settings (pretraining: ``config.yaml`` and ``run.json``, the FASTA paths
+and the number of processes; fine-tuning: ``finetune.json``, the inputs, pretrained model,
+options and head), ``metrics.jsonl`` (one JSON row per logged step or validation),
+``loss_curve.png``, ``checkpoints/step-NNNNNNN`` (see :mod:`reformer_seq.runtime.checkpoint`),
+``latest.json`` and ``best.json`` (pointers to checkpoints) and, when the run ends, ``result.json``.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class RunFiles:
         self.root = root
         self.config = root / "config.yaml"  # the resolved run config
         self.run = root / "run.json"  # the FASTA paths and the number of processes
+        self.finetune = root / "finetune.json"  # a fine-tuning run's inputs, pretrained model, options and head
         self.metrics = root / "metrics.jsonl"  # one JSON row per logged step or validation
         self.plot = root / "loss_curve.png"
         self.checkpoints = root / "checkpoints"  # step-NNNNNNN folders
@@ -121,31 +123,35 @@ def prune_checkpoints(run: Path, keep_last: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def plot_loss_curve(metrics_path: Path, png_path: Path) -> None:
-    """Train (smoothed) and validation bits per base against step, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_loss_curve(metrics_path: Path, png_path: Path, train_key: str = "bits_per_base",
+                    val_key: str = "bits_per_base") -> None:
+    """The train rows' ``train_key`` (thin) and the val rows' ``val_key`` (dots) against step,
+    on one axis when they are the same figure (bits per base), else the validation figure on a
+    second axis; written atomically."""
+    from matplotlib.figure import Figure  # the object API: no pyplot, no process-wide backend switch
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["bits_per_base"]) for r in rows if r.get("kind") == "train"]
-    val = [(r["step"], r["bits_per_base"]) for r in rows if r.get("kind") == "val"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    train = [(r["step"], r[train_key]) for r in rows if r.get("kind") == "train" and r.get(train_key) is not None]
+    val = [(r["step"], r[val_key]) for r in rows if r.get("kind") == "val" and r.get(val_key) is not None]
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     if train:
-        s, b = zip(*train)
-        ax.plot(s, b, lw=0.8, alpha=0.5, label="train")
-    if val:
-        s, b = zip(*val)
-        ax.plot(s, b, "o-", label="validation")
+        ax.plot(*zip(*train), lw=0.8, alpha=0.5, label="train")
     ax.set_xlabel("step")
-    ax.set_ylabel("bits per base")
-    values = [b for _, b in val] + [b for _, b in train[len(train) // 10:]]
-    if values:  # the first steps' large losses would flatten everything else
-        lo, hi = min(values), max(values)
-        ax.set_ylim(lo - 0.02, hi + 0.05)
+    ax.set_ylabel(train_key.replace("_", " ") if train_key == val_key else f"training {train_key}")
+    if train_key == val_key:
+        if val:
+            ax.plot(*zip(*val), "o-", label="validation")
+        values = [b for _, b in val] + [b for _, b in train[len(train) // 10:]]
+        if values:  # the first steps' large losses would flatten everything else
+            ax.set_ylim(min(values) - 0.02, max(values) + 0.05)
+        ax.legend()
+    else:
+        ax2 = ax.twinx()
+        if val:
+            ax2.plot(*zip(*val), "o-", color="C1", label=f"validation {val_key}")
+        ax2.set_ylabel(f"validation {val_key}")
+        fig.legend(loc="upper right")
     ax.grid(alpha=0.3)
-    ax.legend()
     fig.tight_layout()
     atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), suffix=".png")
-    plt.close(fig)

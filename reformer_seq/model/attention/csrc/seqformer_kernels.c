@@ -51,6 +51,7 @@ typedef struct {
     int32_t *ut;       /* (G, L, R) u transposed: one cache line gives a position's window keys in every round */
     float *ld;         /* backward: (G, L, 2) lse and delta side by side */
     int64_t R, G, H, L, D, C, back, fwd, band_lo, band_hi, lo, hi;
+    int64_t seg_rows;  /* queries per segment of a round's sorted order: the caller's, per call */
     int self_fallback;
     float scale;
     float logtab[256];
@@ -713,20 +714,15 @@ static void *carve(char *base, size_t *cur, size_t n) {
     return p;
 }
 
-static int64_t seg_rows = (int64_t)1 << 18;  /* queries per segment of a round's sorted order */
-
-/* Set the segment length (the execution policy's kernel_segment_rows, reformer_seq/runtime/policy.py,
- * before every call); returns the previous value. */
-int64_t seq_set_segment_rows(int64_t n) {
-    const int64_t prev = seg_rows;
-    if (n > 0) seg_rows = n;
-    return prev;
-}
+/* queries per segment when the caller passes seg_rows <= 0; the execution policy's
+ * kernel_segment_rows (reformer_seq/runtime/policy.py) is passed with every call, so two threads
+ * with different policies never share it */
+#define DEFAULT_SEG_ROWS ((int64_t)1 << 18)
 
 /* queries per segment: a multiple of C; the whole round when windows look ahead (fwd > 0), since
  * a later segment's first store would then overwrite gradients added from an earlier one */
 static int64_t segment_len(const layout_t *t) {
-    const int64_t rows = seg_rows;
+    const int64_t rows = t->seg_rows;
     if (t->fwd > 0 || t->L <= rows) return t->L;
     const int64_t s = rows / t->C * t->C;
     return s < t->C ? t->C : s;
@@ -894,10 +890,11 @@ static void self_fwd_range(void *arg, int64_t begin, int64_t end) {
 void seq_attn_forward(const float *q, const float *k, const float *v, const int32_t *perm, const int32_t *buckets,
                       const int32_t *u, int64_t R, int64_t G, int64_t H, int64_t L, int64_t D, int64_t C,
                       int64_t back, int64_t fwd, int64_t band_lo, int64_t band_hi, int64_t lo, int64_t hi,
-                      int self_fallback, float scale, float *out, float *lse, int n_threads) {
+                      int self_fallback, float scale, float *out, float *lse, int n_threads, int64_t seg_rows) {
     layout_t t;
     init_layout(&t, q, k, v, perm, buckets, u, R, G, H, L, D, C, back, fwd, band_lo, band_hi, lo, hi, self_fallback,
                 scale);
+    t.seg_rows = seg_rows > 0 ? seg_rows : DEFAULT_SEG_ROWS;
     if (R > 1) {
         t.ut = (int32_t *)alloc_bytes(sizeof(int32_t) * G * L * R);
         parallel_for(G * L, n_threads, transpose_u_range, &t);
@@ -1075,10 +1072,11 @@ void seq_attn_backward(const float *q, const float *k, const float *v, const int
                        const int32_t *u, int64_t R, int64_t G, int64_t H, int64_t L, int64_t D, int64_t C,
                        int64_t back, int64_t fwd, int64_t band_lo, int64_t band_hi, int64_t lo, int64_t hi,
                        int self_fallback, float scale, const float *lse, const float *out, const float *dout,
-                       float *dq, float *dk, float *dv, int n_threads) {
+                       float *dq, float *dk, float *dv, int n_threads, int64_t seg_rows) {
     layout_t t;
     init_layout(&t, q, k, v, perm, buckets, u, R, G, H, L, D, C, back, fwd, band_lo, band_hi, lo, hi, self_fallback,
                 scale);
+    t.seg_rows = seg_rows > 0 ? seg_rows : DEFAULT_SEG_ROWS;
     const int64_t P = back + 1 + fwd, seg = segment_len(&t);
     if (R > 1) {
         t.ut = (int32_t *)alloc_bytes(sizeof(int32_t) * G * L * R);
