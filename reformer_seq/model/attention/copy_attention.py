@@ -149,7 +149,7 @@ class CopyAttention(nn.Module):
         masks: Tensor = self.seed_masks  # type: ignore[assignment]  # a registered buffer
         for g, s in enumerate(self.spans):
             f, r = kmer_codes(vec, s)  # (B, Lp, 4s) each
-            m = masks[g, :s].to(vec.dtype).repeat_interleave(N_BASES)  # (4s,)
+            m = masks[g, :s].to(vec.dtype).unsqueeze(-1).expand(s, N_BASES).reshape(-1)  # (4s,); no host sync
             pad = (0, self.dim_head - N_BASES * s)
             fw.append(F.pad(F.normalize(f * m, dim=-1), pad))
             rv.append(F.pad(F.normalize(r * m, dim=-1), pad))
@@ -161,7 +161,8 @@ class CopyAttention(nn.Module):
         if fwd.dim() == 3:
             fwd, rc = fwd.unsqueeze(1), rc.unsqueeze(1)  # (B, 1, Lp, D)
         B, S, Lp, D = fwd.shape
-        sym = (fwd + rc).repeat_interleave(self.heads // S, dim=1)  # (B, H, Lp, D)
+        per = self.heads // S
+        sym = (fwd + rc).unsqueeze(2).expand(B, S, per, Lp, D).reshape(B, self.heads, Lp, D)  # (B, H, Lp, D)
         bits = bucket_bits(real_len, self.bucket_size, None) + EXTRA_BITS
         rot = self._rotations(n_hash_factors(bits, bits_bound(Lp, self.bucket_size, None) + EXTRA_BITS), fwd.device)
         return lsh_layout(sym, real, bits, rot, self.n_hashes, self.bucket_size, causal=True)
@@ -181,7 +182,9 @@ class CopyAttention(nn.Module):
         with torch.no_grad():
             lay = self.layout(fwd, rc, real_p, real_p.sum(1))
         temp = self.log_temperature.exp()  # (H,)
-        q = fwd.transpose(1, 2).repeat_interleave(P, dim=2) * temp.view(1, 1, -1, 1)  # (B, Lp, H, D): logit T cos
+        S, D = fwd.shape[1], fwd.shape[-1]
+        q = fwd.transpose(1, 2).unsqueeze(3).expand(B, Lp, S, P, D).reshape(B, Lp, self.heads, D)  # (B, Lp, H, D)
+        q = q * temp.view(1, 1, -1, 1)  # scale 1, logit = T * cos
         pairs = [c for g in range(len(self.seeds)) for c in (fwd[:, g], rc[:, g])[:P]]
         keys = torch.stack(pairs, dim=2)  # (B, Lp, H, D)
         v = F.pad(values, (0, 0, 0, 0, 0, Lp - L))  # (B, Lp, H, D)
@@ -254,7 +257,7 @@ class CopyAttention(nn.Module):
             ok = ok & is_base.gather(1, ptr)
             base = ids.gather(1, ptr).clamp(0, N_BASES - 1)
             base = base if r == 0 else N_BASES - 1 - base  # complement
-            pr = F.one_hot(base, N_BASES).to(clocks.dtype)  # (B, L, 4)
+            pr = (base.unsqueeze(-1) == torch.arange(N_BASES, device=base.device)).to(clocks.dtype)  # (B, L, 4)
             out_p.append(torch.where(ok.unsqueeze(-1), pr, torch.full_like(pr, 1.0 / N_BASES)))
             out_ok.append(ok)
         return torch.stack(out_p, 2), torch.stack(out_ok, 2)  # (B, L, P, 4), (B, L, P)
