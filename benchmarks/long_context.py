@@ -5,6 +5,8 @@ Two parts, both on sequence the model never trained on (the held-out last 10% of
 1. **Copy recall.** ``P + S + F(d) + S'`` against ``P + C + F(d) + S'`` (reformer_seq/tasks/recall.py):
    the final m bases are scored in both; recall gain = control bits - repeat bits, per distance
    d and for direct and reverse-complement copies, mean and standard error over segments.
+   ``--divergence 0,0.1,0.2`` diverges the second copy (that share of its bases substituted, each
+   by another base; ``--indels`` adds short indels), the control ending with the same diverged copy.
    Beside the network: the Markov model (gains 0 by construction) and the copy-model baseline.
 2. **Real repeats** (``--repeats-genome``, e.g. the human chrX slice): windows of the held-out
    split; in each, the last ``--targets`` bases are scored with the input cut to 1K / 4K / 16K /
@@ -13,6 +15,8 @@ Two parts, both on sequence the model never trained on (the held-out last 10% of
    mismatches), beside Markov and the copy model, with standard errors across windows.
 
     python benchmarks/long_context.py --checkpoint runs/ecoli                       # part 1
+    python benchmarks/long_context.py --checkpoint models/ecoli --divergence 0,0.1,0.2 \
+        --distances 1024,61440 --name long_context_divergence                      # diverged copies
     python benchmarks/long_context.py --checkpoint runs/human --skip-copy \\
         --repeats-genome ../shared/data/genomes/Human_GRCh37_chrX_20-28Mb.fa.gz     # part 2
 
@@ -37,6 +41,7 @@ from reformer_seq.tasks.evaluation.markov import MarkovModel, Segment, split_seg
 from reformer_seq.genome.encoded import load_genome  # noqa: E402
 from reformer_seq.model.lm import ReformerLM  # noqa: E402
 from reformer_seq.tasks.recall import CopyModel, causal_bits, recall_pair, repeat_positions  # noqa: E402
+from reformer_seq.tasks.tolerant_copy import TolerantCopyModel  # noqa: E402
 
 ECOLI = REPO / "data" / "Ecoli_K12_MG1655.fasta.gz"
 CONTEXTS = (1024, 4096, 16384, 65536)
@@ -64,35 +69,57 @@ def fit_baselines(train: list[np.ndarray], order: int, window: int, n_windows: i
     return markov, copy
 
 
+def fit_tolerant(train: list[np.ndarray], markov, m: int, seed: int, pairs: int = 24) -> TolerantCopyModel:
+    """The substitution-tolerant copy model, its weights fitted on copy tests drawn from the *training*
+    split (0-30% diverged, both strands, 1K apart), never the held-out pairs it is reported on."""
+    longest = max(train, key=len)
+    rng = np.random.default_rng([seed, 7])
+    stretches = []
+    for i in range(pairs):
+        pair = recall_pair(longest, m, 1024, rng, prefix=1024, reverse=bool(i % 2), divergence=0.1 * (i % 4))
+        stretches.append((pair.repeat, len(pair.repeat) - pair.m, len(pair.repeat)))
+        stretches.append((pair.control, len(pair.control) - pair.m, len(pair.control)))
+    return TolerantCopyModel(markov).fit(stretches)
+
+
 # ---------------------------------------------------------------------- part 1: copy recall
 def copy_recall(scorer, held_out: np.ndarray, markov, copy, distances, m: int, segments: int, seed: int,
-                prefix: int = 1024, reverse_too: bool = True) -> dict:
+                prefix: int = 1024, reverse_too: bool = True, divergences=(0.0,), indel_rate: float = 0.0,
+                tolerant=None) -> dict:
+    """Recall gain per (divergence, strand, distance): the network, the copy models and Markov on the same pairs."""
     rows = {}
-    for reverse in (False, True) if reverse_too else (False,):
-        for d in distances:
-            rng = np.random.default_rng([seed, d, int(reverse)])
-            gains = {"model": [], "markov": [], "copy": []}
-            bits = {"model_repeat": [], "model_control": []}
-            t0 = time.time()
-            for _ in range(segments):
-                pair = recall_pair(held_out, m, d, rng, prefix=prefix, reverse=reverse)
-                pos = np.arange(len(pair.repeat) - m, len(pair.repeat))
-                rep, ctl = causal_bits(scorer, pair.repeat, pos), causal_bits(scorer, pair.control, pos)
-                gains["model"].append(ctl.mean() - rep.mean())
-                bits["model_repeat"].append(rep.mean())
-                bits["model_control"].append(ctl.mean())
-                lr, _ = markov.score(pair.repeat, pos)
-                lc, _ = markov.score(pair.control, pos)
-                gains["markov"].append(float(lr.mean() - lc.mean()))
-                gains["copy"].append(copy.bits(pair.control, pos).mean() - copy.bits(pair.repeat, pos).mean())
-            key = f"{'rc' if reverse else 'direct'}_{d}"
-            rows[key] = {"distance": d, "reverse": reverse, "prefix": prefix,
-                         **{f"gain_{k}": mean_se(v) for k, v in gains.items()},
-                         **{k: mean_se(v) for k, v in bits.items()}}
-            g, se = rows[key]["gain_model"]
-            print(f"copy {'rc    ' if reverse else 'direct'} d={d:>7,}: model gain {g:.3f} +/- {se:.3f} bits/base "
-                  f"(copy model {rows[key]['gain_copy'][0]:.3f}, Markov {rows[key]['gain_markov'][0]:.3f}) "
-                  f"[{time.time() - t0:.0f} s]", flush=True)
+    for div in divergences:
+        for reverse in (False, True) if reverse_too else (False,):
+            for d in distances:
+                rng = np.random.default_rng([seed, d, int(reverse), int(round(div * 1000))])
+                gains = {"model": [], "markov": [], "copy": [], "tolerant": []}
+                bits = {"model_repeat": [], "model_control": []}
+                t0 = time.time()
+                for _ in range(segments):
+                    pair = recall_pair(held_out, m, d, rng, prefix=prefix, reverse=reverse, divergence=div,
+                                       indel_rate=indel_rate)
+                    pos = np.arange(len(pair.repeat) - pair.m, len(pair.repeat))
+                    rep, ctl = causal_bits(scorer, pair.repeat, pos), causal_bits(scorer, pair.control, pos)
+                    gains["model"].append(ctl.mean() - rep.mean())
+                    bits["model_repeat"].append(rep.mean())
+                    bits["model_control"].append(ctl.mean())
+                    lr, _ = markov.score(pair.repeat, pos)
+                    lc, _ = markov.score(pair.control, pos)
+                    gains["markov"].append(float(lr.mean() - lc.mean()))
+                    gains["copy"].append(copy.bits(pair.control, pos).mean() - copy.bits(pair.repeat, pos).mean())
+                    if tolerant is not None:
+                        gains["tolerant"].append(tolerant.bits(pair.control, pos).mean()
+                                                 - tolerant.bits(pair.repeat, pos).mean())
+                key = f"{'rc' if reverse else 'direct'}_{d}" + (f"_div{div:g}" if len(divergences) > 1 or div else "")
+                rows[key] = {"distance": d, "reverse": reverse, "prefix": prefix, "divergence": div,
+                             "indel_rate": indel_rate,
+                             **{f"gain_{k}": mean_se(v) for k, v in gains.items() if v},
+                             **{k: mean_se(v) for k, v in bits.items()}}
+                g, se = rows[key]["gain_model"]
+                print(f"copy {'rc    ' if reverse else 'direct'} d={d:>7,} div={div:.2f}: model gain {g:.3f} +/- "
+                      f"{se:.3f} bits/base (copy model {rows[key]['gain_copy'][0]:.3f}, tolerant "
+                      f"{rows[key].get('gain_tolerant', (float('nan'),))[0]:.3f}, Markov "
+                      f"{rows[key]['gain_markov'][0]:.3f}) [{time.time() - t0:.0f} s]", flush=True)
     return rows
 
 
@@ -167,13 +194,19 @@ def markdown(res: dict) -> str:
     if "copy" in res:
         lines += [f"Copy recall on the held-out split of `{res['genome']}`: m = {res['m']} bases, "
                   f"{res['segments']} segments per cell; gain = control - repeat bits/base (mean +/- SE).", "",
-                  "| copy | distance | model gain | copy-model gain | Markov gain | model bits (repeat / control) |",
-                  "|---|---|---|---|---|---|"]
+                  "| copy | divergence | distance | model gain | copy-model gain | tolerant copy-model gain | "
+                  "Markov gain | model bits (repeat / control) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in res["copy"].values():
             g, se = r["gain_model"]
-            lines.append(f"| {'reverse complement' if r['reverse'] else 'direct'} | {r['distance']:,} | "
+            div = f"{r.get('divergence', 0.0):.0%}"
+            if r.get("indel_rate"):
+                div += f" + indels {r['indel_rate']:.0%}"
+            lines.append(f"| {'reverse complement' if r['reverse'] else 'direct'} | {div} | {r['distance']:,} | "
                          f"**{g:.3f} +/- {se:.3f}** | {r['gain_copy'][0]:.3f} +/- {r['gain_copy'][1]:.3f} | "
-                         f"{r['gain_markov'][0]:.3f} | {r['model_repeat'][0]:.3f} / {r['model_control'][0]:.3f} |")
+                         + (f"{r['gain_tolerant'][0]:.3f} +/- {r['gain_tolerant'][1]:.3f} | " if "gain_tolerant" in r
+                            else "- | ")
+                         + f"{r['gain_markov'][0]:.3f} | {r['model_repeat'][0]:.3f} / {r['model_control'][0]:.3f} |")
         lines.append("")
     if "repeats" in res:
         rr = res["repeats"]
@@ -193,28 +226,39 @@ def markdown(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
+    """Recall gain against distance (one line per divergence), one panel per strand; the copy model dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for rev, style in ((False, "o-"), (True, "s--")):
-        rows = [r for r in res.get("copy", {}).values() if r["reverse"] == rev]
-        if not rows:
-            continue
-        d = [r["distance"] for r in rows]
-        for key, label, color in (("gain_model", "seqformer", "C0"), ("gain_copy", "copy model", "C2")):
-            ax.errorbar(d, [r[key][0] for r in rows], yerr=[r[key][1] for r in rows], fmt=style, color=color,
-                        label=f"{label}, {'reverse complement' if rev else 'direct'}", capsize=3)
-    ax.axhline(0, color="grey", lw=0.8, label="Markov (0 by construction)")
-    ax.set_xscale("log")
-    ax.set_xlabel("distance between the copies (bases)")
-    ax.set_ylabel("recall gain (bits/base)")
-    ax.set_title("Copy recall on held-out sequence")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    rows = list(res.get("copy", {}).values())
+    strands = [rev for rev in (False, True) if any(r["reverse"] == rev for r in rows)]
+    divs = sorted({r.get("divergence", 0.0) for r in rows})
+    fig, axes = plt.subplots(1, len(strands), figsize=(6.0 * len(strands), 5.4), sharey=True, squeeze=False)
+    for ax, rev in zip(axes[0], strands):
+        for i, div in enumerate(divs):
+            sel = sorted((r for r in rows if r["reverse"] == rev and r.get("divergence", 0.0) == div),
+                         key=lambda r: r["distance"])
+            d = [r["distance"] for r in sel]
+            for key, label, style in (("gain_model", "seqformer", "o-"), ("gain_copy", "copy model", "s--"),
+                                      ("gain_tolerant", "tolerant copy model", "^:")):
+                if key not in sel[0]:
+                    continue
+                ax.errorbar(d, [r[key][0] for r in sel], yerr=[r[key][1] for r in sel], fmt=style, color=f"C{i}",
+                            label=f"{label}, {div:.0%} diverged", capsize=3, alpha=1.0 if key == "gain_model" else 0.6)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("distance between the copies (bases)")
+        ax.set_title(f"{'reverse-complement' if rev else 'direct'} copies")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    axes[0][0].set_ylabel("recall gain (bits/base)")
+    fig.suptitle(f"Copy recall on held-out sequence ({Path(str(res['checkpoint'])).name}; Markov gains 0)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06 + 0.025 * len(divs), 1, 1))
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    tmp.replace(path)
 
 
 def main() -> int:
@@ -227,6 +271,11 @@ def main() -> int:
                     help="bases before the first copy (a long prefix tests the copy at a late absolute position)")
     ap.add_argument("--direct-only", action="store_true", help="skip the reverse-complement copies")
     ap.add_argument("--segments", type=int, default=8)
+    ap.add_argument("--divergence", default="0",
+                    help="comma-separated substitution rates of the second copy, e.g. 0,0.1,0.2 (the control "
+                         "ends with the same diverged copy)")
+    ap.add_argument("--indels", type=float, default=0.0,
+                    help="short indels (1-3 bases) per base of the second copy, on top of the substitutions")
     ap.add_argument("--markov-order", type=int, default=6)
     ap.add_argument("--skip-copy", action="store_true", help="only the real-repeat part")
     ap.add_argument("--repeats-genome", help="real repeats: genome whose held-out 10%% is scored")
@@ -237,7 +286,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--name", default="long_context")
+    ap.add_argument("--replot", metavar="JSON", help="only redraw the PNG beside an earlier run's JSON")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), Path(args.replot).with_suffix(".png"))
+        return 0
 
     model = ReformerLM.from_pretrained(args.checkpoint)
     scorer = ModelScorer(model, "causal")
@@ -250,16 +303,21 @@ def main() -> int:
                  if args.prefix + 2 * args.m + d <= scorer.max_len]
         markov, copy = fit_baselines(train, args.markov_order, 65536)
         res["copy_baseline_weights"] = copy.weights
+        tolerant = fit_tolerant(train, markov, args.m, args.seed)
+        res["tolerant_weights"] = tolerant.weights.tolist()
         res["copy"] = copy_recall(scorer, max(val, key=len), markov, copy, dists, args.m, args.segments, args.seed,
-                                  args.prefix, not args.direct_only)
+                                  args.prefix, not args.direct_only,
+                                  [float(x) for x in args.divergence.split(",")], args.indels, tolerant)
     if args.repeats_genome:
         train, val = load_split(Path(args.repeats_genome))
         window = min(args.window, scorer.max_len)
         markov, copy = fit_baselines(train, args.repeats_markov_order, window)
         res["repeats_genome"] = args.repeats_genome
         res["repeats"] = real_repeats(scorer, val, markov, copy, window, args.targets, args.max_windows)
-    (out / f"{args.name}.json").write_text(json.dumps(res, indent=1, default=float))
-    (out / f"{args.name}.md").write_text(markdown(res))
+    for suffix, text in (("json", json.dumps(res, indent=1, default=float)), ("md", markdown(res))):
+        tmp = out / f"{args.name}.{suffix}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / f"{args.name}.{suffix}")
     if "copy" in res:
         plot(res, out / f"{args.name}.png")
     print(markdown(res))

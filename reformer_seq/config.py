@@ -111,6 +111,11 @@ class ReformerConfig:
     # Reformer paper, section 5: a model trained with few hashes evaluates better with more):
     # each round is another chance that the earlier copy is among a query's look-back keys.
     copy_eval_hashes: Optional[int] = None
+    # Spaced seeds (copy_attention.py): palindromic 0/1 patterns over the last bases, most recent
+    # first; each gets a direct and a reverse-complement head matching only the bases marked 1.
+    # None: the contiguous copy_k-mer (copy_k still turns the layer on). docs/long_context.md.
+    copy_seeds: Optional[list[str]] = None
+    copy_persist: bool = False  # a pointer head per strand following the last alignment through mismatches
     hash_seed: int = 0  # seed of the hash rotations in eval mode (deterministic inference)
 
     def __post_init__(self) -> None:
@@ -118,6 +123,10 @@ class ReformerConfig:
             self.axial_shape = _pair(self.axial_shape, "model.axial_shape", int)  # YAML gives a list
         if self.attn_layers is not None:
             self.attn_layers = list(self.attn_layers)
+        if self.copy_seeds is not None and (isinstance(self.copy_seeds, str) or
+                                            any(not isinstance(p, str) for p in self.copy_seeds)):
+            raise ConfigError(f"model.copy_seeds must be a list of quoted strings (YAML reads 0110... unquoted "
+                              f"as a number), e.g. ['11010011011011001011'], got {self.copy_seeds!r}")
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -147,6 +156,15 @@ class ReformerConfig:
         if self.copy_k and self.vocab_size > 16:
             raise ConfigError(f"model.copy_k needs the nucleotide alphabet, got vocab_size {self.vocab_size} "
                               f"(byte-level); set copy_k: 0 for byte-level models")
+        if self.copy_seeds is not None and (not self.copy_k or not self.copy_seeds):
+            raise ConfigError(f"model.copy_seeds needs copy_k > 0 (it turns the copy layer on) and at least one "
+                              f"pattern; got copy_k {self.copy_k}, {len(self.copy_seeds)} patterns")
+        for pat in self.copy_seeds or []:
+            if set(pat) - {"0", "1"} or pat.count("1") < 4 or pat != pat[::-1] or len(pat) > 64:
+                raise ConfigError(f"model.copy_seeds: pattern {pat!r} must be 0/1 characters, palindromic (so both "
+                                  f"strands code the same bases), <= 64 long, >= 4 ones; e.g. '11010011011011001011'")
+        if self.copy_persist and max([self.copy_k] + [len(p) for p in self.copy_seeds or []]) < 3:
+            raise ConfigError("model.copy_persist needs the copy layer with copy_k >= 3 (e.g. 12)")
         for name in ("copy_hashes", "copy_eval_hashes"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):

@@ -43,8 +43,9 @@ class ReformerLM(nn.Module):
         if c.copy_k:
             self.copy = CopyAttention(c.copy_k, c.copy_rc, c.bucket_size, c.copy_hashes or c.n_hashes,
                                       c.copy_temperature, hash_seed=c.hash_seed * 1000 + 999,
-                                      learn_temperature=c.copy_learn_temperature, eval_hashes=c.copy_eval_hashes)
-        self.copy_mix = CopyMixture(c.dim, self.copy.heads) if self.copy is not None else None
+                                      learn_temperature=c.copy_learn_temperature, eval_hashes=c.copy_eval_hashes,
+                                      seeds=c.copy_seeds, persist=c.copy_persist)
+        self.copy_mix = CopyMixture(c.dim, self.copy.out_heads) if self.copy is not None else None
         self.layers = nn.ModuleList()
         for i, kind in enumerate(c.layer_kinds()):
             attn = SelfAttention(c.dim, c.heads, c.head_dim, kind=kind, causal=c.causal, bucket_size=c.bucket_size,

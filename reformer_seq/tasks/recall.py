@@ -3,9 +3,11 @@
 * :func:`recall_pair` builds the copy test of the long-context study: ``P + S + F(d) + S'``
   against the control ``P + C + F(d) + S'``, where ``S`` and ``C`` are unrelated m-base segments
   of a real genome, ``P`` a prefix, ``F(d)`` d filler bases from elsewhere, and ``S'`` is ``S``
-  (direct copy) or its reverse complement (inverted repeat). Scoring the final ``S'`` in both,
-  **recall gain = control bits - repeat bits**. The bases before ``S'`` differ only in ``S``
-  against ``C``, so any fixed-order Markov model (order < d) gains exactly 0.
+  (direct copy) or its reverse complement (inverted repeat), optionally diverged
+  (:func:`diverge`: substitutions at an exact rate, short indels) and the same diverged ``S'`` in
+  the control. Scoring the final ``S'`` in both, **recall gain = control bits - repeat bits**.
+  The bases before ``S'`` differ only in ``S`` against ``C``, so any fixed-order Markov model
+  (order < d) gains exactly 0.
 * :func:`repeat_positions` marks positions whose preceding ``w`` bases occurred earlier in the
   same window, exactly or with up to ``max_mismatches`` substitutions (pigeonhole on
   ``max_mismatches + 1`` blocks, then a check of every candidate pair).
@@ -43,6 +45,39 @@ class RecallPair:
     m: int  # the scored segment S' is the last m bases of both
     distance: int  # d: filler bases between the first copy and S'
     reverse: bool  # S' = revcomp(S)
+    divergence: float = 0.0  # share of S' substituted (before any indels)
+    indels: int = 0  # short insertions/deletions in S'
+
+
+def diverge(seg: np.ndarray, rng: np.random.Generator, substitutions: float = 0.0, indel_rate: float = 0.0,
+            max_indel: int = 3) -> tuple[np.ndarray, int]:
+    """A diverged copy of ``seg`` (m,) token ids: ``round(substitutions * m)`` distinct positions
+    changed each to one of the *other* three bases (so the copy differs from ``seg`` at exactly the
+    stated rate), then ``round(indel_rate * m)`` indels of 1..``max_indel`` bases, each an insertion
+    of random bases or a deletion with equal chance. Returns the copy and the number of indels."""
+    seg = np.asarray(seg, dtype=np.int64)
+    m = len(seg)
+    if not (0.0 <= substitutions <= 1.0 and 0.0 <= indel_rate <= 1.0):
+        raise ValueError(f"substitution and indel rates must be in [0, 1], got {substitutions}, {indel_rate}")
+    out = seg.copy()
+    hit = rng.choice(m, int(round(substitutions * m)), replace=False)
+    out[hit] = A_ID + (out[hit] - A_ID + rng.integers(1, 4, len(hit))) % 4  # a different base
+    n_indel = int(round(indel_rate * m))
+    for _ in range(n_indel):
+        at, n = int(rng.integers(0, len(out) + 1)), int(rng.integers(1, max_indel + 1))
+        if rng.random() < 0.5:
+            out = np.concatenate([out[:at], rng.integers(A_ID, A_ID + 4, n), out[at:]])
+        else:
+            out = np.concatenate([out[:at], out[at + n:]])
+    return out, n_indel
+
+
+def shares_kmer(a: np.ndarray, b: np.ndarray, k: int = 20) -> bool:
+    """Whether some k-mer of ``b`` (A/C/G/T only) occurs in ``a`` or in its reverse complement."""
+    ca, oka = _pack(np.asarray(a), k)
+    cr, okr = _pack(reverse_complement(a), k)
+    cb, okb = _pack(np.asarray(b), k)
+    return bool(np.isin(cb[okb], np.concatenate([ca[oka], cr[okr]])).any())
 
 
 def _clean_starts(ids: np.ndarray, length: int, rng: np.random.Generator, n: int) -> list[int]:
@@ -61,16 +96,30 @@ def _clean_starts(ids: np.ndarray, length: int, rng: np.random.Generator, n: int
     return out
 
 
+CONTROL_MATCH_K = 20  # the control may share no k-mer this long (either strand) with S'
+
+
 def recall_pair(ids: np.ndarray, m: int, distance: int, rng: np.random.Generator, prefix: int = 1024,
-                reverse: bool = False) -> RecallPair:
-    """Draw S, C, P and F from disjoint places of ``ids`` (a held-out genome region) and build the pair."""
+                reverse: bool = False, divergence: float = 0.0, indel_rate: float = 0.0,
+                tries: int = 20) -> RecallPair:
+    """Draw S, C, P and F from disjoint places of ``ids`` (a held-out genome region) and build the pair.
+
+    ``S'`` is S (or its reverse complement) diverged by :func:`diverge`; both inputs end with the
+    same ``S'``. Draws whose control ``P + C + F`` shares a ``CONTROL_MATCH_K``-mer with ``S'`` (a
+    genomic repeat by chance) are redrawn, so the control holds no earlier copy to recall."""
     ids = np.asarray(ids, dtype=np.int64)
-    parts = _clean_starts(ids, max(m, prefix, distance, 1), rng, 4)
-    s_at, c_at, p_at, f_at = parts
-    S, C = ids[s_at:s_at + m], ids[c_at:c_at + m]
-    P, F = ids[p_at:p_at + prefix], ids[f_at:f_at + distance]
-    last = reverse_complement(S) if reverse else S
-    return RecallPair(np.concatenate([P, S, F, last]), np.concatenate([P, C, F, last]), m, distance, reverse)
+    for _ in range(tries):
+        parts = _clean_starts(ids, max(m, prefix, distance, 1), rng, 4)
+        s_at, c_at, p_at, f_at = parts
+        S, C = ids[s_at:s_at + m], ids[c_at:c_at + m]
+        P, F = ids[p_at:p_at + prefix], ids[f_at:f_at + distance]
+        last, n_indel = diverge(reverse_complement(S) if reverse else S, rng, divergence, indel_rate)
+        control = np.concatenate([P, C, F, last])
+        if not shares_kmer(control[:-len(last)], last, CONTROL_MATCH_K):
+            return RecallPair(np.concatenate([P, S, F, last]), control, len(last), distance, reverse,
+                              divergence, n_indel)
+    raise ValueError(f"every one of {tries} draws put a {CONTROL_MATCH_K}-mer of the second copy in the control; "
+                     f"the region is too repetitive for the copy test (use another held-out region)")
 
 
 # ---------------------------------------------------------------------- real repeats
@@ -175,20 +224,20 @@ def _most_recent_before(db_key: np.ndarray, q_key: np.ndarray) -> np.ndarray:
     return found
 
 
-def copy_predictions(ids: np.ndarray, k: int, reverse: bool = False) -> np.ndarray:
-    """(L,) int64: for each position t, the copy model's prediction from the most recent earlier
-    occurrence of the suffix ``ids[t-k:t]``, or -1 where there is none.
+def copy_sources(ids: np.ndarray, k: int, reverse: bool = False) -> np.ndarray:
+    """(L,) int64: for each position t, the index of the base the copy model predicts ``ids[t]``
+    from (the most recent earlier occurrence of the suffix ``ids[t-k:t]``), or -1 where there is none.
 
-    Direct: an earlier occurrence of the same k-mer (ending before ``t - 1``); the prediction is
-    the base that followed it. ``reverse``: an earlier occurrence of its reverse complement
-    (ending before ``t - 1``); the prediction is the complement of the base before it.
+    Direct: an earlier occurrence of the same k-mer (ending before ``t - 1``); the source is the
+    base that followed it. ``reverse``: an earlier occurrence of its reverse complement (ending
+    before ``t - 1``); the source is the base before it, predicted as its complement.
     """
     ids = np.asarray(ids, dtype=np.int64)
     L = len(ids)
-    pred = np.full(L, -1, dtype=np.int64)
+    src = np.full(L, -1, dtype=np.int64)
     code, ok = _pack(ids, k)  # k-mer starting at s precedes position s + k
     if len(code) < 2:
-        return pred
+        return src
     q_key = np.where(ok, code, -1)
     if not reverse:
         prev = _most_recent_before(q_key, q_key)  # earlier start with the same k-mer
@@ -203,8 +252,19 @@ def copy_predictions(ids: np.ndarray, k: int, reverse: bool = False) -> np.ndarr
     q = q[q + k < L]
     f = follow[q]
     valid = is_base(ids[f])
-    base = ids[f[valid]]
-    pred[q[valid] + k] = reverse_complement(base[::-1]) if reverse else base  # complement, in order
+    src[q[valid] + k] = f[valid]
+    return src
+
+
+def copy_predictions(ids: np.ndarray, k: int, reverse: bool = False) -> np.ndarray:
+    """(L,) int64: for each position t, the copy model's prediction of ``ids[t]`` from
+    :func:`copy_sources` (the complement of the source base for ``reverse``), or -1 where there is none."""
+    ids = np.asarray(ids, dtype=np.int64)
+    src = copy_sources(ids, k, reverse)
+    pred = np.full(len(ids), -1, dtype=np.int64)
+    at = np.flatnonzero(src >= 0)
+    base = ids[src[at]]
+    pred[at] = reverse_complement(base[::-1]) if reverse else base  # complement, in order
     return pred
 
 

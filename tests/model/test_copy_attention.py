@@ -204,3 +204,115 @@ def test_more_hash_rounds_in_evaluation():
     real = torch.ones(1, 256, dtype=torch.bool)
     assert m.train().layout(fwd, rc, real, real.sum(1)).rounds == 2
     assert m.eval().layout(fwd, rc, real, real.sum(1)).rounds == 4
+
+
+# ---------------------------------------------------------------------- spaced seeds
+SEEDS = ("11101010000001010111", "01000011111111000010", "10110100011000101101", "00011101100110111000")
+
+
+def diverged_copy_sequence(rate: float, seed: int = 0, reverse: bool = False):
+    """1000 random bases, S (400), 3000 filler, then S (or revcomp S) with ``rate`` of its bases substituted."""
+    from reformer_seq.tasks.recall import diverge
+
+    ids = random_ids(4800, seed)
+    s = ids[1000:1400]
+    last, _ = diverge(reverse_complement(s) if reverse else s, np.random.default_rng(seed), rate)
+    return torch.from_numpy(np.concatenate([ids[:1000], s, ids[1400:4400], last]))[None], 4400
+
+
+def copy_accuracy(m: CopyAttention, ids: torch.Tensor, start: int) -> tuple[float, float]:
+    """Share of S' positions (past its first 24 bases) where the best head that sees the copy predicts
+    the next base, and the share where some head's top base is right (a perfect gate's ceiling)."""
+    with torch.no_grad():
+        p, seen = m.next_base(ids)
+    t = torch.arange(start + 24, ids.shape[1] - 1)
+    nxt = ids[0, t + 1] - 4
+    top = p[0, t].argmax(-1)  # (T, H)
+    right = (top == nxt[:, None]) & (p[0, t].max(-1).values > 0.5)  # a confident, right head
+    return float(right.any(-1).float().mean()), float(right.float().mean(0).max())
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_spaced_seeds_follow_a_diverged_copy_the_contiguous_kmer_loses(reverse):
+    ids, start = diverged_copy_sequence(0.10, seed=7, reverse=reverse)
+    contiguous = CopyAttention(k=12, temperature=11.0, n_hashes=4).eval()
+    spaced = CopyAttention(k=12, temperature=11.0, n_hashes=4, seeds=SEEDS).eval()
+    assert spaced.heads == 8
+    any_c, _ = copy_accuracy(contiguous, ids, start)
+    any_s, _ = copy_accuracy(spaced, ids, start)
+    # 10% substituted: 0.9 ** 12 = 28% of 12-mers survive; the seeds spare most substitutions
+    assert any_s > 0.6 and any_s > any_c + 0.15, (any_s, any_c)
+    # the heads of the wrong strand see only unrelated keys: their top base is right by chance
+    with torch.no_grad():
+        p, _ = spaced.next_base(ids)
+    t = torch.arange(start + 24, ids.shape[1] - 1)
+    wrong = p[0, t, (0 if reverse else 1)::2].argmax(-1) == (ids[0, t + 1] - 4)[:, None]  # (T, 4)
+    right = p[0, t, (1 if reverse else 0)::2].argmax(-1) == (ids[0, t + 1] - 4)[:, None]
+    assert float(wrong.float().mean()) < 0.4 < float(right.float().mean())
+
+
+def test_contiguous_seed_equals_the_plain_kmer_layer():
+    ids, _ = copy_sequence(False, seed=5)
+    a = CopyAttention(k=10, temperature=20.0).eval()
+    b = CopyAttention(k=10, temperature=20.0, seeds=("1" * 10,)).eval()
+    with torch.no_grad():
+        pa, sa = a.next_base(ids)
+        pb, sb = b.next_base(ids)
+    assert torch.equal(pa, pb) and torch.equal(sa, sb)
+
+
+def test_clock_positions_round_trip():
+    from reformer_seq.model.attention.copy_attention import clock, decode_clock
+
+    pos = torch.tensor([0, 1, 63, 64, 4095, 4096, 70_001, 262_143, 1_048_575, 5_000_000])
+    got, sharp = decode_clock(clock(pos))
+    assert torch.equal(got, pos) and sharp.all()
+    mixed = 0.5 * clock(torch.tensor([100])) + 0.5 * clock(torch.tensor([90_000]))  # attention split in two
+    assert not decode_clock(mixed)[1].any()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("rate", [0.1, 0.2])
+def test_persistence_head_follows_a_diverged_copy(rate, reverse):
+    """The persistence heads (last per strand) are right wherever the copy was not substituted."""
+    ids, start = diverged_copy_sequence(rate, seed=7, reverse=reverse)
+    m = CopyAttention(k=12, temperature=11.0, n_hashes=4, seeds=SEEDS, persist=True).eval()
+    assert m.out_heads == 10
+    with torch.no_grad():
+        p, seen = m.next_base(ids)
+    assert p.shape[2] == seen.shape[2] == 10
+    t = torch.arange(start + 24, ids.shape[1] - 1)
+    right = (p[0, t].argmax(-1) == (ids[0, t + 1] - 4)[:, None]) & seen[0, t]  # (T, 10)
+    strand = 9 if reverse else 8
+    assert float(right[:, strand].float().mean()) > 1.0 - rate - 0.06  # at most the substituted bases missed
+    assert float(right[:, 17 - strand].float().mean()) < 0.4  # the other strand's pointer is chance
+    assert float(right[:, strand].float().mean()) > float(right[:, :8].float().mean(0).max()) + 0.2  # beats every seed
+
+
+def test_model_with_spaced_seeds_is_strictly_causal():
+    cfg = ReformerConfig(vocab_size=9, dim=16, depth=2, heads=2, bucket_size=8, n_hashes=2, max_seq_len=1024,
+                         attn_layers=["local", "lsh"], local_window=16, conv_kernel=4, copy_k=6,
+                         copy_seeds=["1101001011", "11111111"], copy_persist=True)
+    torch.manual_seed(0)
+    model = ReformerLM(cfg).eval()
+    assert model.copy.heads == 4 and model.copy.out_heads == 6
+    torch.nn.init.normal_(model.copy_mix.gate[2].weight, std=0.5)
+    torch.nn.init.zeros_(model.copy_mix.gate[2].bias)
+    ids = torch.from_numpy(random_ids(512, 2))[None]
+    ids[0, 300:400] = ids[0, 50:150]
+    with torch.no_grad():
+        base = model(ids)
+        for t in (120, 333, 450):
+            alt = ids.clone()
+            alt[0, t + 1] = 4 + (alt[0, t + 1] - 3) % 4  # change only the base at t + 1 (inside the copy too)
+            out = model(alt)
+            assert torch.allclose(out[0, :t + 1], base[0, :t + 1], atol=1e-5), t
+            assert not torch.allclose(out[0, t + 1:], base[0, t + 1:], atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [["1101"], ["110100"], ["11a11"], "1111", [1111011]])
+def test_copy_seeds_validation_names_the_fix(bad):
+    from reformer_seq.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="copy_seeds"):
+        ReformerConfig(vocab_size=9, copy_k=6, copy_seeds=bad)

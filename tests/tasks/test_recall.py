@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from reformer_seq.tasks.evaluation.markov import MarkovModel, Segment
-from reformer_seq.tasks.recall import (CopyModel, copy_predictions, recall_pair, repeat_positions,
-                                 repeat_positions_brute, reverse_complement)
+from reformer_seq.tasks.recall import (CONTROL_MATCH_K, CopyModel, copy_predictions, diverge, recall_pair,
+                                       repeat_positions, repeat_positions_brute, reverse_complement, shares_kmer)
 from reformer_seq.genome.tokenizers import NucleotideTokenizer
 
 TOK = NucleotideTokenizer()
@@ -40,6 +40,51 @@ def test_recall_pair_repeats_only_in_the_repeat(reverse):
     ctl = repeat_positions(np.concatenate([pair.control[:-m], probe(last)]), w=16)[-m + 16:]
     assert rep.all() and not ctl.any()
     assert (pair.repeat != 8).all() and (pair.control != 8).all()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("rate", [0.1, 0.2, 0.3])
+def test_diverged_copy_differs_at_the_stated_rate(reverse, rate):
+    genome = random_ids(60_000, 2)
+    # a repetitive genome: 40 copies of one 400-base element, so chance matches in the control are common
+    element = random_ids(400, 9)
+    for at in np.random.default_rng(1).choice(140, 40, replace=False):
+        genome[at * 420:at * 420 + 400] = element
+    rng = np.random.default_rng(int(rate * 100))
+    for _ in range(5):
+        pair = recall_pair(genome, m=500, distance=3000, rng=rng, prefix=512, reverse=reverse, divergence=rate)
+        m = pair.m
+        assert m == 500 and pair.divergence == rate
+        first, last = pair.repeat[512:512 + m], pair.repeat[-m:]
+        same_strand = reverse_complement(last) if reverse else last
+        assert int((same_strand != first).sum()) == round(rate * m)  # exactly the stated rate, all real changes
+        assert np.array_equal(pair.control[-m:], last)  # the control ends with the same diverged copy
+        if rate <= 0.2:  # 0.8 ** 12 = 7% of 12-mers survive; at 30% some copies keep none
+            assert shares_kmer(pair.repeat[:-m], last, 12)  # the repeat still holds the (diverged) copy
+        assert not shares_kmer(pair.control[:-m], last, CONTROL_MATCH_K)  # the control no long match
+
+
+def test_shares_kmer_against_brute_force():
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        a, b = random_ids(60, trial), random_ids(40, 100 + trial)
+        if trial % 3 == 0:
+            b[5:15] = a[20:30]
+        elif trial % 3 == 1:
+            b[10:20] = reverse_complement(a[30:40])
+        k = int(rng.integers(6, 11))
+        words = {tuple(a[i:i + k]) for i in range(61 - k)} | {tuple(reverse_complement(a)[i:i + k]) for i in range(61 - k)}
+        want = any(tuple(b[i:i + k]) in words for i in range(41 - k))
+        assert shares_kmer(a, b, k) == want
+
+
+def test_diverge_with_indels_changes_length_and_keeps_most_bases():
+    seg = random_ids(1000, 4)
+    out, n = diverge(seg, np.random.default_rng(0), 0.0, 0.02)
+    assert n == 20 and len(out) != 1000 and abs(len(out) - 1000) <= 60
+    assert shares_kmer(seg, out, 20)
+    with pytest.raises(ValueError, match="rates"):
+        diverge(seg, np.random.default_rng(0), 1.5)
 
 
 def test_reverse_complement_ids():
@@ -125,3 +170,28 @@ def test_copy_predictions_against_brute_force():
                         want = int(ids[s + k])
                         break
                 assert fast[t] == want, (k, rev, t)
+
+
+def test_tolerant_copy_model_follows_a_diverged_copy():
+    from reformer_seq.tasks.tolerant_copy import TolerantCopyModel
+
+    genome = random_ids(40_000, 11)
+    markov = MarkovModel.fit([Segment(genome[:20_000])], 2)
+    train = [recall_pair(genome[:20_000], 400, 2000, np.random.default_rng(s), prefix=256, reverse=bool(s % 2),
+                         divergence=0.1 * (s % 3)) for s in range(6)]
+    tol = TolerantCopyModel(markov).fit([(p.repeat, len(p.repeat) - p.m, len(p.repeat)) for p in train])
+    exact = CopyModel(markov, orders=(12,)).fit([p.repeat for p in train])
+    assert tol.weights[-1] > 0.8  # a run of hits is trusted
+    for reverse in (False, True):
+        pair = recall_pair(genome[20_000:], 400, 2000, np.random.default_rng(99), prefix=256, reverse=reverse,
+                           divergence=0.1)
+        lo = len(pair.repeat) - pair.m
+        pred, _ = tol.walk(pair.repeat, lo, len(pair.repeat))
+        right = pred[20:] == pair.repeat[lo + 20:]
+        assert 0.8 < right.mean() < 0.95  # follows the copy: right where the copy was not substituted
+        pos = np.arange(lo, len(pair.repeat))
+        gain_tol = tol.bits(pair.control, pos).mean() - tol.bits(pair.repeat, pos).mean()
+        gain_exact = exact.bits(pair.control, pos).mean() - exact.bits(pair.repeat, pos).mean()
+        assert gain_tol > 1.0 > gain_exact + 0.5, (gain_tol, gain_exact)
+        ctl_pred, _ = tol.walk(pair.control, lo, len(pair.repeat))
+        assert (ctl_pred >= 0).mean() < 0.05  # nothing to follow in the control

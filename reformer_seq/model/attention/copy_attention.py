@@ -26,18 +26,29 @@ of the reverse complement of ``x[j-k+1..j]``, and its value is the projection of
 hash the strand-symmetric code ``code(kmer) + code(revcomp(kmer))``, which a k-mer, its direct
 copy and its reverse-complement copy share, so one sorted layout serves both.
 
+**Spaced seeds** (``seeds``; PatternHunter, Ma, Tromp and Li, Bioinformatics 2002): instead of
+the contiguous k-mer, each pair of heads (direct + reverse complement) codes only the bases a
+0/1 pattern over the last ``s`` bases marks (most recent first), so a substitution breaks only
+the seeds that cover it, and a copy diverged by 10% is still followed by the heads whose
+pattern it spares. Patterns must be palindromic: then the reverse-complement code of a window
+covers the same bases as its forward code, and the strand-symmetric hash still joins a k-mer,
+its direct copy and its inverted copy. A pattern with zeros at the most recent offsets is a
+head that keeps following an alignment through the last bases' mismatches (persistence).
+Contiguous ``k`` is the pattern of ``k`` ones; several k at once are several such patterns.
+
 The layer reads token ids (it needs the bases, not hidden states) and has fixed one-hot values:
 each head's output is a distribution over the next base (:meth:`CopyAttention.next_base`), which
 :class:`CopyMixture` mixes with the network's own by a learned gate. Its only parameters are
 the heads' temperatures (learned or fixed); the gate belongs to the mixture.
 
-Letters: B batch, L length, Lp padded length, H heads (1 direct + 1 reverse-complement),
-k k-mer length, D = 4k code width, R hash rounds, C bucket size (look-back), G = B * H.
+Letters: B batch, L length, Lp padded length, S seeds (patterns), H heads (per seed 1 direct
++ 1 reverse-complement), k widest pattern span, D = 4k code width, R hash rounds, C bucket size
+(look-back), G = B * H.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -100,12 +111,21 @@ class CopyAttention(nn.Module):
 
     def __init__(self, k: int = 12, reverse_complement: bool = True, bucket_size: int = 16,
                  n_hashes: int = 4, temperature: float = 16.0, hash_seed: int = 0, learn_temperature: bool = True,
-                 eval_hashes: Optional[int] = None):
+                 eval_hashes: Optional[int] = None, seeds: Optional[Sequence[str]] = None, persist: bool = False):
         super().__init__()
-        self.k, self.rc, self.bucket_size, self.train_hashes = k, reverse_complement, bucket_size, n_hashes
+        self.persist = persist
+        self.seeds = tuple(seeds) if seeds else ("1" * k,)
+        self.spans = [len(p) for p in self.seeds]
+        self.k = max(self.spans)  # the widest span sets the code width
+        self.rc, self.bucket_size, self.train_hashes = reverse_complement, bucket_size, n_hashes
         self.eval_hashes = eval_hashes or n_hashes
-        self.heads = 2 if reverse_complement else 1
-        self.dim_head = N_BASES * k
+        self.per_seed = 2 if reverse_complement else 1
+        self.heads = self.per_seed * len(self.seeds)
+        self.dim_head = N_BASES * self.k
+        masks = torch.zeros(len(self.seeds), self.k)
+        for g, pat in enumerate(self.seeds):
+            masks[g, :len(pat)] = torch.tensor([float(c == "1") for c in pat])
+        self.register_buffer("seed_masks", masks, persistent=False)  # (S, k): 1 where a seed reads the base
         self.hash_seed = hash_seed
         log_t = torch.full((self.heads,), math.log(temperature))
         if learn_temperature:
@@ -122,35 +142,57 @@ class CopyAttention(nn.Module):
         return layer_rotations(self.heads, self.dim_head, self.n_hashes, n_factors, device, self.training,
                                self.hash_seed)
 
+    def seed_codes(self, vec: Tensor) -> tuple[Tensor, Tensor]:
+        """vec (B, Lp, 4) -> each seed's unit-normalised forward and reverse-complement codes,
+        zero-padded to width D: (B, S, Lp, D) each (slots a pattern skips are zero)."""
+        fw, rv = [], []
+        masks: Tensor = self.seed_masks  # type: ignore[assignment]  # a registered buffer
+        for g, s in enumerate(self.spans):
+            f, r = kmer_codes(vec, s)  # (B, Lp, 4s) each
+            m = masks[g, :s].to(vec.dtype).unsqueeze(-1).expand(s, N_BASES).reshape(-1)  # (4s,); no host sync
+            pad = (0, self.dim_head - N_BASES * s)
+            fw.append(F.pad(F.normalize(f * m, dim=-1), pad))
+            rv.append(F.pad(F.normalize(r * m, dim=-1), pad))
+        return torch.stack(fw, 1), torch.stack(rv, 1)  # (B, S, Lp, D)
+
     def layout(self, fwd: Tensor, rc: Tensor, real: Tensor, real_len: Tensor) -> Layout:
-        """Hash the strand-symmetric code of every position (both heads, own rotations) and sort."""
-        B, Lp, D = fwd.shape
-        sym = (fwd + rc).unsqueeze(1).expand(B, self.heads, Lp, D)  # (B, H, Lp, D)
+        """Hash the strand-symmetric code of every position (each head its seed's code, own
+        rotations) and sort. fwd, rc: (B, S, Lp, D) per seed, or (B, Lp, D) for a single seed."""
+        if fwd.dim() == 3:
+            fwd, rc = fwd.unsqueeze(1), rc.unsqueeze(1)  # (B, 1, Lp, D)
+        B, S, Lp, D = fwd.shape
+        per = self.heads // S
+        sym = (fwd + rc).unsqueeze(2).expand(B, S, per, Lp, D).reshape(B, self.heads, Lp, D)  # (B, H, Lp, D)
         bits = bucket_bits(real_len, self.bucket_size, None) + EXTRA_BITS
         rot = self._rotations(n_hash_factors(bits, bits_bound(Lp, self.bucket_size, None) + EXTRA_BITS), fwd.device)
         return lsh_layout(sym, real, bits, rot, self.n_hashes, self.bucket_size, causal=True)
 
     def attend(self, values: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """Copy attention with per-position ``values`` (B, L, H, D): key j of the direct head reads
-        ``values[j + 1, 0]``, of the reverse-complement head ``values[j - k, 1]``. Returns the
-        output (B, L, H, D), zero where a query sees nothing, and ``seen`` (B, L, H) bool."""
+        """Copy attention with per-position ``values`` (B, L, H, D): key j of a direct head reads
+        ``values[j + 1, h]``, of a reverse-complement head ``values[j - s, h]`` (s: its seed's
+        span). Heads come in seed order, direct then reverse complement. Returns the output
+        (B, L, H, D), zero where a query sees nothing, and ``seen`` (B, L, H) bool."""
         B, L = tokens.shape
-        C, k = self.bucket_size, self.k
+        C, P = self.bucket_size, self.per_seed
         Lp = math.ceil(L / C) * C
         real = torch.ones(B, L, dtype=torch.bool, device=tokens.device) if real is None else real
         real_p = F.pad(real, (0, Lp - L), value=False)  # (B, Lp)
         vec = F.pad(base_vectors(tokens) * real.unsqueeze(-1), (0, 0, 0, Lp - L))  # (B, Lp, 4)
-        fwd, rc = kmer_codes(vec, k)  # (B, Lp, D) each
-        fwd, rc = F.normalize(fwd, dim=-1), F.normalize(rc, dim=-1)
+        fwd, rc = self.seed_codes(vec)  # (B, S, Lp, D) each
         with torch.no_grad():
             lay = self.layout(fwd, rc, real_p, real_p.sum(1))
         temp = self.log_temperature.exp()  # (H,)
-        q = fwd.unsqueeze(2) * temp.view(1, 1, -1, 1)  # (B, Lp, H, D): scale 1, logit = T * cos
-        keys = torch.stack([fwd, rc], dim=2)[:, :, :self.heads]  # (B, Lp, H, D)
+        S, D = fwd.shape[1], fwd.shape[-1]
+        q = fwd.transpose(1, 2).unsqueeze(3).expand(B, Lp, S, P, D).reshape(B, Lp, self.heads, D)  # (B, Lp, H, D)
+        q = q * temp.view(1, 1, -1, 1)  # scale 1, logit = T * cos
+        pairs = [c for g in range(len(self.seeds)) for c in (fwd[:, g], rc[:, g])[:P]]
+        keys = torch.stack(pairs, dim=2)  # (B, Lp, H, D)
         v = F.pad(values, (0, 0, 0, 0, 0, Lp - L))  # (B, Lp, H, D)
-        shifted = [F.pad(v[:, 1:, 0], (0, 0, 0, 1))]  # direct: key j reads position j + 1
-        if self.rc:
-            shifted.append(F.pad(v[:, :Lp - k, 1], (0, 0, k, 0)))  # reverse complement: position j - k
+        shifted = []
+        for g, s in enumerate(self.spans):
+            shifted.append(F.pad(v[:, 1:, g * P], (0, 0, 0, 1)))  # direct: key j reads position j + 1
+            if self.rc:
+                shifted.append(F.pad(v[:, :Lp - s, g * P + 1], (0, 0, s, 0)))  # reverse complement: j - s
         vs = torch.stack(shifted, dim=2)  # (B, Lp, H, D)
         out = chunked_attention(q.contiguous(), keys.contiguous(), vs.contiguous(), lay, scale=1.0)  # (B, Lp, H, D)
         seen = ~alone_mask(lay, L).view(B, self.heads, L).transpose(1, 2)  # (B, L, H)
@@ -164,12 +206,93 @@ class CopyAttention(nn.Module):
         B, L = tokens.shape
         vec = base_vectors(tokens)  # centred one-hot; zero rows for N
         onehot = vec + (vec.abs().sum(-1, keepdim=True) > 0) / N_BASES  # (B, L, 4)
-        vals = [onehot, onehot.flip(-1)][:self.heads]  # complement: channels A C G T reversed
-        v = F.pad(torch.stack(vals, dim=2), (0, self.dim_head - N_BASES))  # (B, L, H, D)
+        vals = [onehot, onehot.flip(-1)][:self.per_seed] * len(self.seeds)  # complement: A C G T reversed
+        v = torch.stack(vals, dim=2)  # (B, L, H, 4)
+        if self.persist:  # each value also carries its own position, as clock phases
+            pos = clock(torch.arange(L, device=tokens.device))[None, :, None]  # (1, L, 1, 2n)
+            v = torch.cat([v, pos.expand(B, L, self.heads, -1)], dim=-1)  # (B, L, H, 4 + 2n)
+        v = F.pad(v, (0, self.dim_head - v.shape[-1]))  # (B, L, H, D)
         out, seen = self.attend(v, tokens, real)
         p = out[..., :N_BASES]  # (B, L, H, 4)
         p = p + (1.0 - p.sum(-1, keepdim=True)).clamp(min=0) / N_BASES
+        if self.persist:
+            with torch.no_grad():
+                pp, ps = self.persistence(out[..., N_BASES:N_BASES + 2 * len(CLOCK_PERIODS)], seen, tokens, real)
+            p, seen = torch.cat([p, pp], dim=2), torch.cat([seen, ps], dim=2)
         return p, seen
+
+    def persistence(self, clocks: Tensor, seen: Tensor, tokens: Tensor, real: Optional[Tensor]
+                    ) -> tuple[Tensor, Tensor]:
+        """One more head per strand that keeps following the last alignment a seed head found,
+        through any mismatches since (GeCo's substitution-tolerant copy model, made parallel):
+        ``clocks`` (B, L, H, 2n), the attention output's clock channels, give each head's source
+        position; an **anchor** is a position where a head's source is one base on from its
+        source at t - 1 (the attention sat on one key at both, so not a chance match); from the
+        latest anchor ``a`` the source moves one base a step, ``src(a) + (t - a)`` (reverse
+        complement: ``- (t - a)``). Returns the next-base distributions (B, L, P, 4), one-hot on
+        the pointed base (its complement for reverse complement; uniform without a pointer),
+        and whether there is a pointer (B, L, P)."""
+        B, L, H, _ = clocks.shape
+        src, sharp = decode_clock(clocks)  # (B, L, H) each
+        step = torch.tensor([1, -1][:self.per_seed] * len(self.seeds), device=tokens.device)  # (H,)
+        prev = F.pad(src, (0, 0, 1, 0), value=-10)  # (B, L + 1, H): source at t - 1
+        ok_prev = F.pad(seen & sharp, (0, 0, 1, 0), value=False)
+        anchor = seen & sharp & ok_prev[:, :-1] & (src == prev[:, :-1] + step)  # (B, L, H)
+        t = torch.arange(L, device=tokens.device).view(1, L)
+        idx = torch.arange(L, device=tokens.device)
+        ids = tokens.long() - FIRST_BASE_ID
+        is_base = (ids >= 0) & (ids < N_BASES)
+        if real is not None:
+            is_base = is_base & real
+        out_p, out_ok = [], []
+        for r in range(self.per_seed):  # strand r: heads r, r + P, r + 2P, ...
+            a_h = anchor[..., r::self.per_seed]  # (B, L, S)
+            any_a = a_h.any(-1)  # (B, L)
+            first = a_h.float().argmax(-1, keepdim=True)  # (B, L, 1) the first anchoring seed
+            src_a = src[..., r::self.per_seed].gather(-1, first).squeeze(-1)  # (B, L)
+            last = torch.where(any_a, idx.view(1, L), torch.full_like(any_a, -1, dtype=torch.long)).cummax(1).values
+            ptr = src_a.gather(1, last.clamp(min=0)) + (1 if r == 0 else -1) * (t - last)  # (B, L)
+            ok = (last >= 0) & (ptr >= 0) & (ptr <= t)
+            ptr = ptr.clamp(0, L - 1)
+            ok = ok & is_base.gather(1, ptr)
+            base = ids.gather(1, ptr).clamp(0, N_BASES - 1)
+            base = base if r == 0 else N_BASES - 1 - base  # complement
+            pr = (base.unsqueeze(-1) == torch.arange(N_BASES, device=base.device)).to(clocks.dtype)  # (B, L, 4)
+            out_p.append(torch.where(ok.unsqueeze(-1), pr, torch.full_like(pr, 1.0 / N_BASES)))
+            out_ok.append(ok)
+        return torch.stack(out_p, 2), torch.stack(out_ok, 2)  # (B, L, P, 4), (B, L, P)
+
+    @property
+    def out_heads(self) -> int:
+        """Next-base distributions :meth:`next_base` returns: the heads, plus one per strand with ``persist``."""
+        return self.heads + (self.per_seed if self.persist else 0)
+
+
+# Clock periods of the position code in the values: the finest resolves single bases, each coarser
+# one the finer one's turn, up to 16.7M positions (attention leaking 1% of its mass elsewhere moves
+# a phase by ~0.01 rad: ~0.1 base at period 64, 2,600 bases at 16.7M; each < half the next period)
+CLOCK_PERIODS = (64, 4096, 262144, 16777216)
+
+
+def clock(pos: Tensor) -> Tensor:
+    """(L,) positions -> (L, 2n) cos/sin phases at :data:`CLOCK_PERIODS` (float64 phases, float32 out)."""
+    ang = pos.double().unsqueeze(-1) * (2 * math.pi / torch.tensor(CLOCK_PERIODS, dtype=torch.float64,
+                                                                    device=pos.device))  # (L, n)
+    return torch.cat([ang.cos(), ang.sin()], dim=-1).float()
+
+
+def decode_clock(c: Tensor, sharp_at: float = 0.95) -> tuple[Tensor, Tensor]:
+    """(..., 2n) attention-averaged clock phases -> the position (..., int64), coarse to fine, and
+    whether every phase vector kept length >= ``sharp_at`` (the attention sat on one position)."""
+    n = len(CLOCK_PERIODS)
+    cos, sin = c[..., :n].double(), c[..., n:].double()
+    sharp = (cos ** 2 + sin ** 2 >= sharp_at ** 2).all(-1)
+    per = torch.tensor(CLOCK_PERIODS, dtype=torch.float64, device=c.device)
+    frac = torch.atan2(sin, cos).remainder(2 * math.pi) / (2 * math.pi) * per  # (..., n) position mod period
+    est = frac[..., -1]
+    for i in range(n - 2, -1, -1):
+        est = frac[..., i] + per[i] * torch.round((est - frac[..., i]) / per[i])
+    return torch.round(est).long(), sharp
 
 
 HIT_WINDOWS = (4, 16, 64)  # the copy mixture's gate sees each head's recent hit rate over these spans
