@@ -233,34 +233,30 @@ class CopyAttention(nn.Module):
         the pointed base (its complement for reverse complement; uniform without a pointer),
         and whether there is a pointer (B, L, P)."""
         B, L, H, _ = clocks.shape
+        P, S = self.per_seed, H // self.per_seed  # strands, seeds: head s * P + r is seed s, strand r
         src, sharp = decode_clock(clocks)  # (B, L, H) each
-        step = torch.tensor([1, -1][:self.per_seed] * len(self.seeds), device=tokens.device)  # (H,)
+        dev = tokens.device
+        sign = torch.tensor([1, -1][:P], device=dev)  # (P,): the source moves +1 (direct) or -1 (rc) a step
         prev = F.pad(src, (0, 0, 1, 0), value=-10)  # (B, L + 1, H): source at t - 1
         ok_prev = F.pad(seen & sharp, (0, 0, 1, 0), value=False)
-        anchor = seen & sharp & ok_prev[:, :-1] & (src == prev[:, :-1] + step)  # (B, L, H)
-        t = torch.arange(L, device=tokens.device).view(1, L)
-        idx = torch.arange(L, device=tokens.device)
-        ids = tokens.long() - FIRST_BASE_ID
+        anchor = seen & sharp & ok_prev[:, :-1] & (src == prev[:, :-1] + sign.repeat(S))  # (B, L, H)
+        anchor, src = anchor.view(B, L, S, P), src.view(B, L, S, P)  # (B, L, S, P)
+        first = anchor.float().argmax(2, keepdim=True)  # (B, L, 1, P): the first anchoring seed
+        src_a = src.gather(2, first).squeeze(2)  # (B, L, P)
+        t = torch.arange(L, device=dev).view(1, L, 1)  # (1, L, 1)
+        last = torch.where(anchor.any(2), t, torch.full_like(t, -1)).cummax(1).values  # (B, L, P) latest anchor
+        ptr = src_a.gather(1, last.clamp(min=0)) + sign * (t - last)  # (B, L, P)
+        ids = tokens.long() - FIRST_BASE_ID  # (B, L)
         is_base = (ids >= 0) & (ids < N_BASES)
         if real is not None:
             is_base = is_base & real
-        out_p, out_ok = [], []
-        for r in range(self.per_seed):  # strand r: heads r, r + P, r + 2P, ...
-            a_h = anchor[..., r::self.per_seed]  # (B, L, S)
-            any_a = a_h.any(-1)  # (B, L)
-            first = a_h.float().argmax(-1, keepdim=True)  # (B, L, 1) the first anchoring seed
-            src_a = src[..., r::self.per_seed].gather(-1, first).squeeze(-1)  # (B, L)
-            last = torch.where(any_a, idx.view(1, L), torch.full_like(any_a, -1, dtype=torch.long)).cummax(1).values
-            ptr = src_a.gather(1, last.clamp(min=0)) + (1 if r == 0 else -1) * (t - last)  # (B, L)
-            ok = (last >= 0) & (ptr >= 0) & (ptr <= t)
-            ptr = ptr.clamp(0, L - 1)
-            ok = ok & is_base.gather(1, ptr)
-            base = ids.gather(1, ptr).clamp(0, N_BASES - 1)
-            base = base if r == 0 else N_BASES - 1 - base  # complement
-            pr = (base.unsqueeze(-1) == torch.arange(N_BASES, device=base.device)).to(clocks.dtype)  # (B, L, 4)
-            out_p.append(torch.where(ok.unsqueeze(-1), pr, torch.full_like(pr, 1.0 / N_BASES)))
-            out_ok.append(ok)
-        return torch.stack(out_p, 2), torch.stack(out_ok, 2)  # (B, L, P, 4), (B, L, P)
+        ok = (last >= 0) & (ptr >= 0) & (ptr <= t)
+        ptr = ptr.clamp(0, L - 1)
+        ok = ok & is_base.unsqueeze(-1).expand(B, L, P).gather(1, ptr)
+        base = ids.clamp(0, N_BASES - 1).unsqueeze(-1).expand(B, L, P).gather(1, ptr)  # (B, L, P)
+        base = torch.where(sign > 0, base, N_BASES - 1 - base)  # the complement on the reverse strand
+        pr = (base.unsqueeze(-1) == torch.arange(N_BASES, device=dev)).to(clocks.dtype)  # (B, L, P, 4)
+        return pr.masked_fill(~ok.unsqueeze(-1), 0.0) + (~ok).unsqueeze(-1).to(clocks.dtype) / N_BASES, ok
 
     @property
     def out_heads(self) -> int:
