@@ -82,6 +82,9 @@ def shares_kmer(a: np.ndarray, b: np.ndarray, k: int = 20) -> bool:
 
 def _clean_starts(ids: np.ndarray, length: int, rng: np.random.Generator, n: int) -> list[int]:
     """``n`` random starts of ``length``-base stretches of ``ids`` that hold only A/C/G/T, non-overlapping."""
+    if n * length > len(ids):
+        raise ValueError(f"could not find {n} clean, disjoint {length:,}-base stretches in {len(ids):,} bases "
+                         f"(they need {n * length:,}); use a shorter distance or a filler from elsewhere")
     base = is_base(ids)
     bad = np.concatenate([[0], np.cumsum(~base)])
     out: list[int] = []
@@ -101,18 +104,25 @@ CONTROL_MATCH_K = 20  # the control may share no k-mer this long (either strand)
 
 def recall_pair(ids: np.ndarray, m: int, distance: int, rng: np.random.Generator, prefix: int = 1024,
                 reverse: bool = False, divergence: float = 0.0, indel_rate: float = 0.0,
-                tries: int = 20) -> RecallPair:
+                tries: int = 20, filler: Optional[np.ndarray] = None) -> RecallPair:
     """Draw S, C, P and F from disjoint places of ``ids`` (a held-out genome region) and build the pair.
+    With ``filler`` (e.g. the training split, for distances the held-out region cannot supply four
+    times over), F comes from there instead; it is never scored, only S' is.
 
     ``S'`` is S (or its reverse complement) diverged by :func:`diverge`; both inputs end with the
     same ``S'``. Draws whose control ``P + C + F`` shares a ``CONTROL_MATCH_K``-mer with ``S'`` (a
     genomic repeat by chance) are redrawn, so the control holds no earlier copy to recall."""
     ids = np.asarray(ids, dtype=np.int64)
     for _ in range(tries):
-        parts = _clean_starts(ids, max(m, prefix, distance, 1), rng, 4)
-        s_at, c_at, p_at, f_at = parts
+        if filler is None:
+            s_at, c_at, p_at, f_at = _clean_starts(ids, max(m, prefix, distance, 1), rng, 4)
+            F = ids[f_at:f_at + distance]
+        else:
+            s_at, c_at, p_at = _clean_starts(ids, max(m, prefix, 1), rng, 3)
+            f_at, = _clean_starts(filler, max(distance, 1), rng, 1)
+            F = filler[f_at:f_at + distance]
         S, C = ids[s_at:s_at + m], ids[c_at:c_at + m]
-        P, F = ids[p_at:p_at + prefix], ids[f_at:f_at + distance]
+        P = ids[p_at:p_at + prefix]
         last, n_indel = diverge(reverse_complement(S) if reverse else S, rng, divergence, indel_rate)
         control = np.concatenate([P, C, F, last])
         if not shares_kmer(control[:-len(last)], last, CONTROL_MATCH_K):

@@ -42,6 +42,20 @@ def test_recall_pair_repeats_only_in_the_repeat(reverse):
     assert (pair.repeat != 8).all() and (pair.control != 8).all()
 
 
+def test_a_far_filler_comes_from_the_filler_and_the_rest_from_the_held_out_region():
+    """--far-filler: a distance the held-out region cannot hold four times over (here 30,000 bases
+    from 20,000) takes F from the training split; S, C, P and so S' still come from the held-out ids."""
+    held, train = random_ids(20_000, 2), random_ids(200_000, 3)
+    with pytest.raises(ValueError, match="could not find"):
+        recall_pair(held, m=256, distance=30_000, rng=np.random.default_rng(0), prefix=512)
+    pair = recall_pair(held, m=256, distance=30_000, rng=np.random.default_rng(0), prefix=512, filler=train)
+    F = pair.repeat[512 + 256:-256]
+    assert len(F) == 30_000 and np.array_equal(F, pair.control[512 + 256:-256])
+    text = lambda a: a.tobytes()  # noqa: E731
+    assert text(F) in text(train) and text(pair.repeat[512:768]) in text(held)  # S from held-out, F from train
+    assert text(pair.repeat[:512]) in text(held) and text(pair.control[512:768]) in text(held)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("rate", [0.1, 0.2, 0.3])
 def test_diverged_copy_differs_at_the_stated_rate(reverse, rate):
