@@ -32,15 +32,9 @@ COPY_LENGTHS=${COPY_LENGTHS:-4K,64K}
 PEER_LENGTHS=${PEER_LENGTHS:-4K,64K}
 PY=${PY:-python3}
 WORK=${WORK:-/tmp/gpu_check_attention}
-mkdir -p "$OUT" "$WORK"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
-SECONDS=0
-pack() { tar czf "$OUT/gpu_check_attention.tar.gz.part" -C "$WORK" . && mv "$OUT/gpu_check_attention.tar.gz.part" "$OUT/gpu_check_attention.tar.gz"; }
-stage() { pack; echo "=== [$SECONDS s] $*"; }
+NAME=gpu_check_attention
+# shellcheck source=benchmarks/gpu_stages.sh
+source "$(dirname "$0")/gpu_stages.sh"
 
 stage environment
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
