@@ -167,17 +167,20 @@ class CopyAttention(nn.Module):
         rot = self._rotations(n_hash_factors(bits, bits_bound(Lp, self.bucket_size, None) + EXTRA_BITS), fwd.device)
         return lsh_layout(sym, real, bits, rot, self.n_hashes, self.bucket_size, causal=True)
 
-    def attend(self, values: Tensor, tokens: Tensor, real: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def attend(self, values: Tensor, tokens: Tensor, real: Optional[Tensor] = None,
+               vec: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """Copy attention with per-position ``values`` (B, L, H, D): key j of a direct head reads
         ``values[j + 1, h]``, of a reverse-complement head ``values[j - s, h]`` (s: its seed's
-        span). Heads come in seed order, direct then reverse complement. Returns the output
-        (B, L, H, D), zero where a query sees nothing, and ``seen`` (B, L, H) bool."""
+        span). Heads come in seed order, direct then reverse complement. ``vec``: the tokens'
+        :func:`base_vectors`, when the caller has them already. Returns the output (B, L, H, D),
+        zero where a query sees nothing, and ``seen`` (B, L, H) bool."""
         B, L = tokens.shape
         C, P = self.bucket_size, self.per_seed
         Lp = math.ceil(L / C) * C
         real = torch.ones(B, L, dtype=torch.bool, device=tokens.device) if real is None else real
         real_p = F.pad(real, (0, Lp - L), value=False)  # (B, Lp)
-        vec = F.pad(base_vectors(tokens) * real.unsqueeze(-1), (0, 0, 0, Lp - L))  # (B, Lp, 4)
+        vec = base_vectors(tokens) if vec is None else vec
+        vec = F.pad(vec * real.unsqueeze(-1), (0, 0, 0, Lp - L))  # (B, Lp, 4)
         fwd, rc = self.seed_codes(vec)  # (B, S, Lp, D) each
         with torch.no_grad():
             lay = self.layout(fwd, rc, real_p, real_p.sum(1))
@@ -212,7 +215,7 @@ class CopyAttention(nn.Module):
             pos = clock(torch.arange(L, device=tokens.device))[None, :, None]  # (1, L, 1, 2n)
             v = torch.cat([v, pos.expand(B, L, self.heads, -1)], dim=-1)  # (B, L, H, 4 + 2n)
         v = F.pad(v, (0, self.dim_head - v.shape[-1]))  # (B, L, H, D)
-        out, seen = self.attend(v, tokens, real)
+        out, seen = self.attend(v, tokens, real, vec)
         p = out[..., :N_BASES]  # (B, L, H, 4)
         p = p + (1.0 - p.sum(-1, keepdim=True)).clamp(min=0) / N_BASES
         if self.persist:
