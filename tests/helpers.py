@@ -96,6 +96,14 @@ def sharp_model(causal: bool = True, seed: int = 0):
     return model
 
 
+def save_causal_checkpoint(model, folder: Path, fasta: Path, seq_len: int) -> Path:
+    """``model`` saved as a causal checkpoint that says it was trained on ``fasta`` in windows of
+    ``seq_len`` (what evaluate/score read for their baselines and default window)."""
+    return model.save_pretrained(folder, meta={
+        "objective": "causal", "step": 0,
+        "train_data": {"paths": [str(fasta)], "val_fraction": 0.1, "alphabet": "nucleotide", "seq_len": seq_len}})
+
+
 def golden_maker():
     """tests/fixtures/make_golden.py as a module (it builds the golden checkpoint and inputs)."""
     spec = importlib.util.spec_from_file_location("make_golden", FIXTURES / "make_golden.py")

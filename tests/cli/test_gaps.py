@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from helpers import PHIX, TINY, invoke, sharp_model
+from helpers import PHIX, TINY, invoke, save_causal_checkpoint, sharp_model
 from reformer_seq.genome.encoded import EncodedRecord
 from reformer_seq.genome.fasta import read_records
 from reformer_seq.genome.tokenizers import NucleotideTokenizer
@@ -43,9 +43,7 @@ def files(tmp_path_factory, phix):
     seq = gapped(phix[:2000], GAP, 700)
     fa = root / "gapped.fa"
     fa.write_text(f">chrG\n{seq}\n")
-    ck = sharp_model(True, seed=1).save_pretrained(root / "ck", meta={
-        "objective": "causal", "step": 0,
-        "train_data": {"paths": [str(fa)], "val_fraction": 0.1, "alphabet": "nucleotide", "seq_len": 200}})
+    ck = save_causal_checkpoint(sharp_model(True, seed=1), root / "ck", fa, 200)
     return {"root": root, "fa": fa, "seq": seq, "ck": ck}
 
 

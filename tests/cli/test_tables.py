@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import PHIX, invoke, sharp_model
+from helpers import PHIX, invoke, save_causal_checkpoint, sharp_model
 
 VARIANT_COLUMNS = ["chrom", "pos", "id", "ref", "alt", "llr", "llr_forward", "llr_reverse", "note"]
 
@@ -27,9 +27,7 @@ def ck(tmp_path_factory):
     seq = "".join(l.strip() for l in PHIX.read_text().splitlines()[1:])[:1500].upper()
     fa = root / "g.fa"
     fa.write_text(f">g\n{seq}\n")
-    ck = sharp_model(True, seed=2).save_pretrained(root / "ck", meta={
-        "objective": "causal", "step": 0,
-        "train_data": {"paths": [str(fa)], "val_fraction": 0.1, "alphabet": "nucleotide", "seq_len": 200}})
+    ck = save_causal_checkpoint(sharp_model(True, seed=2), root / "ck", fa, 200)
     return {"root": root, "fa": fa, "seq": seq, "ck": ck}
 
 

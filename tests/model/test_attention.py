@@ -231,6 +231,29 @@ def test_compiled_kernel_segments_change_nothing():
                     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=f"{name} causal={causal}")
 
 
+def _kernel_jobs(seed: int) -> list[tuple]:
+    """(q, k, v, dout, layout) for one causal LSH and one local layout (B 2, H 2, L 256, D 16, C 8);
+    ``k`` None for LSH (shared QK)."""
+    B, H, L, D, C = 2, 2, 256, 16, 8
+    jobs = []
+    for n, (name, qk, lay) in enumerate(_layouts(B, H, L, D, C, causal=True)):
+        g = torch.Generator().manual_seed(seed + n)
+        q = qk.transpose(1, 2).contiguous()  # (B, L, H, D)
+        v, dout = torch.randn(B, L, H, D, generator=g), torch.randn(B, L, H, D, generator=g)
+        k = None if name == "lsh" else F.normalize(torch.randn(B, L, H, D, generator=g), dim=-1)
+        jobs.append((q, k, v, dout, lay))
+    return jobs
+
+
+def _kernel_run(job: tuple) -> tuple:
+    """The compiled kernel's forward and backward of one job: (out, lse, dq[, dk], dv)."""
+    from reformer_seq.model.attention import kernel as kernels
+
+    q, k, v, dout, lay = job
+    out, lse = kernels.forward(q, k, v, lay, 0.25)
+    return (out, lse) + tuple(t for t in kernels.backward(q, k, v, out, lse, dout, lay, 0.25) if t is not None)
+
+
 def test_compiled_kernel_from_several_threads_and_after_release():
     """The kernel keeps its work buffers between calls (one arena); calls from several threads at
     once (one gets the arena, the others their own buffers), calls of other sizes, and a call
@@ -241,20 +264,8 @@ def test_compiled_kernel_from_several_threads_and_after_release():
 
     if kernels.library() is None:
         pytest.skip(f"compiled kernel unavailable, only the reference path runs: {kernels.unavailable_reason()}")
-    B, H, L, D, C = 2, 2, 256, 16, 8
-    jobs = []
-    for n, (name, qk, lay) in enumerate(_layouts(B, H, L, D, C, causal=True)):
-        g = torch.Generator().manual_seed(11 + n)
-        q = qk.transpose(1, 2).contiguous()  # (B, L, H, D)
-        v, dout = torch.randn(B, L, H, D, generator=g), torch.randn(B, L, H, D, generator=g)
-        k = None if name == "lsh" else F.normalize(torch.randn(B, L, H, D, generator=g), dim=-1)
-        jobs.append((q, k, v, dout, lay))
-
-    def run(job):
-        q, k, v, dout, lay = job
-        out, lse = kernels.forward(q, k, v, lay, 0.25)
-        return (out, lse) + tuple(t for t in kernels.backward(q, k, v, out, lse, dout, lay, 0.25) if t is not None)
-
+    jobs = _kernel_jobs(seed=11)
+    run = _kernel_run
     expected = [run(j) for j in jobs]
     kernels.release_buffers()
     results: dict = {}
@@ -287,20 +298,8 @@ def test_compiled_kernel_segment_length_travels_with_each_call():
     if kernels.library() is None:
         pytest.skip(f"compiled kernel unavailable, only the reference path runs: {kernels.unavailable_reason()}")
     assert not hasattr(kernels.library(), "seq_set_segment_rows"), "the library still keeps a segment length"
-    B, H, L, D, C = 2, 2, 256, 16, 8
-    jobs = []
-    for n, (name, qk, lay) in enumerate(_layouts(B, H, L, D, C, causal=True)):
-        g = torch.Generator().manual_seed(31 + n)
-        q = qk.transpose(1, 2).contiguous()  # (B, L, H, D)
-        v, dout = torch.randn(B, L, H, D, generator=g), torch.randn(B, L, H, D, generator=g)
-        k = None if name == "lsh" else F.normalize(torch.randn(B, L, H, D, generator=g), dim=-1)
-        jobs.append((q, k, v, dout, lay))
-
-    def run(job):
-        q, k, v, dout, lay = job
-        out, lse = kernels.forward(q, k, v, lay, 0.25)
-        return (out, lse) + tuple(t for t in kernels.backward(q, k, v, out, lse, dout, lay, 0.25) if t is not None)
-
+    jobs = _kernel_jobs(seed=31)
+    run = _kernel_run
     expected = [run(j) for j in jobs]
     failures: list = []
 

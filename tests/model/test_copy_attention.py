@@ -95,13 +95,19 @@ def test_model_with_copy_layer_is_strictly_causal():
     model = ReformerLM(cfg).eval()
     torch.nn.init.normal_(model.copy_mix.gate[2].weight, std=0.5)  # make the copy path matter
     torch.nn.init.zeros_(model.copy_mix.gate[2].bias)
+    assert_strictly_causal(model, lambda alt, t: alt[0, t + 1:].copy_(torch.from_numpy(random_ids(511 - t, t))))
+
+
+def assert_strictly_causal(model, change) -> None:
+    """A 512-base input holding a copy (300-400 repeats 50-150); for t in 120, 333, 450 ``change(alt,
+    t)`` edits a clone from t + 1 on: no output at or before t moves, and some output after t does."""
     ids = torch.from_numpy(random_ids(512, 2))[None]
     ids[0, 300:400] = ids[0, 50:150]
     with torch.no_grad():
         base = model(ids)
         for t in (120, 333, 450):
             alt = ids.clone()
-            alt[0, t + 1:] = torch.from_numpy(random_ids(511 - t, t))
+            change(alt, t)
             out = model(alt)
             assert torch.allclose(out[0, :t + 1], base[0, :t + 1], atol=1e-5), t
             assert not torch.allclose(out[0, t + 1:], base[0, t + 1:], atol=1e-3)
@@ -298,16 +304,8 @@ def test_model_with_spaced_seeds_is_strictly_causal():
     assert model.copy.heads == 4 and model.copy.out_heads == 6
     torch.nn.init.normal_(model.copy_mix.gate[2].weight, std=0.5)
     torch.nn.init.zeros_(model.copy_mix.gate[2].bias)
-    ids = torch.from_numpy(random_ids(512, 2))[None]
-    ids[0, 300:400] = ids[0, 50:150]
-    with torch.no_grad():
-        base = model(ids)
-        for t in (120, 333, 450):
-            alt = ids.clone()
-            alt[0, t + 1] = 4 + (alt[0, t + 1] - 3) % 4  # change only the base at t + 1 (inside the copy too)
-            out = model(alt)
-            assert torch.allclose(out[0, :t + 1], base[0, :t + 1], atol=1e-5), t
-            assert not torch.allclose(out[0, t + 1:], base[0, t + 1:], atol=1e-3)
+    # change only the base at t + 1 (inside the copy too)
+    assert_strictly_causal(model, lambda alt, t: alt[0, t + 1].copy_(4 + (alt[0, t + 1] - 3) % 4))
 
 
 @pytest.mark.parametrize("bad", [["1101"], ["110100"], ["11a11"], "1111", [1111011]])

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from helpers import DATA, invoke, tiny_model
+from helpers import DATA, invoke, save_causal_checkpoint, tiny_model
 from reformer_seq.genome.annotation import CDS
 from reformer_seq.genome.tokenizers import NucleotideTokenizer
 from reformer_seq.runtime.policy import use_policy
@@ -232,9 +232,7 @@ def genbank_checkpoint(tmp_path_factory):
     """A tiny causal model whose training data is the 20 kb annotated GenBank stretch of E. coli."""
     model = tiny_model(0, depth=1, max_seq_len=256, attn_layers=["local"], causal=True)
     root = tmp_path_factory.mktemp("gene_ck")
-    return model.save_pretrained(root / "ck", meta={
-        "objective": "causal", "step": 0,
-        "train_data": {"paths": [str(GBK20)], "val_fraction": 0.1, "alphabet": "nucleotide", "seq_len": 256}})
+    return save_causal_checkpoint(model, root / "ck", GBK20, 256)
 
 
 def test_cli_evaluate_reports_the_gene_hmm(genbank_checkpoint, tmp_path):

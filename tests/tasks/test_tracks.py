@@ -6,7 +6,7 @@ import gzip
 import numpy as np
 import pytest
 
-from helpers import PHIX, invoke, sharp_model
+from helpers import PHIX, invoke, save_causal_checkpoint, sharp_model
 from reformer_seq.errors import InputError
 from reformer_seq.tasks.evaluation.evaluate import evaluate_checkpoint
 from reformer_seq.tasks.evaluation.likelihood import ModelScorer, likelihood
@@ -29,9 +29,7 @@ def ck(tmp_path_factory, seq):
     root = tmp_path_factory.mktemp("score")
     fa = root / "g.fa"
     fa.write_text(f">g\n{seq}\n>h\n{seq[:300]}\n")
-    ck = sharp_model(True, seed=1).save_pretrained(root / "ck", meta={
-        "objective": "causal", "step": 0,
-        "train_data": {"paths": [str(fa)], "val_fraction": 0.1, "alphabet": "nucleotide", "seq_len": 200}})
+    ck = save_causal_checkpoint(sharp_model(True, seed=1), root / "ck", fa, 200)
     return {"fa": fa, "ck": ck, "root": root}
 
 

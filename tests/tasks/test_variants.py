@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import DATA, PHIX, invoke, sharp_model
+from helpers import DATA, PHIX, invoke, save_causal_checkpoint, sharp_model
 from reformer_seq.tasks.evaluation.likelihood import LN2, ModelScorer
 from reformer_seq.tasks.evaluation.markov import MarkovModel, Segment
 from reformer_seq.genome.encoded import EncodedRecord
@@ -132,9 +132,7 @@ def files(tmp_path_factory, genome):
     root = tmp_path_factory.mktemp("sv")
     ref = root / "ref.fa"
     ref.write_text(f">1\n{genome}\n>2\n{genome[:600]}\n")
-    ck = sharp_model(True).save_pretrained(root / "ck", meta={
-        "objective": "causal", "step": 0,
-        "train_data": {"paths": [str(ref)], "val_fraction": 0.1, "alphabet": "nucleotide", "seq_len": W}})
+    ck = save_causal_checkpoint(sharp_model(True), root / "ck", ref, W)
     g = genome
     rows = [("1", 701, "rs1", g[700], f"{'T' if g[700] != 'T' else 'G'},<DEL>"),  # multi-allelic + symbolic
             ("1", 801, ".", g[800:802], g[800]),  # deletion
